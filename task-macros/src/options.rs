@@ -1,0 +1,312 @@
+//! Options shared by the three macros: `id = "..."`, `handle = Name`, `retry(..)`,
+//! `timeout = "30s"`, `concurrency = N`, `failure = settle`. Each macro says which keys it
+//! accepts; unknown and duplicated keys are errors at the key, and every error is reported.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::meta::ParseNestedMeta;
+use syn::{Ident, LitBool, LitFloat, LitInt, LitStr, Result};
+
+use crate::errors::Errors;
+
+/// Which option keys a macro accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Key {
+    Id,
+    Handle,
+    Retry,
+    Timeout,
+    Concurrency,
+    Failure,
+}
+
+impl Key {
+    fn name(self) -> &'static str {
+        match self {
+            Key::Id => "id",
+            Key::Handle => "handle",
+            Key::Retry => "retry",
+            Key::Timeout => "timeout",
+            Key::Concurrency => "concurrency",
+            Key::Failure => "failure",
+        }
+    }
+}
+
+/// A duration written as a friendly string (`"30s"`, `"1m 30s"`), checked at compile time.
+pub struct DurationLit {
+    pub nanos: u64,
+}
+
+impl ToTokens for DurationLit {
+    fn to_tokens(&self, tokens: &mut TokenStream) {
+        let nanos = self.nanos;
+        tokens.extend(quote!(::task_runtime::__private::Duration::from_nanos(#nanos)));
+    }
+}
+
+/// `retry(max_attempts = 3, factor = 2.0, min_delay = "100ms", max_delay = "10s", jitter = true)`.
+#[derive(Default)]
+pub struct Retry {
+    max_attempts: Option<u32>,
+    factor: Option<f64>,
+    min_delay: Option<DurationLit>,
+    max_delay: Option<DurationLit>,
+    jitter: Option<bool>,
+}
+
+/// The failure policy of an orchestrator.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub enum Failure {
+    #[default]
+    FailFast,
+    Settle,
+}
+
+/// Parsed options.
+#[derive(Default)]
+pub struct Options {
+    pub id: Option<LitStr>,
+    pub handle: Option<Ident>,
+    pub retry: Option<Retry>,
+    pub timeout: Option<DurationLit>,
+    pub concurrency: Option<u32>,
+    pub failure: Failure,
+}
+
+impl Options {
+    /// Parses `key = value, key(..), ...`, accepting only `allowed` keys. Errors go to
+    /// `errors`; parsing continues after each so all are reported.
+    pub fn parse(tokens: TokenStream, allowed: &[Key], errors: &mut Errors) -> Options {
+        let mut options = Options::default();
+        let mut seen: Vec<(Key, Span)> = Vec::new();
+        let parser = syn::meta::parser(|meta| {
+            let Some(key) = allowed
+                .iter()
+                .copied()
+                .find(|key| meta.path.is_ident(key.name()))
+            else {
+                let expected: Vec<_> = allowed.iter().map(|k| format!("`{}`", k.name())).collect();
+                errors.push(meta.error(format!(
+                    "unknown option `{}`; expected one of: {}",
+                    meta.path.to_token_stream().to_string().replace(' ', ""),
+                    expected.join(", ")
+                )));
+                return skip_value(&meta);
+            };
+            let span = meta.path.require_ident()?.span();
+            if seen.iter().any(|(k, _)| *k == key) {
+                errors.push(syn::Error::new(
+                    span,
+                    format!("duplicate option `{}`", key.name()),
+                ));
+                return skip_value(&meta);
+            }
+            seen.push((key, span));
+            if let Err(error) = options.parse_value(key, &meta, errors) {
+                errors.push(error);
+                return skip_value(&meta);
+            }
+            Ok(())
+        });
+        if let Err(error) = syn::parse::Parser::parse2(parser, tokens) {
+            errors.push(error);
+        }
+        options
+    }
+
+    fn parse_value(&mut self, key: Key, meta: &ParseNestedMeta, errors: &mut Errors) -> Result<()> {
+        match key {
+            Key::Id => {
+                let lit: LitStr = meta.value()?.parse()?;
+                if let Err(error) = check_id(&lit) {
+                    errors.push(error);
+                }
+                self.id = Some(lit);
+            }
+            Key::Handle => self.handle = Some(meta.value()?.parse()?),
+            Key::Timeout => self.timeout = Some(duration(&meta.value()?.parse()?)?),
+            Key::Concurrency => {
+                let lit: LitInt = meta.value()?.parse()?;
+                let n: u32 = lit.base10_parse()?;
+                if n == 0 {
+                    return Err(syn::Error::new(lit.span(), "`concurrency` must be at least 1"));
+                }
+                self.concurrency = Some(n);
+            }
+            Key::Failure => {
+                let ident: Ident = meta.value()?.parse()?;
+                self.failure = match ident.to_string().as_str() {
+                    "fail_fast" => Failure::FailFast,
+                    "settle" => Failure::Settle,
+                    _ => {
+                        return Err(syn::Error::new(
+                            ident.span(),
+                            "`failure` is `fail_fast` (the default) or `settle`",
+                        ));
+                    }
+                }
+            }
+            Key::Retry => self.retry = Some(Retry::parse(meta, errors)?),
+        }
+        Ok(())
+    }
+
+    /// `RunPolicy { .. }` for the generated `Task::POLICY`.
+    pub fn policy(&self) -> TokenStream {
+        let retry = match &self.retry {
+            Some(retry) => {
+                let r = retry.tokens();
+                quote!(::core::option::Option::Some(#r))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        let timeout = match &self.timeout {
+            Some(d) => quote!(::core::option::Option::Some(#d)),
+            None => quote!(::core::option::Option::None),
+        };
+        let concurrency = match self.concurrency {
+            Some(n) => quote!(::core::option::Option::Some(#n)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {
+            ::task_runtime::__private::RunPolicy {
+                retry: #retry,
+                timeout: #timeout,
+                concurrency: #concurrency,
+            }
+        }
+    }
+}
+
+impl Retry {
+    fn parse(meta: &ParseNestedMeta, errors: &mut Errors) -> Result<Retry> {
+        let mut retry = Retry::default();
+        let mut seen: Vec<String> = Vec::new();
+        meta.parse_nested_meta(|inner| {
+            let name = inner.path.require_ident()?.to_string();
+            if seen.contains(&name) {
+                errors.push(inner.error(format!("duplicate retry option `{name}`")));
+                return skip_value(&inner);
+            }
+            seen.push(name.clone());
+            let value = inner.value()?;
+            match name.as_str() {
+                "max_attempts" => {
+                    let lit: LitInt = value.parse()?;
+                    let n: u32 = lit.base10_parse()?;
+                    if n == 0 {
+                        errors.push(syn::Error::new(
+                            lit.span(),
+                            "`max_attempts` counts the first attempt and must be at least 1",
+                        ));
+                    }
+                    retry.max_attempts = Some(n.max(1));
+                }
+                "factor" => {
+                    let (factor, span) = if value.peek(LitFloat) {
+                        let lit: LitFloat = value.parse()?;
+                        (lit.base10_parse::<f64>()?, lit.span())
+                    } else {
+                        let lit: LitInt = value.parse()?;
+                        (lit.base10_parse::<f64>()?, lit.span())
+                    };
+                    if !(factor >= 1.0 && factor.is_finite()) {
+                        errors.push(syn::Error::new(span, "`factor` must be at least 1.0"));
+                    }
+                    retry.factor = Some(factor);
+                }
+                "min_delay" => retry.min_delay = Some(duration(&value.parse()?)?),
+                "max_delay" => retry.max_delay = Some(duration(&value.parse()?)?),
+                "jitter" => retry.jitter = Some(value.parse::<LitBool>()?.value),
+                _ => {
+                    errors.push(inner.error(format!(
+                        "unknown retry option `{name}`; expected one of: `max_attempts`, \
+                         `factor`, `min_delay`, `max_delay`, `jitter`"
+                    )));
+                    value.parse::<syn::Expr>()?;
+                }
+            }
+            Ok(())
+        })?;
+        if let (Some(min), Some(max)) = (&retry.min_delay, &retry.max_delay) {
+            if min.nanos > max.nanos {
+                errors.push(meta.error("`min_delay` is longer than `max_delay`"));
+            }
+        }
+        Ok(retry)
+    }
+
+    fn tokens(&self) -> TokenStream {
+        let none = quote!(::task_runtime::__private::RetryPolicy::NONE);
+        let max_attempts = match self.max_attempts {
+            Some(n) => quote!(#n),
+            None => quote!(3u32),
+        };
+        let factor = match self.factor {
+            Some(f) => quote!(#f),
+            None => quote!(#none.factor),
+        };
+        let min_delay = match &self.min_delay {
+            Some(d) => quote!(#d),
+            None => quote!(#none.min_delay),
+        };
+        let max_delay = match &self.max_delay {
+            Some(d) => quote!(#d),
+            None => quote!(#none.max_delay),
+        };
+        let jitter = self.jitter.unwrap_or(false);
+        quote! {
+            ::task_runtime::__private::RetryPolicy {
+                max_attempts: #max_attempts,
+                factor: #factor,
+                min_delay: #min_delay,
+                max_delay: #max_delay,
+                jitter: #jitter,
+            }
+        }
+    }
+}
+
+/// Skips `= value` or `(..)` after a key we refused, so parsing can go on.
+fn skip_value(meta: &ParseNestedMeta) -> Result<()> {
+    if meta.input.peek(syn::Token![=]) {
+        meta.value()?.parse::<syn::Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        meta.parse_nested_meta(|inner| skip_value(&inner))?;
+    }
+    Ok(())
+}
+
+fn duration(lit: &LitStr) -> Result<DurationLit> {
+    let text = lit.value();
+    let parsed = humantime::parse_duration(&text).map_err(|e| {
+        syn::Error::new(
+            lit.span(),
+            format!("invalid duration \"{text}\": {e}; write e.g. \"500ms\", \"30s\", \"1m 30s\""),
+        )
+    })?;
+    let nanos = u64::try_from(parsed.as_nanos())
+        .map_err(|_| syn::Error::new(lit.span(), "duration is too long"))?;
+    Ok(DurationLit { nanos })
+}
+
+/// Ids are what users type on the command line and in API calls: keep them plain.
+pub fn check_id(lit: &LitStr) -> Result<()> {
+    let id = lit.value();
+    if id.is_empty() {
+        return Err(syn::Error::new(lit.span(), "a task id cannot be empty"));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "invalid character {bad:?} in task id \"{id}\": use letters, digits, `_`, `-`, `.` or `:`"
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The one execution path every run takes, whatever its kind and however it was started
+//! (typed `run`, `trigger` by id, a track step, an orchestrator branch, `ctx.run`):
+//! validate the input, run attempts under the task's policy (retry, timeout, cancellation,
+//! panic isolation, concurrency limits, cleanup), validate the output, build the envelope.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::FutureExt;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::context::{Records, Scope, TaskContext, panic_message};
+use crate::envelope::{Job, Metadata, RunOutput};
+use crate::error::{Issue, TaskError};
+use crate::runtime::Runtime;
+use crate::task::{Kind, Task};
+
+/// How the input arrives.
+pub(crate) enum RunInput<I> {
+    /// From Rust code: serialised once for validation and the envelope.
+    Typed(I),
+    /// From JSON (trigger by id, CLI): validated, then deserialised.
+    Json(Value),
+}
+
+/// What a run starts from: its id, what it inherits, what cancels it.
+pub(crate) struct Seed {
+    pub run_id: Option<Arc<str>>,
+    pub scope: Scope,
+    pub cancel: CancellationToken,
+}
+
+impl Seed {
+    /// A top-level run: cancelled by its handle or by runtime shutdown.
+    pub fn root(runtime: &Runtime) -> Self {
+        Seed {
+            run_id: None,
+            scope: Scope::default(),
+            cancel: runtime.root_token().child_token(),
+        }
+    }
+
+    /// A child of the attempt `ctx` is running: inherits its scope and cancellation.
+    pub fn child(ctx: &TaskContext) -> Self {
+        Seed::within(ctx.scope.clone(), ctx.cancel.clone())
+    }
+
+    /// A run inside a parent's scope, cancelled with `cancel`.
+    pub fn within(scope: Scope, cancel: CancellationToken) -> Self {
+        Seed {
+            run_id: None,
+            scope,
+            cancel,
+        }
+    }
+}
+
+/// A validated output in both forms, so neither the typed nor the JSON caller serialises
+/// twice.
+pub(crate) struct Produced<O> {
+    pub typed: O,
+    pub json: Value,
+}
+
+/// A fresh run id: `run_` + a ULID, so ids sort by creation time.
+pub(crate) fn new_run_id(at: SystemTime) -> Arc<str> {
+    let ulid = ulid::Ulid::from_datetime(at);
+    let mut buf = [0u8; 4 + ulid::ULID_LEN];
+    buf[..4].copy_from_slice(b"run_");
+    let text = ulid
+        .array_to_str(&mut [0u8; ulid::ULID_LEN])
+        .as_bytes()
+        .to_owned();
+    buf[4..].copy_from_slice(&text);
+    Arc::from(std::str::from_utf8(&buf).expect("ULIDs are ASCII"))
+}
+
+/// Runs `T` to completion and returns its envelope. Never panics on bad input or a
+/// panicking task.
+pub(crate) async fn execute<T: Task>(
+    runtime: &Runtime,
+    input: RunInput<T::Input>,
+    seed: Seed,
+) -> RunOutput<Produced<T::Output>> {
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let run_id = seed.run_id.unwrap_or_else(|| new_run_id(started_at));
+
+    let (input_json, typed) = match input {
+        RunInput::Typed(value) => match serde_json::to_value(&value) {
+            Ok(json) => (json, Some(value)),
+            Err(e) => {
+                let error = TaskError::invalid_input(vec![Issue {
+                    path: String::new(),
+                    message: format!("input does not serialize to JSON: {e}"),
+                }]);
+                let report = Report::new(started_at, clock, 0);
+                return envelope(T::ID, &run_id, Value::Null, &seed.scope, Err(error), report);
+            }
+        },
+        RunInput::Json(json) => (json, None),
+    };
+    let scope = scope_of(&input_json, seed.scope);
+    let span = tracing::info_span!(
+        "run",
+        task = T::ID,
+        kind = T::KIND.as_str(),
+        run_id = %run_id,
+        tenant_id = scope.tenant_id.as_deref(),
+        project_id = scope.project_id.as_deref(),
+        attempt = tracing::field::Empty,
+    );
+    let attempt_run = Attempts::<T> {
+        runtime,
+        run_id: &run_id,
+        input_json: &input_json,
+        typed,
+        scope: &scope,
+        cancel: &seed.cancel,
+    };
+    let (result, report) = attempt_run
+        .run(started_at, clock)
+        .instrument(span.clone())
+        .await;
+    let _entered = span.enter();
+    let duration_ms = report.duration_ms;
+    match &result {
+        Ok(_) => tracing::info!(duration_ms, attempts = report.attempts, "run succeeded"),
+        Err(error) => tracing::warn!(
+            duration_ms,
+            attempts = report.attempts,
+            kind = error.kind_name(),
+            error = %error,
+            "run failed"
+        ),
+    }
+    envelope(T::ID, &run_id, input_json, &scope, result, report)
+}
+
+/// Timing, attempts and records of a finished run.
+struct Report {
+    started_at: SystemTime,
+    duration_ms: u64,
+    attempts: u32,
+    records: Records,
+    cleanup_errors: Vec<String>,
+}
+
+impl Report {
+    fn new(started_at: SystemTime, clock: Instant, attempts: u32) -> Self {
+        Report {
+            started_at,
+            duration_ms: millis(clock.elapsed()),
+            attempts,
+            records: Records::default(),
+            cleanup_errors: Vec::new(),
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+/// The attempts of one run.
+struct Attempts<'a, T: Task> {
+    runtime: &'a Runtime,
+    run_id: &'a Arc<str>,
+    input_json: &'a Value,
+    typed: Option<T::Input>,
+    scope: &'a Scope,
+    cancel: &'a CancellationToken,
+}
+
+impl<T: Task> Attempts<'_, T> {
+    async fn run(
+        mut self,
+        started_at: SystemTime,
+        clock: Instant,
+    ) -> (Result<Produced<T::Output>, TaskError>, Report) {
+        tracing::info!("run started");
+        let schemas = T::schemas();
+        let issues = schemas.input_issues(self.input_json);
+        if !issues.is_empty() {
+            return (
+                Err(TaskError::invalid_input(issues)),
+                Report::new(started_at, clock, 0),
+            );
+        }
+        let retry = T::POLICY.retry.unwrap_or(self.runtime.default_retry());
+        let timeout = T::POLICY.timeout.or(self.runtime.default_timeout());
+        let mut report = Report::new(started_at, clock, 0);
+        let result = loop {
+            report.attempts += 1;
+            let attempt = report.attempts;
+            tracing::Span::current().record("attempt", attempt);
+            let outcome = self.attempt(attempt, timeout, &mut report).await;
+            match outcome {
+                Err(error)
+                    if error.is_retryable()
+                        && attempt < retry.max_attempts
+                        && !self.cancel.is_cancelled() =>
+                {
+                    let delay = retry.delay_before(attempt + 1);
+                    tracing::warn!(
+                        attempt,
+                        kind = error.kind_name(),
+                        error = %error,
+                        retry_in_ms = millis(delay),
+                        "attempt failed, retrying"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.cancel.cancelled() => {
+                            break Err(TaskError::cancelled("run cancelled while waiting to retry"));
+                        }
+                    }
+                }
+                other => break other,
+            }
+        };
+        report.duration_ms = millis(clock.elapsed());
+        (result, report)
+    }
+
+    /// One attempt: take a concurrency slot, run the task under timeout / cancellation /
+    /// panic isolation, run its cleanup, validate its output.
+    async fn attempt(
+        &mut self,
+        attempt: u32,
+        timeout: Option<Duration>,
+        report: &mut Report,
+    ) -> Result<Produced<T::Output>, TaskError> {
+        let input = match self.typed.take() {
+            Some(input) => input,
+            // Later attempts (and JSON runs) rebuild the input from the validated JSON.
+            None => T::Input::deserialize(self.input_json).map_err(|e| {
+                TaskError::invalid_input(vec![Issue {
+                    path: String::new(),
+                    message: format!("input does not deserialize: {e}"),
+                }])
+            })?,
+        };
+        if self.cancel.is_cancelled() {
+            return Err(TaskError::cancelled("run cancelled before it started"));
+        }
+        let slot = self
+            .runtime
+            .limits_for(T::ID, T::KIND == Kind::Task, T::POLICY.concurrency)
+            .acquire(self.scope, self.cancel)
+            .await?;
+        let ctx = TaskContext::new(
+            self.runtime.clone(),
+            self.run_id.clone(),
+            T::ID,
+            attempt,
+            slot.scope,
+            self.cancel.clone(),
+        );
+        let span = tracing::info_span!("attempt", attempt);
+        let outcome = run_guarded::<T>(&ctx, input, timeout, T::KIND == Kind::Task)
+            .instrument(span)
+            .await;
+        report.cleanup_errors.extend(ctx.run_cleanup().await);
+        report.records = ctx.take_records();
+        drop(slot.permits);
+        let output = outcome?;
+        let json = serde_json::to_value(&output).map_err(|e| {
+            TaskError::invalid_output(vec![Issue {
+                path: String::new(),
+                message: format!("output does not serialize to JSON: {e}"),
+            }])
+        })?;
+        let issues = T::schemas().output_issues(&json);
+        if !issues.is_empty() {
+            return Err(TaskError::invalid_output(issues));
+        }
+        Ok(Produced {
+            typed: output,
+            json,
+        })
+    }
+}
+
+/// Runs the task body; a timeout, a cancellation or a panic each become a `TaskError`.
+///
+/// A leaf task is dropped at its next await point when cancelled. Tracks and orchestrators
+/// are not: their children see the same cancellation, end with `cancelled` after running
+/// their cleanup, and the composite returns that error itself.
+async fn run_guarded<T: Task>(
+    ctx: &TaskContext,
+    input: T::Input,
+    timeout: Option<Duration>,
+    drop_on_cancel: bool,
+) -> Result<T::Output, TaskError> {
+    let body = AssertUnwindSafe(T::run(ctx, input)).catch_unwind();
+    let bounded = async {
+        match timeout {
+            Some(limit) => tokio::time::timeout(limit, body)
+                .await
+                .unwrap_or_else(|_| Ok(Err(TaskError::timeout(limit)))),
+            None => body.await,
+        }
+    };
+    // The body is polled first: a task that finishes without waiting never touches the
+    // cancellation token.
+    let outcome = if drop_on_cancel {
+        tokio::select! {
+            biased;
+            outcome = bounded => outcome,
+            _ = ctx.cancel.cancelled() => {
+                return Err(TaskError::cancelled("run cancelled while running"));
+            }
+        }
+    } else {
+        bounded.await
+    };
+    outcome.unwrap_or_else(|panic| Err(TaskError::panicked(panic_message(&*panic))))
+}
+
+/// Tenant, project, trampData and cleanup options from the input, else from the parent.
+fn scope_of(input: &Value, inherited: Scope) -> Scope {
+    let Value::Object(map) = input else {
+        return inherited;
+    };
+    let text = |key: &str| match map.get(key) {
+        Some(Value::String(s)) => Some(Arc::<str>::from(s.as_str())),
+        _ => None,
+    };
+    let value = |key: &str| match map.get(key) {
+        Some(Value::Null) | None => None,
+        Some(v) => Some(Arc::new(v.clone())),
+    };
+    Scope {
+        tenant_id: text("tenantId").or(inherited.tenant_id),
+        project_id: text("projectId").or(inherited.project_id),
+        tramp_data: value("trampData").or(inherited.tramp_data),
+        cleanup_options: value("cleanup").or(inherited.cleanup_options),
+        held: inherited.held,
+    }
+}
+
+fn envelope<O>(
+    task: &'static str,
+    run_id: &Arc<str>,
+    input: Value,
+    scope: &Scope,
+    result: Result<O, TaskError>,
+    report: Report,
+) -> RunOutput<O> {
+    let (results, error) = match result {
+        Ok(results) => (Some(results), None),
+        Err(error) => (None, Some(error)),
+    };
+    RunOutput {
+        job: Job {
+            success: error.is_none(),
+            task_name: task.to_owned(),
+            run_id: run_id.to_string(),
+            input,
+            error: error.as_ref().map(ToString::to_string),
+            error_detail: error,
+        },
+        results,
+        metadata: Metadata {
+            started_at: report.started_at,
+            finished_at: report.started_at + Duration::from_millis(report.duration_ms),
+            duration_ms: report.duration_ms,
+            attempts: report.attempts,
+            steps: report.records.steps,
+            branches: report.records.branches,
+            cleanup_errors: report.cleanup_errors,
+        },
+        tramp_data: scope.tramp_data.as_deref().cloned(),
+    }
+}
+
+/// The envelope of a run that was refused before it started (unknown id, payload limits,
+/// shutdown).
+pub(crate) fn refused(task: &str, input: Value, error: TaskError) -> RunOutput<Value> {
+    let started_at = SystemTime::now();
+    let tramp_data = match &input {
+        Value::Object(map) => map.get("trampData").filter(|v| !v.is_null()).cloned(),
+        _ => None,
+    };
+    RunOutput {
+        job: Job {
+            success: false,
+            task_name: task.to_owned(),
+            run_id: new_run_id(started_at).to_string(),
+            input,
+            error: Some(error.to_string()),
+            error_detail: Some(error),
+        },
+        results: None,
+        metadata: Metadata {
+            started_at,
+            finished_at: started_at,
+            duration_ms: 0,
+            attempts: 0,
+            steps: Vec::new(),
+            branches: Vec::new(),
+            cleanup_errors: Vec::new(),
+        },
+        tramp_data,
+    }
+}
