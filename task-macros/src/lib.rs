@@ -9,6 +9,7 @@ use proc_macro::TokenStream;
 
 mod attrs;
 mod errors;
+mod header;
 mod options;
 mod orchestrator;
 mod task;

@@ -243,14 +243,24 @@ fn schema(runtime: &Runtime, id: &str, out: &mut impl Write, err: &mut impl Writ
         return unknown_id(runtime, id, err);
     };
     let schemas = descriptor.schemas();
-    let document = serde_json::json!({
-        "id": descriptor.id,
-        "kind": descriptor.kind,
-        "description": descriptor.description.trim(),
-        "input": schemas.input,
-        "output": schemas.output,
-    });
+    let document = SchemaDocument {
+        id: descriptor.id,
+        kind: descriptor.kind,
+        description: descriptor.description.trim(),
+        input: &schemas.input,
+        output: &schemas.output,
+    };
     finish(write_json(out, &document), SUCCESS)
+}
+
+/// What `schema <id>` prints (a struct, so the keys keep this order).
+#[derive(Serialize)]
+struct SchemaDocument<'a> {
+    id: &'a str,
+    kind: Kind,
+    description: &'a str,
+    input: &'a Value,
+    output: &'a Value,
 }
 
 async fn run(

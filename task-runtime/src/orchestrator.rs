@@ -338,3 +338,13 @@ where
 {
     input.clone().flow_into()
 }
+
+/// Checks an `each(|input| ..)` closure: `(&OrchestratorInput) -> impl IntoIterator<Item =
+/// Branch::Input>`.
+pub fn items<Input, Branch: Task, F, Items>(items: F) -> F
+where
+    F: FnOnce(&Input) -> Items,
+    Items: IntoIterator<Item = Branch::Input>,
+{
+    items
+}

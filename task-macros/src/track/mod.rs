@@ -1,2 +1,23 @@
+//! `track!`: parse the declaration, check the steps, expand into the handle, its `Task`
+//! impl (steps run in sequence as child runs) and its registration.
+
+mod check;
+mod expand;
+mod parse;
+
 use proc_macro2::TokenStream;
-pub fn expand(_input: TokenStream) -> TokenStream { TokenStream::new() }
+
+use crate::errors::Errors;
+
+pub fn expand(input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let def = match parse::parse(input, &mut errors) {
+        Ok(def) => def,
+        Err(error) => return error.to_compile_error(),
+    };
+    check::check(&def, &mut errors);
+    match errors.finish() {
+        Ok(()) => expand::expand(&def),
+        Err(error) => crate::header::fallback(&def.header, error),
+    }
+}

@@ -1,0 +1,114 @@
+//! The head both `track!` and `orchestrator!` start with:
+//! `/// docs` `pub Name("id", options..)`, and the handle struct it declares.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::parse::ParseStream;
+use syn::{Attribute, Ident, LitStr, Token, Visibility, parenthesized};
+
+use crate::attrs::description;
+use crate::errors::Errors;
+use crate::options::{Key, Options};
+
+/// `#[attrs] vis Name("id", options..)`.
+pub struct Header {
+    pub attrs: Vec<Attribute>,
+    pub vis: Visibility,
+    pub handle: Ident,
+    pub id: LitStr,
+    pub options: Options,
+    pub description: String,
+}
+
+impl Header {
+    /// Parses the head; `what` is "track" or "orchestrator" for messages.
+    pub fn parse(
+        input: ParseStream,
+        what: &str,
+        allowed: &[Key],
+        errors: &mut Errors,
+    ) -> syn::Result<Header> {
+        let attrs = input.call(Attribute::parse_outer)?;
+        let vis: Visibility = input.parse()?;
+        let handle: Ident = input.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("expected the {what}'s handle name, e.g. `pub TextTrack(\"text_track\") {{ .. }}`"),
+            )
+        })?;
+        let content;
+        parenthesized!(content in input);
+        let id: LitStr = content.parse().map_err(|e| {
+            syn::Error::new(
+                e.span(),
+                format!("expected the {what} id as a string literal: `{handle}(\"my_{what}\")`"),
+            )
+        })?;
+        if let Err(error) = crate::options::check_id(&id) {
+            errors.push(error);
+        }
+        let options = if content.peek(Token![,]) {
+            content.parse::<Token![,]>()?;
+            Options::parse(content.parse()?, allowed, errors)
+        } else {
+            if !content.is_empty() {
+                return Err(content.error(format!(
+                    "expected `,` and options or `)` after the {what} id"
+                )));
+            }
+            Options::default()
+        };
+        let description = description(&attrs);
+        Ok(Header {
+            attrs,
+            vis,
+            handle,
+            id,
+            options,
+            description,
+        })
+    }
+
+    /// The handle struct, with the user's doc comment and attributes.
+    pub fn handle_struct(&self) -> TokenStream {
+        let Header {
+            attrs, vis, handle, ..
+        } = self;
+        quote! {
+            #(#attrs)*
+            #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+            #vis struct #handle;
+        }
+    }
+}
+
+/// The handle next to the errors, so code naming it still type-checks.
+pub fn fallback(header: &Header, error: syn::Error) -> TokenStream {
+    let handle = header.handle_struct();
+    let error = error.to_compile_error();
+    quote! {
+        #handle
+        #error
+    }
+}
+
+/// The descriptor static, `Registered` impl and `inventory` submission of a composite.
+pub fn registration(header: &Header, steps: TokenStream, branches: TokenStream) -> TokenStream {
+    let p = quote!(::task_runtime::__private);
+    let handle = &header.handle;
+    let description = &header.description;
+    let location = quote::quote_spanned!(handle.span()=> ::core::file!(), ::core::line!());
+    quote! {
+        static __TASK_DESCRIPTOR: #p::TaskDescriptor =
+            #p::TaskDescriptor::of::<#handle>(#description, #location, #steps, #branches);
+
+        #[automatically_derived]
+        impl #p::Registered for #handle {
+            fn descriptor() -> &'static #p::TaskDescriptor {
+                &__TASK_DESCRIPTOR
+            }
+        }
+
+        #p::inventory::submit! { #p::Registration(&__TASK_DESCRIPTOR) }
+    }
+}

@@ -1,0 +1,66 @@
+//! Checking an orchestrator's shape; type agreement is left to the compiler through the
+//! spanned helpers the expansion calls.
+
+use syn::Expr;
+
+use super::parse::{OrchestratorDef, Source};
+use crate::errors::Errors;
+
+pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
+    if def.branches.is_empty() {
+        errors.push(syn::Error::new(
+            def.body_span,
+            "an orchestrator needs at least one branch: `{ name: Task, .. }`",
+        ));
+    }
+    for (i, branch) in def.branches.iter().enumerate() {
+        if def.branches[..i].iter().any(|b| b.name == branch.name) {
+            errors.push(syn::Error::new_spanned(
+                &branch.name,
+                format!("duplicate branch name `{}`", branch.name),
+            ));
+        }
+        if branch.name == def.input_name {
+            errors.push(syn::Error::new_spanned(
+                &branch.name,
+                format!(
+                    "a branch cannot be named like the input binding `{}`",
+                    def.input_name
+                ),
+            ));
+        }
+        match &branch.source {
+            Source::Mapper(Expr::Closure(closure)) if closure.inputs.len() != 1 => {
+                errors.push(syn::Error::new_spanned(
+                    &closure.inputs,
+                    format!(
+                        "a branch mapper takes 1 parameter, `|input|` (a reference to the \
+                         orchestrator's input), found {}",
+                        closure.inputs.len()
+                    ),
+                ));
+            }
+            Source::Mapper(Expr::Closure(_)) => {}
+            Source::Mapper(other) => errors.push(syn::Error::new_spanned(
+                other,
+                "a branch mapper is a closure `|input| BranchInput { .. }`",
+            )),
+            Source::Each {
+                items: Expr::Closure(closure),
+                ..
+            } if closure.inputs.len() != 1 => errors.push(syn::Error::new_spanned(
+                &closure.inputs,
+                "`each(|input| ..)` takes 1 parameter: a reference to the orchestrator's input",
+            )),
+            Source::Each {
+                concurrency: Some(n),
+                ..
+            } => match n.base10_parse::<u32>() {
+                Ok(0) => errors.push(syn::Error::new_spanned(n, "`concurrency` must be at least 1")),
+                Ok(_) => {}
+                Err(error) => errors.push(error),
+            },
+            Source::Each { .. } | Source::Cloned => {}
+        }
+    }
+}
