@@ -1,30 +1,312 @@
-use serde_json::json;
+//! Single tasks end to end: the envelope, validation at both boundaries, bad input of every
+//! kind, user errors, the registry, run handles and logging.
+
+use serde_json::{Value, json};
 use task_runtime::prelude::*;
+use task_runtime::{ErrorKind, Kind, Registry, RegistryError, TaskDescriptor};
 use task_tests::*;
 
-#[tokio::test]
-async fn typed_and_json_runs() {
-    let rt = Runtime::new();
-    let out = rt
-        .run(Double, NumberInput { base: BaseInput::new("t", "p"), value: 21 })
-        .await
-        .unwrap();
-    assert_eq!(out.results.unwrap().value, 42);
-    let env = rt
-        .trigger_and_wait("measure", json!({"tenantId": "t", "projectId": "p", "text": "hello", "trampData": {"a": 1}}))
-        .await;
-    println!("{}", serde_json::to_string_pretty(&env).unwrap());
-    let env = rt
-        .trigger_and_wait("measure", json!({"tenantId": "t", "projectId": "p", "text": "hello world this is long text with many characters more than 250 ........................................................................................................................................................................................................", "trampData": {"a": 1}}))
-        .await;
-    println!("{}", serde_json::to_string_pretty(&env).unwrap());
+fn base_json() -> Value {
+    json!({ "tenantId": "acme", "projectId": "docs" })
 }
 
 #[tokio::test]
-async fn orch() {
+async fn typed_run_returns_a_full_envelope() {
+    let rt = Runtime::new();
+    let mut base = BaseInput::new("acme", "docs");
+    base.tramp_data = Some(json!({ "requestId": "r-1" }).as_object().unwrap().clone());
+    let out = rt
+        .run(Double, NumberInput { base, value: 21 })
+        .await
+        .expect("run succeeds");
+    assert!(out.job.success);
+    assert_eq!(out.job.task_name, "double");
+    assert!(out.job.run_id.starts_with("run_"), "{}", out.job.run_id);
+    assert_eq!(out.job.input["value"], 21);
+    assert_eq!(out.job.error, None);
+    assert_eq!(out.results, Some(NumberOutput { value: 42 }));
+    assert_eq!(out.metadata.attempts, 1);
+    assert!(out.metadata.finished_at >= out.metadata.started_at);
+    assert_eq!(out.tramp_data, Some(json!({ "requestId": "r-1" })));
+
+    let json = serde_json::to_value(&out).unwrap();
+    for key in ["job", "results", "metadata", "trampData"] {
+        assert!(json.get(key).is_some(), "envelope lacks {key}: {json}");
+    }
+    for key in ["success", "taskName", "runId", "input", "error", "errorDetail"] {
+        assert!(json["job"].get(key).is_some(), "job lacks {key}");
+    }
+    for key in ["startedAt", "finishedAt", "durationMs", "attempts"] {
+        assert!(json["metadata"].get(key).is_some(), "metadata lacks {key}");
+    }
+}
+
+#[tokio::test]
+async fn every_violation_is_reported_with_its_path() {
     let rt = Runtime::new();
     let env = rt
-        .trigger_and_wait("fan", json!({"tenantId": "t", "projectId": "p", "values": [1,2,3,2000]}))
+        .trigger_and_wait(
+            "double",
+            json!({ "tenantId": "", "value": "ten", "trampData": { "keep": true } }),
+        )
         .await;
-    println!("{}", serde_json::to_string_pretty(&env).unwrap());
+    assert!(!env.job.success);
+    assert_eq!(env.results, None);
+    let error = env.job.error_detail.as_ref().unwrap();
+    assert_eq!(error.kind_name(), "invalidInput");
+    assert!(!error.is_retryable());
+    let issues: Vec<(&str, &str)> = error
+        .issues()
+        .iter()
+        .map(|i| (i.path.as_str(), i.message.as_str()))
+        .collect();
+    assert_eq!(issues.len(), 3, "{issues:?}");
+    assert!(issues.iter().any(|(p, m)| p.is_empty() && m.contains("projectId")));
+    assert!(issues.iter().any(|(p, m)| *p == "/tenantId" && m.contains("shorter")));
+    assert!(issues.iter().any(|(p, m)| *p == "/value" && m.contains("integer")));
+    let text = env.job.error.as_deref().unwrap();
+    assert!(text.starts_with("invalid input: "), "{text}");
+    assert_eq!(env.tramp_data, Some(json!({ "keep": true })));
+    assert_eq!(env.job.input["value"], "ten", "the input is echoed as given");
+    let detail = serde_json::to_value(&env).unwrap()["job"]["errorDetail"].clone();
+    assert_eq!(detail["kind"], "invalidInput");
+    assert_eq!(detail["issues"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn typed_calls_are_validated_too() {
+    let rt = Runtime::new();
+    let err = rt
+        .run(Double, NumberInput { base: BaseInput::new("a", "b"), value: 5000 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.error.kind_name(), "invalidInput");
+    assert_eq!(err.error.issues()[0].path, "/value");
+    assert!(err.to_string().contains("5000 is greater than the maximum of 1000"), "{err}");
+    assert!(!err.envelope.job.success);
+    assert_eq!(err.envelope.job.input["value"], 5000);
+}
+
+#[tokio::test]
+async fn oversized_payload_is_refused_with_the_limit() {
+    let rt = Runtime::builder().max_input_bytes(1024).build().unwrap();
+    let mut input = base_json();
+    input["value"] = json!(1);
+    input["padding"] = json!("x".repeat(4096));
+    input["trampData"] = json!({ "id": 7 });
+    let env = rt.trigger_and_wait("double", input).await;
+    let error = env.job.error_detail.as_ref().unwrap();
+    assert_eq!(error.kind_name(), "invalidInput");
+    let message = &error.issues()[0].message;
+    assert!(message.contains("over the limit of 1024 bytes"), "{message}");
+    assert_eq!(env.tramp_data, Some(json!({ "id": 7 })), "trampData survives");
+    assert_eq!(env.job.input["padding"].as_str().unwrap().len(), 4096, "input kept");
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_levels_of_nesting_is_refused_without_overflow() {
+    let rt = Runtime::new();
+    let mut deep = json!(1);
+    for _ in 0..100_000 {
+        deep = Value::Array(vec![deep]);
+    }
+    let mut input = base_json();
+    input["value"] = deep;
+    let env = rt.trigger_and_wait("double", input).await;
+    let error = env.job.error_detail.as_ref().unwrap();
+    assert_eq!(error.kind_name(), "invalidInput");
+    assert!(error.issues()[0].message.contains("deeper than the limit of 64 levels"));
+    assert_eq!(env.job.input, Value::Null, "a document this deep is not echoed");
+
+    // The same as bytes, as the CLI reads it.
+    let text = "[".repeat(100_000) + &"]".repeat(100_000);
+    let refused = rt.limits().parse(text.as_bytes()).unwrap_err();
+    assert!(refused.to_string().contains("at byte 64"), "{refused}");
+}
+
+#[tokio::test]
+async fn unknown_id_suggests_the_closest_ids() {
+    let rt = Runtime::new();
+    let env = rt.trigger_and_wait("doubel", base_json()).await;
+    let error = env.job.error_detail.unwrap();
+    match error.kind() {
+        ErrorKind::NotFound { id, suggestions } => {
+            assert_eq!(id, "doubel");
+            assert_eq!(suggestions.first().map(String::as_str), Some("double"));
+        }
+        other => panic!("expected notFound, got {other:?}"),
+    }
+    assert_eq!(env.job.error.unwrap(), "no task with id 'doubel' (did you mean double?)");
+    assert!(env.job.run_id.starts_with("run_"));
+}
+
+#[tokio::test]
+async fn a_thiserror_type_keeps_message_source_and_type_in_the_envelope() {
+    let rt = Runtime::new();
+    let mut input = base_json();
+    input["path"] = json!("/definitely/not/here.txt");
+    let env = rt.trigger_and_wait("read_number", input).await;
+    assert!(!env.job.success);
+    assert_eq!(env.job.error.as_deref(), Some("cannot read '/definitely/not/here.txt'"));
+    let detail = serde_json::to_value(env.job.error_detail.as_ref().unwrap()).unwrap();
+    assert_eq!(detail["kind"], "failed");
+    assert_eq!(detail["message"], "cannot read '/definitely/not/here.txt'");
+    assert!(detail["typeName"].as_str().unwrap().ends_with("ReadNumberError"));
+    assert!(detail["sources"][0].as_str().unwrap().contains("No such file"), "{detail}");
+    assert_eq!(detail["retryable"], true);
+
+    // In-process, the original error is still there to downcast.
+    let dir = std::env::temp_dir().join(format!("task-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("nan.txt");
+    std::fs::write(&path, "twelve").unwrap();
+    let err = rt
+        .run(ReadNumber, PathInput { base: BaseInput::new("a", "b"), path: path.display().to_string() })
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err.error.downcast_ref::<ReadNumberError>(),
+        Some(ReadNumberError::NotANumber { .. })
+    ));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn registry_lists_every_kind_with_schemas() {
+    let rt = Runtime::new();
+    let registry = rt.registry();
+    let kind = |id: &str| registry.get(id).map(|d| d.kind);
+    assert_eq!(kind("double"), Some(Kind::Task));
+    assert_eq!(kind("measure"), Some(Kind::Track));
+    assert_eq!(kind("pair"), Some(Kind::Orchestrator));
+    let measure = registry.get("measure").unwrap();
+    assert_eq!(measure.steps, ["length", "double", "quadruple"]);
+    assert_eq!(measure.description, "Measures a text, doubles the length, then quadruples it with a nested track.");
+    let schemas = registry.get("double").unwrap().schemas();
+    assert_eq!(schemas.input["properties"]["value"]["maximum"], 1000);
+    assert!(schemas.input["required"].as_array().unwrap().contains(&json!("tenantId")));
+    assert_eq!(schemas.output["properties"]["value"]["type"], "integer");
+    let ids: Vec<&str> = registry.entries().iter().map(|d| d.id).collect();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+}
+
+static FIRST: TaskDescriptor = TaskDescriptor::of::<Double>("one", "src/a.rs", 10, &[], &[]);
+static SECOND: TaskDescriptor = TaskDescriptor::of::<Double>("two", "src/b.rs", 20, &[], &[]);
+
+#[test]
+fn duplicate_ids_name_both_definitions() {
+    let err = Registry::from_entries([&SECOND, &FIRST]).unwrap_err();
+    assert_eq!(
+        err,
+        RegistryError::DuplicateId {
+            id: "double".into(),
+            first: "src/a.rs:10".into(),
+            second: "src/b.rs:20".into(),
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "task id 'double' is defined twice: at src/a.rs:10 and at src/b.rs:20"
+    );
+    // Registering a handle explicitly next to inventory's copy is not a duplicate.
+    assert!(Runtime::builder().register::<Double>().build().is_ok());
+}
+
+#[tokio::test]
+async fn trigger_returns_a_handle_with_the_run_id() {
+    let rt = Runtime::new();
+    let mut input = base_json();
+    input["value"] = json!(4);
+    let handle = rt.trigger("double", input).await.unwrap();
+    let run_id = handle.run_id().to_owned();
+    let env = handle.wait().await;
+    assert_eq!(env.job.run_id, run_id);
+    assert_eq!(env.results, Some(json!({ "value": 8 })));
+
+    let refused = rt.trigger("nope", json!({})).await.unwrap_err();
+    assert_eq!(refused.job.error_detail.unwrap().kind_name(), "notFound");
+}
+
+#[tokio::test]
+async fn run_ids_sort_in_creation_order() {
+    let rt = Runtime::new();
+    let mut ids = Vec::new();
+    for value in 0..50 {
+        let out = rt
+            .run(Double, NumberInput { base: BaseInput::new("a", "b"), value })
+            .await
+            .unwrap();
+        ids.push(out.job.run_id);
+    }
+    let mut sorted = ids.clone();
+    sorted.sort();
+    assert_eq!(ids, sorted);
+    sorted.dedup();
+    assert_eq!(sorted.len(), 50);
+}
+
+#[tokio::test]
+async fn task_fns_stay_callable_with_a_test_context() {
+    let ctx = TaskContext::for_test().with_tenant("acme").with_tramp_data(json!({ "x": 1 }));
+    let out = double(&ctx, NumberInput { base: BaseInput::new("a", "b"), value: 3 }).await;
+    assert_eq!(out.unwrap(), NumberOutput { value: 6 });
+    assert_eq!(ctx.tenant_id(), Some("acme"));
+    assert_eq!(ctx.tramp_data(), Some(&json!({ "x": 1 })));
+    // Child runs from a test context go through the whole validated path.
+    let err = ctx
+        .run(Double, NumberInput { base: BaseInput::new("a", "b"), value: -1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind_name(), "invalidInput");
+}
+
+#[test]
+fn each_run_logs_one_span_with_its_fields_and_start_and_end_events() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().write(buf)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async {
+                Runtime::new()
+                    .run(Double, NumberInput { base: BaseInput::new("acme", "docs"), value: 1 })
+                    .await
+                    .unwrap();
+            });
+    });
+    let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    assert_eq!(messages, ["run started", "run succeeded"], "{text}");
+    let done = lines.iter().find(|l| l["fields"]["message"] == "run succeeded").unwrap();
+    assert!(done["fields"]["duration_ms"].is_u64());
+    let span = &done["span"];
+    assert_eq!(span["name"], "run");
+    assert_eq!(span["task"], "double");
+    assert_eq!(span["tenant_id"], "acme");
+    assert_eq!(span["project_id"], "docs");
+    assert_eq!(span["attempt"], 1);
+    assert!(span["run_id"].as_str().unwrap().starts_with("run_"));
 }

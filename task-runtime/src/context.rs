@@ -58,18 +58,19 @@ impl Scope {
 
 type Cleanup = BoxFuture<'static, Result<(), String>>;
 
-/// What a cleanup future may return: `()` or `Result<(), E>` with a displayable error.
-pub trait CleanupOutcome {
+/// What a cleanup or hook future may return: `()` or `Result<(), E>` with a displayable
+/// error.
+pub trait CallbackResult {
     fn into_result(self) -> Result<(), String>;
 }
 
-impl CleanupOutcome for () {
+impl CallbackResult for () {
     fn into_result(self) -> Result<(), String> {
         Ok(())
     }
 }
 
-impl<E: Display> CleanupOutcome for Result<(), E> {
+impl<E: Display> CallbackResult for Result<(), E> {
     fn into_result(self) -> Result<(), String> {
         self.map_err(|e| e.to_string())
     }
@@ -236,7 +237,7 @@ impl TaskContext {
     pub fn defer<F>(&self, cleanup: F)
     where
         F: Future + Send + 'static,
-        F::Output: CleanupOutcome,
+        F::Output: CallbackResult,
     {
         let cleanup = async move {
             match AssertUnwindSafe(cleanup).catch_unwind().await {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 use crate::context::{Records, Scope, TaskContext, panic_message};
 use crate::envelope::{Job, Metadata, RunOutput};
 use crate::error::{Issue, TaskError};
+use crate::hooks::{HookEvent, When, guarded};
 use crate::runtime::Runtime;
 use crate::task::{Kind, Task};
 
@@ -67,16 +68,20 @@ pub(crate) struct Produced<O> {
     pub json: Value,
 }
 
-/// A fresh run id: `run_` + a ULID, so ids sort by creation time.
+/// A fresh run id: `run_` + a ULID. Ids made on one thread sort in creation order, even
+/// within one millisecond (a per-thread monotonic generator, so no lock is shared).
 pub(crate) fn new_run_id(at: SystemTime) -> Arc<str> {
-    let ulid = ulid::Ulid::from_datetime(at);
+    thread_local! {
+        static GENERATOR: std::cell::RefCell<ulid::Generator> =
+            std::cell::RefCell::new(ulid::Generator::new());
+    }
+    let ulid = GENERATOR
+        .with(|g| g.borrow_mut().generate_from_datetime(at))
+        .unwrap_or_else(|_| ulid::Ulid::from_datetime(at));
+    let mut text = [0u8; ulid::ULID_LEN];
     let mut buf = [0u8; 4 + ulid::ULID_LEN];
     buf[..4].copy_from_slice(b"run_");
-    let text = ulid
-        .array_to_str(&mut [0u8; ulid::ULID_LEN])
-        .as_bytes()
-        .to_owned();
-    buf[4..].copy_from_slice(&text);
+    buf[4..].copy_from_slice(ulid.array_to_str(&mut text).as_bytes());
     Arc::from(std::str::from_utf8(&buf).expect("ULIDs are ASCII"))
 }
 
@@ -127,17 +132,23 @@ pub(crate) async fn execute<T: Task>(
         .run(started_at, clock)
         .instrument(span.clone())
         .await;
-    let _entered = span.enter();
-    let duration_ms = report.duration_ms;
-    match &result {
-        Ok(_) => tracing::info!(duration_ms, attempts = report.attempts, "run succeeded"),
-        Err(error) => tracing::warn!(
-            duration_ms,
-            attempts = report.attempts,
-            kind = error.kind_name(),
-            error = %error,
-            "run failed"
-        ),
+    {
+        let _entered = span.enter();
+        let duration_ms = report.duration_ms;
+        match &result {
+            Ok(_) => tracing::info!(duration_ms, attempts = report.attempts, "run succeeded"),
+            Err(error) => tracing::warn!(
+                duration_ms,
+                attempts = report.attempts,
+                kind = error.kind_name(),
+                error = %error,
+                "run failed"
+            ),
+        }
+    }
+    if T::HAS_HOOKS || !runtime.hooks().is_empty() {
+        let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
+        run_hooks::<T>(runtime, when, event).instrument(span).await;
     }
     envelope(T::ID, &run_id, input_json, &scope, result, report)
 }
@@ -321,6 +332,42 @@ async fn run_guarded<T: Task>(
         bounded.await
     };
     outcome.unwrap_or_else(|panic| Err(TaskError::panicked(panic_message(&*panic))))
+}
+
+/// What the hooks of a finished run are told.
+fn hook_event<T: Task>(
+    run_id: &str,
+    input: &Value,
+    result: &Result<Produced<T::Output>, TaskError>,
+    attempts: u32,
+) -> (When, HookEvent) {
+    let when = if result.is_ok() {
+        When::Success
+    } else {
+        When::Failure
+    };
+    let event = HookEvent {
+        task_name: T::ID,
+        run_id: run_id.to_owned(),
+        input: input.clone(),
+        output: result.as_ref().ok().map(|produced| produced.json.clone()),
+        error: result.as_ref().err().cloned(),
+        attempts,
+    };
+    (when, event)
+}
+
+/// Calls the task's own hook, then the runtime-wide ones, for a finished run.
+async fn run_hooks<T: Task>(runtime: &Runtime, when: When, event: HookEvent) {
+    if T::HAS_HOOKS {
+        match when {
+            When::Success => guarded("on_success", T::ID, T::on_success(&event)).await,
+            When::Failure => guarded("on_failure", T::ID, T::on_failure(&event)).await,
+        }
+    }
+    for hook in runtime.hooks().iter().filter(|hook| hook.when == when) {
+        guarded("runtime", T::ID, (hook.call)(event.clone())).await;
+    }
 }
 
 /// Tenant, project, trampData and cleanup options from the input, else from the parent.

@@ -99,7 +99,7 @@ pub struct StepRef {
     pub run_id: String,
     /// The location inside this step, when the step is itself a track or orchestrator.
     #[serde(flatten)]
-    pub inner: Box<Location>,
+    pub inner: Location,
 }
 
 /// Where in an orchestrator an error happened.
@@ -115,16 +115,16 @@ pub struct BranchRef {
     pub run_id: String,
     /// The location inside this branch, when it is itself a track or orchestrator.
     #[serde(flatten)]
-    pub inner: Box<Location>,
+    pub inner: Location,
 }
 
 /// A position inside a composite run: at most one of `step` / `branch` is set per level.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Location {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub step: Option<StepRef>,
+    pub step: Option<Box<StepRef>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub branch: Option<BranchRef>,
+    pub branch: Option<Box<BranchRef>>,
 }
 
 impl Location {
@@ -355,12 +355,12 @@ impl TaskError {
     /// Records that this error happened in step `index` of a track.
     pub fn in_step(mut self, index: usize, task_name: &str, run_id: &str) -> Self {
         let inner = std::mem::take(&mut self.location);
-        self.location.step = Some(StepRef {
+        self.location.step = Some(Box::new(StepRef {
             index,
             task_name: task_name.to_owned(),
             run_id: run_id.to_owned(),
-            inner: Box::new(inner),
-        });
+            inner,
+        }));
         self
     }
 
@@ -373,13 +373,13 @@ impl TaskError {
         run_id: &str,
     ) -> Self {
         let inner = std::mem::take(&mut self.location);
-        self.location.branch = Some(BranchRef {
+        self.location.branch = Some(Box::new(BranchRef {
             name: name.to_owned(),
             item,
             task_name: task_name.to_owned(),
             run_id: run_id.to_owned(),
-            inner: Box::new(inner),
-        });
+            inner,
+        }));
         self
     }
 }

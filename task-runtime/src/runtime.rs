@@ -19,6 +19,8 @@ use crate::context::lock;
 use crate::engine::{self, RunInput, Seed};
 use crate::envelope::{RunError, RunOutput};
 use crate::error::TaskError;
+use crate::hooks::{HookEvent, RuntimeHook, When};
+use crate::context::CallbackResult;
 use crate::limits::{InputError, Limits, drop_deep};
 use crate::policy::RetryPolicy;
 use crate::registry::{Registry, RegistryError, TaskDescriptor};
@@ -50,6 +52,7 @@ struct Inner {
     root: CancellationToken,
     tracker: TaskTracker,
     idempotency: Mutex<HashMap<String, Remembered>>,
+    hooks: Vec<RuntimeHook>,
 }
 
 type SharedRun = Shared<BoxFuture<'static, RunOutput<Value>>>;
@@ -132,6 +135,7 @@ pub struct RuntimeBuilder {
     default_timeout: Option<Duration>,
     max_concurrency: Option<usize>,
     max_fan_out: usize,
+    hooks: Vec<RuntimeHook>,
 }
 
 impl Default for RuntimeBuilder {
@@ -143,6 +147,7 @@ impl Default for RuntimeBuilder {
             default_timeout: None,
             max_concurrency: None,
             max_fan_out: 1024,
+            hooks: Vec::new(),
         }
     }
 }
@@ -150,10 +155,7 @@ impl Default for RuntimeBuilder {
 impl RuntimeBuilder {
     /// Registers a handle explicitly: the fallback for tasks in a crate the binary does not
     /// otherwise reference (which `inventory` cannot see).
-    pub fn register<T: Task>(mut self) -> Self
-    where
-        T: Registered,
-    {
+    pub fn register<T: Registered>(mut self) -> Self {
         self.extra.push(T::descriptor());
         self
     }
@@ -195,6 +197,30 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs `hook` after every run (of any task, nested runs included) that succeeded.
+    /// Its error or panic is logged and never changes the run's outcome.
+    pub fn on_success<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(HookEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: CallbackResult,
+    {
+        self.hooks.push(RuntimeHook::new(When::Success, hook));
+        self
+    }
+
+    /// Runs `hook` after every run (of any task, nested runs included) that failed, retries
+    /// exhausted. Its error or panic is logged and never changes the run's outcome.
+    pub fn on_failure<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(HookEvent) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future + Send + 'static,
+        Fut::Output: CallbackResult,
+    {
+        self.hooks.push(RuntimeHook::new(When::Failure, hook));
+        self
+    }
+
     /// Builds the runtime; fails when two definitions share an id.
     pub fn build(self) -> Result<Runtime, RegistryError> {
         let mut registry = Registry::global()?.clone();
@@ -213,6 +239,7 @@ impl RuntimeBuilder {
                 root: CancellationToken::new(),
                 tracker: TaskTracker::new(),
                 idempotency: Mutex::default(),
+                hooks: self.hooks,
             }),
         })
     }
@@ -276,6 +303,10 @@ impl Runtime {
 
     pub(crate) fn max_fan_out(&self) -> usize {
         self.inner.max_fan_out
+    }
+
+    pub(crate) fn hooks(&self) -> &[RuntimeHook] {
+        &self.inner.hooks
     }
 
     pub(crate) fn root_token(&self) -> &CancellationToken {

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::TaskContext;
 use crate::error::TaskError;
+use crate::hooks::HookEvent;
 use crate::policy::RunPolicy;
 use crate::schema::TaskSchemas;
 
@@ -84,6 +85,23 @@ pub trait Task: Send + Sync + 'static {
         ctx: &TaskContext,
         input: Self::Input,
     ) -> impl Future<Output = Result<Self::Output, TaskError>> + Send + '_;
+
+    /// Whether the task defines hooks (set by `#[task(on_success = .., on_failure = ..)]`);
+    /// runs of tasks without hooks build no hook event.
+    const HAS_HOOKS: bool = false;
+
+    /// Called once after the run succeeded. Errors are logged, never fail the run.
+    fn on_success(event: &HookEvent) -> impl Future<Output = Result<(), TaskError>> + Send + '_ {
+        let _ = event;
+        std::future::ready(Ok(()))
+    }
+
+    /// Called once after the run failed, retries exhausted. Errors are logged, never fail
+    /// the run.
+    fn on_failure(event: &HookEvent) -> impl Future<Output = Result<(), TaskError>> + Send + '_ {
+        let _ = event;
+        std::future::ready(Ok(()))
+    }
 
     /// The task's schemas and compiled validators, built once on first use.
     #[doc(hidden)]

@@ -1,8 +1,16 @@
-//! Fixture tasks for the workspace integration tests.
+//! Fixture tasks, tracks and orchestrators for the workspace integration tests, and a
+//! `Probe` that lets a test observe what ran, when, and how many at once.
 
+use std::time::Duration;
+
+use serde_json::Value;
 use task_runtime::prelude::*;
 
-/// Input of the fixture tasks: the base fields and a value.
+pub mod probe;
+
+use probe::Probe;
+
+/// Input of the numeric fixtures.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NumberInput {
@@ -12,7 +20,7 @@ pub struct NumberInput {
     pub value: i64,
 }
 
-/// Output of the fixture tasks.
+/// Output of the numeric fixtures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct NumberOutput {
     pub value: i64,
@@ -26,7 +34,17 @@ pub async fn double(_ctx: &TaskContext, input: NumberInput) -> Result<NumberOutp
     })
 }
 
-/// A text to count.
+/// Lets a mapper-less step feed `double` with `double`'s output.
+impl From<NumberOutput> for NumberInput {
+    fn from(out: NumberOutput) -> Self {
+        NumberInput {
+            base: BaseInput::new("t", "p"),
+            value: out.value,
+        }
+    }
+}
+
+/// A text to measure.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TextInput {
@@ -50,16 +68,6 @@ pub async fn length(_ctx: &TaskContext, input: TextInput) -> Result<TextLength, 
     })
 }
 
-/// A number as the input of `double`, for mapper-less steps.
-impl From<NumberOutput> for NumberInput {
-    fn from(out: NumberOutput) -> Self {
-        NumberInput {
-            base: BaseInput::new("t", "p"),
-            value: out.value,
-        }
-    }
-}
-
 track! {
     /// Doubles twice.
     pub QuadrupleTrack("quadruple") {
@@ -69,27 +77,258 @@ track! {
 }
 
 track! {
-    /// Measures, doubles the length, doubles again.
+    /// Measures a text, doubles the length, then quadruples it with a nested track.
     pub MeasureTrack("measure") {
         Length,
-        Double = |prev: TextLength, original: &TextInput| NumberInput { base: original.base.clone(), value: prev.chars as i64 },
+        Double = |prev: TextLength, original: &TextInput| NumberInput {
+            base: original.base.clone(),
+            value: prev.chars as i64,
+        },
         QuadrupleTrack,
     }
 }
 
-/// Inputs of `fan`: numbers to double.
+/// Input of `read_number`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct NumbersInput {
+pub struct PathInput {
     #[serde(flatten)]
     pub base: BaseInput,
-    pub values: Vec<i64>,
+    pub path: String,
+}
+
+/// The user's own error type, defined with thiserror.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadNumberError {
+    #[error("cannot read '{path}'")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("'{path}' does not hold a number")]
+    NotANumber {
+        path: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+}
+
+/// Reads a number from a file.
+#[task(id = "read_number")]
+pub async fn read_number(
+    _ctx: &TaskContext,
+    input: PathInput,
+) -> Result<NumberOutput, ReadNumberError> {
+    let text = tokio::fs::read_to_string(&input.path)
+        .await
+        .map_err(|source| ReadNumberError::Read {
+            path: input.path.clone(),
+            source,
+        })?;
+    let value = text
+        .trim()
+        .parse()
+        .map_err(|source| ReadNumberError::NotANumber {
+            path: input.path.clone(),
+            source,
+        })?;
+    Ok(NumberOutput { value })
+}
+
+/// Input of the `work` family: what to do, observed through a probe.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    /// Name of the [`Probe`] that records what happens.
+    pub probe: String,
+    /// A label for the probe's events.
+    #[serde(default)]
+    pub label: String,
+    /// How long the work takes (virtual time under a paused clock).
+    #[serde(default)]
+    pub millis: u64,
+    /// Attempts up to this one fail.
+    #[serde(default)]
+    pub fail_attempts: u32,
+    /// Failures are fatal.
+    #[serde(default)]
+    pub fatal: bool,
+    /// Attempts up to this one panic.
+    #[serde(default)]
+    pub panic_attempts: u32,
+}
+
+impl WorkInput {
+    /// Work reported to `probe`, taking `millis`.
+    pub fn new(probe: &Probe, label: &str, millis: u64) -> Self {
+        WorkInput {
+            base: BaseInput::new("tenant", "project"),
+            probe: probe.name().to_owned(),
+            label: label.to_owned(),
+            millis,
+            ..WorkInput::default()
+        }
+    }
+}
+
+/// Output of the `work` family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkOutput {
+    pub label: String,
+    pub attempt: u32,
+    pub tenant_id: Option<String>,
+    pub tramp_data: Option<Value>,
+}
+
+/// Lets mapper-less orchestrator branches take the orchestrator's `WorkInput` as is.
+async fn work_body(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    let probe = Probe::get(&input.probe);
+    let label = format!("{}:{}", ctx.task_id(), input.label);
+    probe.record(format!("start {label} #{}", ctx.attempt()));
+    let cleanup_probe = probe.clone();
+    let cleanup_label = label.clone();
+    ctx.defer(async move { cleanup_probe.record(format!("cleanup {cleanup_label}")) });
+    let _running = probe.enter();
+    if input.millis > 0 {
+        tokio::time::sleep(Duration::from_millis(input.millis)).await;
+    }
+    if ctx.attempt() <= input.panic_attempts {
+        panic!("{label} panicked on attempt {}", ctx.attempt());
+    }
+    if ctx.attempt() <= input.fail_attempts {
+        let message = format!("{label} failed on attempt {}", ctx.attempt());
+        probe.record(format!("fail {label} #{}", ctx.attempt()));
+        return Err(if input.fatal {
+            TaskError::fatal(message)
+        } else {
+            TaskError::failed(message)
+        });
+    }
+    probe.record(format!("finish {label}"));
+    Ok(WorkOutput {
+        label: input.label,
+        attempt: ctx.attempt(),
+        tenant_id: ctx.tenant_id().map(str::to_owned),
+        tramp_data: ctx.tramp_data().cloned(),
+    })
+}
+
+/// Does the work described by its input, once.
+#[task(id = "work")]
+pub async fn work(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+/// Like `work`, with three attempts and exponential backoff 100ms, 200ms.
+#[task(
+    id = "flaky",
+    retry(max_attempts = 3, factor = 2.0, min_delay = "100ms", max_delay = "1s")
+)]
+pub async fn flaky(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+/// Like `work`, with a 1 s timeout per attempt and two attempts.
+#[task(id = "slow", timeout = "1s", retry(max_attempts = 2, min_delay = "10ms"))]
+pub async fn slow(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+/// Like `work`, at most two at once.
+#[task(id = "limited", concurrency = 2)]
+pub async fn limited(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+track! {
+    /// Three rounds of work, each fed the track's input.
+    pub WorkTrack("work_track") {
+        Work,
+        Work = |_prev: WorkOutput, original: &WorkInput| WorkInput { label: format!("{}-2", original.label), ..original.clone() },
+        Work = |_prev, original| WorkInput { label: format!("{}-3", original.label), ..original.clone() },
+    }
+}
+
+/// Input of the batch orchestrators.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub lead: WorkInput,
+    pub items: Vec<WorkInput>,
 }
 
 orchestrator! {
-    /// Doubles every number and measures a text.
-    pub Fan("fan")(input: NumbersInput) {
-        doubled: each(|input| input.values.iter().map(|v| NumberInput { base: input.base.clone(), value: *v }).collect::<Vec<_>>()) => Double, concurrency = 2,
-        first: Double = |input| NumberInput { base: input.base.clone(), value: input.values[0] },
+    /// Two copies of the same work, side by side.
+    pub Pair("pair")(input: WorkInput) {
+        left: Work,
+        right: Work,
+    }
+}
+
+orchestrator! {
+    /// A lead task beside a fan-out over items, two at a time; fails fast.
+    pub Batch("batch")(input: BatchInput) {
+        lead: Work = |input| input.lead.clone(),
+        items: each(|input| input.items.clone()) => Work, concurrency = 2,
+    }
+}
+
+orchestrator! {
+    /// `batch`, settling every branch instead of failing fast.
+    pub BatchSettle("batch_settle", failure = settle)(input: BatchInput) {
+        lead: Work = |input| input.lead.clone(),
+        items: each(input.items.clone()) => Work, concurrency = 2,
+    }
+}
+
+orchestrator! {
+    /// Tracks fanned out under an orchestrator, for nesting under limits.
+    pub TrackFan("track_fan")(input: BatchInput) {
+        tracks: each(|input| input.items.clone()) => WorkTrack,
+        nested: Batch = |input| input.clone(),
+    }
+}
+
+/// Input of `rendezvous`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RendezvousInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub probe: String,
+}
+
+/// Output of `rendezvous`: whether the other party arrived while this one held its thread.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Met {
+    pub met: bool,
+}
+
+/// Arrives, then holds its thread without awaiting until a second `rendezvous` arrives (or
+/// 10 s pass): only true parallelism lets two of them meet.
+#[task(id = "rendezvous")]
+pub async fn rendezvous(_ctx: &TaskContext, input: RendezvousInput) -> Result<Met, TaskError> {
+    let probe = Probe::get(&input.probe);
+    let _here = probe.enter();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while probe.max_running() < 2 && std::time::Instant::now() < deadline {
+        std::hint::spin_loop();
+    }
+    Ok(Met {
+        met: probe.max_running() >= 2,
+    })
+}
+
+orchestrator! {
+    /// Two rendezvous branches: they meet only if they run on two threads at once.
+    pub Meet("meet")(input: RendezvousInput) {
+        a: Rendezvous,
+        b: Rendezvous,
     }
 }

@@ -1,0 +1,18 @@
+use task_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct In {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Out {
+    pub n: usize,
+}
+
+#[task]
+pub async fn returns_number(_ctx: &TaskContext, input: In) -> u32 {
+    input.text.len() as u32
+}
+
+fn main() {}
