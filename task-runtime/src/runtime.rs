@@ -406,7 +406,7 @@ impl Runtime {
     ) -> Result<RunHandle, Box<RunOutput<Value>>> {
         let (descriptor, input) = self.admit(id, input)?;
         let Some(key) = options.idempotency_key else {
-            return Ok(self.spawn(descriptor, input));
+            return Ok(self.spawn(descriptor, input, None));
         };
         let mut remembered = lock(&self.inner.idempotency);
         let now = Instant::now();
@@ -419,9 +419,12 @@ impl Runtime {
                 run: existing.run.clone(),
             });
         }
-        let handle = self.spawn(descriptor, input);
+        let ttl = options
+            .idempotency_ttl
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let handle = self.spawn(descriptor, input, Some((key.clone(), ttl)));
         remembered.insert(
-            key.clone(),
+            key,
             Remembered {
                 run_id: handle.run_id.clone(),
                 cancel: handle.cancel.clone(),
@@ -429,35 +432,41 @@ impl Runtime {
                 expires_at: None,
             },
         );
-        drop(remembered);
-        let ttl = options
-            .idempotency_ttl
-            .unwrap_or(Duration::from_secs(24 * 3600));
-        let (runtime, run, run_id) = (self.clone(), handle.run.clone(), handle.run_id.clone());
-        tokio::spawn(async move {
-            let out = run.await;
-            let mut remembered = lock(&runtime.inner.idempotency);
-            if remembered.get(&key).is_some_and(|r| r.run_id == run_id) {
-                if out.job.success {
-                    if let Some(r) = remembered.get_mut(&key) {
-                        r.expires_at = Some(Instant::now() + ttl);
-                    }
-                } else {
-                    remembered.remove(&key);
-                }
-            }
-        });
         Ok(handle)
     }
 
-    fn spawn(&self, descriptor: &'static TaskDescriptor, input: Value) -> RunHandle {
+    /// Keeps a succeeded run under its key until the TTL passes; releases it on failure.
+    fn settle_key(&self, key: &str, ttl: Duration, out: &RunOutput<Value>) {
+        let mut remembered = lock(&self.inner.idempotency);
+        match remembered.get_mut(key) {
+            Some(r) if *r.run_id == *out.job.run_id => {
+                if out.job.success {
+                    r.expires_at = Some(Instant::now() + ttl);
+                } else {
+                    remembered.remove(key);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn spawn(
+        &self,
+        descriptor: &'static TaskDescriptor,
+        input: Value,
+        key: Option<(String, Duration)>,
+    ) -> RunHandle {
         let mut seed = Seed::root(self);
         let run_id = engine::new_run_id(std::time::SystemTime::now());
         seed.run_id = Some(run_id.clone());
         let cancel = seed.cancel.clone();
         let runtime = self.clone();
         let task = self.inner.tracker.spawn(async move {
-            descriptor.run_json(&runtime, input, seed).await
+            let out = descriptor.run_json(&runtime, input, seed).await;
+            if let Some((key, ttl)) = key {
+                runtime.settle_key(&key, ttl, &out);
+            }
+            out
         });
         let task_name = descriptor.id;
         let id_for_error = run_id.clone();
