@@ -1,6 +1,7 @@
 //! Installing a `tracing` subscriber for binaries: pretty or JSON lines on stderr, filtered
 //! by `RUST_LOG` (default `info`). Library code never installs one itself.
 
+use std::io::IsTerminal;
 use std::str::FromStr;
 
 use tracing_subscriber::EnvFilter;
@@ -33,7 +34,8 @@ pub fn init(format: LogFormat) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Pretty => builder.try_init().is_ok(),
         LogFormat::Json => builder

@@ -6,9 +6,11 @@
 //! a template to copy; they are compiled only under `cfg(test)` so they stay type-checked
 //! without being registered in the binary.
 //!
-//! The text helpers shared by several tasks (tokenizer, sentence splitter, stop words) live in
-//! [`text`], so every task counts words the same way.
+//! The helpers several tasks share live outside the task modules, so there is one way to do
+//! each thing: [`markup`] turns Markdown and HTML into plain text, [`text`] splits text into
+//! words, sentences and paragraphs.
 
+pub mod markup;
 pub mod orchestrators;
 pub mod schemas;
 pub mod tasks;

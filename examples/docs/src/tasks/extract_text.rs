@@ -1,0 +1,154 @@
+//! `extract_text`: a local document in, its plain text out.
+
+use std::path::Path;
+
+use task_runtime::Fatal;
+use task_runtime::prelude::*;
+
+use crate::markup::{html_to_text, markdown_to_text};
+use crate::schemas::extract_text::{ExtractInput, TextOutput};
+use crate::schemas::generic::DocumentFormat;
+use crate::text::normalise_whitespace;
+
+/// Why a document could not be turned into text.
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    /// The file is missing, unreadable or a directory; a retry may succeed once it is fixed.
+    #[error("cannot read '{path}'")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// No extractor for this extension. The `Fatal` cause stops retries: the file's type
+    /// will not change between attempts.
+    #[error(
+        "cannot extract text from '{path}': unsupported extension '{extension}' \
+         (expected txt, md, markdown, html or htm)"
+    )]
+    Unsupported {
+        path: String,
+        extension: String,
+        #[source]
+        cause: Fatal,
+    },
+}
+
+impl ExtractError {
+    fn unsupported(path: &str, extension: &str) -> Self {
+        ExtractError::Unsupported {
+            path: path.to_owned(),
+            extension: extension.to_owned(),
+            cause: Fatal::new("retrying cannot change a file's type"),
+        }
+    }
+}
+
+/// Extract the plain text of a local .txt, .md or .html file.
+///
+/// Markdown loses its markup and code blocks; HTML loses its tags, scripts and styles and has
+/// its entities decoded. Whitespace is normalised so paragraphs are separated by exactly one
+/// blank line. An unsupported extension fails without retry.
+#[task(id = "extract_text")]
+pub async fn extract_text(
+    _ctx: &TaskContext,
+    input: ExtractInput,
+) -> Result<TextOutput, ExtractError> {
+    let document = read_document(&input.path).await?;
+    tracing::info!(
+        path = %document.path,
+        format = ?document.format,
+        bytes = document.bytes,
+        characters = document.text.chars().count(),
+        "extracted text"
+    );
+    Ok(document)
+}
+
+/// Reads and extracts one document. The body of `extract_text`, shared with `corpus_stats`
+/// so both see exactly the same text.
+pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
+    let extension = Path::new(path)
+        .extension()
+        .and_then(|extension| extension.to_str())
+        .unwrap_or_default();
+    // Checked before reading, so an unsupported file is refused without touching the disk.
+    let format = DocumentFormat::from_extension(extension)
+        .ok_or_else(|| ExtractError::unsupported(path, extension))?;
+    let raw = tokio::fs::read(path)
+        .await
+        .map_err(|source| ExtractError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    // A stray invalid byte should cost one character, not the whole document.
+    let text = extract(format, &String::from_utf8_lossy(&raw));
+    Ok(TextOutput {
+        path: path.to_owned(),
+        format,
+        text,
+        bytes: raw.len() as u64,
+    })
+}
+
+/// The plain text of `raw` in `format`, whitespace-normalised.
+pub fn extract(format: DocumentFormat, raw: &str) -> String {
+    match format {
+        DocumentFormat::Text => normalise_whitespace(raw),
+        DocumentFormat::Markdown => normalise_whitespace(&markdown_to_text(raw)),
+        DocumentFormat::Html => normalise_whitespace(&html_to_text(raw)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    fn input(path: &str) -> ExtractInput {
+        ExtractInput {
+            base: BaseInput::new("t", "p"),
+            path: path.to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn extracts_a_shipped_markdown_sample() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/beekeeping.md");
+        let output = extract_text(&TaskContext::for_test(), input(path))
+            .await
+            .unwrap();
+        assert_eq!(output.format, DocumentFormat::Markdown);
+        assert!(output.bytes > 0);
+        assert!(!output.text.contains('#'));
+        assert!(!output.text.contains("](")); // links reduced to their text
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_a_read_error_with_path_and_io_source() {
+        let path = "definitely/not/here.txt";
+        let error = extract_text(&TaskContext::for_test(), input(path))
+            .await
+            .unwrap_err();
+        assert!(matches!(&error, ExtractError::Read { path: p, .. } if p == path));
+        assert_eq!(error.to_string(), format!("cannot read '{path}'"));
+        let source = error.source().expect("the io error is kept as the source");
+        let io = source.downcast_ref::<std::io::Error>().unwrap();
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        assert!(TaskError::from_error(error).is_retryable());
+    }
+
+    #[tokio::test]
+    async fn unsupported_extension_is_fatal() {
+        let error = extract_text(&TaskContext::for_test(), input("report.pdf"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, ExtractError::Unsupported { extension, .. } if extension == "pdf")
+        );
+        let task_error = TaskError::from_error(error);
+        assert!(!task_error.is_retryable());
+        assert_eq!(task_error.kind_name(), "failed");
+    }
+}
