@@ -10,13 +10,19 @@ use task_runtime::cli::run_with;
 use docs_pipeline as _;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Reads an example input and makes its sample paths absolute (tests run in `tests/`).
 fn example_input(name: &str) -> Value {
     let text = std::fs::read_to_string(root().join("examples/docs").join(name)).unwrap();
-    let absolute = text.replace("\"examples/docs/", &format!("\"{}/examples/docs/", root().display()));
+    let absolute = text.replace(
+        "\"examples/docs/",
+        &format!("\"{}/examples/docs/", root().display()),
+    );
     serde_json::from_str(&absolute).unwrap()
 }
 
@@ -75,7 +81,12 @@ async fn schema_prints_both_schemas() {
     assert_eq!(schema["id"], "extract_text");
     assert_eq!(schema["kind"], "task");
     assert_eq!(schema["input"]["properties"]["path"]["minLength"], 1);
-    assert!(schema["input"]["required"].as_array().unwrap().contains(&json!("tenantId")));
+    assert!(
+        schema["input"]["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tenantId"))
+    );
     assert!(schema["output"]["properties"]["text"].is_object());
 }
 
@@ -90,7 +101,10 @@ async fn run_extract_text_succeeds_and_echoes_trampdata() {
     assert_eq!(env["trampData"], input["trampData"]);
     assert!(env["results"]["text"].as_str().unwrap().len() > 100);
     let text = env["results"]["text"].as_str().unwrap();
-    assert!(!text.contains("<p") && !text.contains("</"), "markup stripped: {text}");
+    assert!(
+        !text.contains("<p") && !text.contains("</"),
+        "markup stripped: {text}"
+    );
 }
 
 #[tokio::test]
@@ -124,13 +138,23 @@ async fn input_from_a_file_and_from_stdin_marker_path() {
 
     let missing = cli(&["run", "extract_text", "--input", "/no/such/input.json"]).await;
     assert_eq!(missing.code, 2);
-    assert!(missing.err.contains("/no/such/input.json"), "{}", missing.err);
+    assert!(
+        missing.err.contains("/no/such/input.json"),
+        "{}",
+        missing.err
+    );
     assert!(missing.out.is_empty());
 }
 
 #[tokio::test]
 async fn malformed_json_is_a_usage_error_that_says_where() {
-    let out = cli(&["run", "extract_text", "--input", "{\"tenantId\": \"a\",\n \"path\": }"]).await;
+    let out = cli(&[
+        "run",
+        "extract_text",
+        "--input",
+        "{\"tenantId\": \"a\",\n \"path\": }",
+    ])
+    .await;
     assert_eq!(out.code, 2);
     assert!(out.err.contains("line 2 column 10"), "{}", out.err);
     assert!(out.out.is_empty());
@@ -140,7 +164,11 @@ async fn malformed_json_is_a_usage_error_that_says_where() {
 async fn unknown_id_suggests_and_exits_2() {
     let out = cli(&["run", "extract_txt", "--input", "{}"]).await;
     assert_eq!(out.code, 2);
-    assert!(out.err.contains("no task with id 'extract_txt'"), "{}", out.err);
+    assert!(
+        out.err.contains("no task with id 'extract_txt'"),
+        "{}",
+        out.err
+    );
     assert!(out.err.contains("extract_text"), "{}", out.err);
     let out = cli(&["schema", "text_trak"]).await;
     assert_eq!(out.code, 2);
@@ -155,7 +183,10 @@ async fn oversized_and_deeply_nested_inputs_get_an_envelope_not_a_crash() {
     let env = out.json();
     assert_eq!(env["job"]["errorDetail"]["kind"], "invalidInput");
     let message = env["job"]["error"].as_str().unwrap();
-    assert!(message.contains("over the limit of 3145728 bytes"), "{message}");
+    assert!(
+        message.contains("over the limit of 3145728 bytes"),
+        "{message}"
+    );
 
     let deep = format!(
         "{{\"tenantId\":\"a\",\"projectId\":\"b\",\"path\":{}1{}}}",
@@ -165,7 +196,12 @@ async fn oversized_and_deeply_nested_inputs_get_an_envelope_not_a_crash() {
     let out = cli(&["run", "extract_text", "--input", &deep]).await;
     assert_eq!(out.code, 1);
     let env = out.json();
-    assert!(env["job"]["error"].as_str().unwrap().contains("deeper than the limit of 64 levels"));
+    assert!(
+        env["job"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("deeper than the limit of 64 levels")
+    );
 }
 
 #[tokio::test]
@@ -203,7 +239,10 @@ async fn an_empty_document_fails_step_2_and_keeps_trampdata() {
     assert_eq!(out.code, 1);
     let env = out.json();
     let error = env["job"]["error"].as_str().unwrap();
-    assert!(error.starts_with("step 2 'count_words' failed: invalid input: /text"), "{error}");
+    assert!(
+        error.starts_with("step 2 'count_words' failed: invalid input: /text"),
+        "{error}"
+    );
     assert_eq!(env["job"]["errorDetail"]["step"]["index"], 1);
     assert_eq!(env["job"]["errorDetail"]["step"]["taskName"], "count_words");
     assert_eq!(env["trampData"], input["trampData"]);
@@ -216,7 +255,10 @@ async fn the_orchestrator_processes_every_sample() {
     assert_eq!(out.code, 0, "{}", out.out);
     let env = out.json();
     let documents = input["documents"].as_array().unwrap().len();
-    assert_eq!(env["results"]["documents"].as_array().unwrap().len(), documents);
+    assert_eq!(
+        env["results"]["documents"].as_array().unwrap().len(),
+        documents
+    );
     assert_eq!(env["results"]["corpus"]["documents"], documents);
     assert_eq!(env["trampData"], input["trampData"]);
     let branches = env["metadata"]["branches"].as_array().unwrap();
@@ -226,12 +268,19 @@ async fn the_orchestrator_processes_every_sample() {
 #[tokio::test]
 async fn one_bad_document_fails_fast_naming_the_item() {
     let mut input = example_input("input.json");
-    input["documents"][2] = json!(root().join("examples/docs/samples/missing.md").display().to_string());
+    input["documents"][2] = json!(
+        root()
+            .join("examples/docs/samples/missing.md")
+            .display()
+            .to_string()
+    );
     let out = run_inline("docs_orchestrator", &input).await;
     assert_eq!(out.code, 1);
     let env = out.json();
     let detail = &env["job"]["errorDetail"];
     assert_eq!(detail["branch"]["name"], "documents");
     assert_eq!(detail["branch"]["item"], 2);
-    assert!(env["job"]["error"].as_str().unwrap().starts_with("branch 'documents' item 2 failed: step 1 'extract_text' failed: cannot read"));
+    assert!(env["job"]["error"].as_str().unwrap().starts_with(
+        "branch 'documents' item 2 failed: step 1 'extract_text' failed: cannot read"
+    ));
 }

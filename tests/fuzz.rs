@@ -14,7 +14,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(Value::from),
         ".{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(6, 64, 8, |inner| {
@@ -43,20 +45,35 @@ fn field_name() -> impl Strategy<Value = String> {
 
 /// Objects shaped like task inputs: the base fields plus arbitrary others.
 fn input_like() -> impl Strategy<Value = Value> {
-    (".{0,8}", ".{0,8}", prop::collection::btree_map(field_name(), json_value(), 0..5)).prop_map(
-        |(tenant, project, rest)| {
+    (
+        ".{0,8}",
+        ".{0,8}",
+        prop::collection::btree_map(field_name(), json_value(), 0..5),
+    )
+        .prop_map(|(tenant, project, rest)| {
             let mut map: Map<String, Value> = rest.into_iter().collect();
             map.insert("tenantId".into(), Value::String(tenant));
             map.insert("projectId".into(), Value::String(project));
             Value::Object(map)
-        },
-    )
+        })
 }
 
 /// Every registered id: the example app's tasks, track and orchestrator.
 fn ids() -> Vec<&'static str> {
-    let ids: Vec<&'static str> = Runtime::new().registry().entries().iter().map(|d| d.id).collect();
-    for expected in ["extract_text", "count_words", "summarise", "corpus_stats", "text_track", "docs_orchestrator"] {
+    let ids: Vec<&'static str> = Runtime::new()
+        .registry()
+        .entries()
+        .iter()
+        .map(|d| d.id)
+        .collect();
+    for expected in [
+        "extract_text",
+        "count_words",
+        "summarise",
+        "corpus_stats",
+        "text_track",
+        "docs_orchestrator",
+    ] {
         assert!(ids.contains(&expected), "{expected} is not linked: {ids:?}");
     }
     ids

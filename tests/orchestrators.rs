@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::json;
-use task_runtime::prelude::*;
 use task_runtime::Outcome;
+use task_runtime::prelude::*;
 use task_tests::probe::Probe;
 use task_tests::*;
 
@@ -24,14 +24,24 @@ async fn two_one_second_branches_finish_in_one_second() {
     let rt = Runtime::new();
     let probe = Probe::new();
     let started = tokio::time::Instant::now();
-    let out = rt.run(Pair, WorkInput::new(&probe, "p", 1000)).await.unwrap();
+    let out = rt
+        .run(Pair, WorkInput::new(&probe, "p", 1000))
+        .await
+        .unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(1));
     let results = out.results.unwrap();
-    assert_eq!((results.left.label.as_str(), results.right.label.as_str()), ("p", "p"));
+    assert_eq!(
+        (results.left.label.as_str(), results.right.label.as_str()),
+        ("p", "p")
+    );
     assert_eq!(probe.max_running(), 2);
     let branches = &out.metadata.branches;
     assert_eq!(branches.len(), 2);
-    assert!(branches.iter().all(|b| b.success && b.run_id.is_some() && b.duration_ms == 1000));
+    assert!(
+        branches
+            .iter()
+            .all(|b| b.success && b.run_id.is_some() && b.duration_ms == 1000)
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -48,7 +58,12 @@ async fn ten_items_two_at_a_time_take_five_seconds_and_keep_their_order() {
     assert_eq!(results.lead.label, "lead");
     // The lead runs beside the two items in flight.
     assert_eq!(probe.max_running(), 3);
-    let items = out.metadata.branches.iter().find(|b| b.name == "items").unwrap();
+    let items = out
+        .metadata
+        .branches
+        .iter()
+        .find(|b| b.name == "items")
+        .unwrap();
     let counts = items.items.unwrap();
     assert_eq!((counts.total, counts.succeeded, counts.failed), (10, 10, 0));
 }
@@ -78,12 +93,26 @@ async fn fail_fast_names_the_item_and_cancels_the_rest_with_cleanup() {
     assert_eq!(probe.count("finish work:lead"), 0);
     assert_eq!(probe.count("cleanup work:lead"), 1, "{:?}", probe.events());
     assert_eq!(probe.count("start work:item4"), 0);
-    assert_eq!(probe.count("start"), probe.count("cleanup"), "every started run cleaned up");
-    let items = env.metadata.branches.iter().find(|b| b.name == "items").unwrap();
+    assert_eq!(
+        probe.count("start"),
+        probe.count("cleanup"),
+        "every started run cleaned up"
+    );
+    let items = env
+        .metadata
+        .branches
+        .iter()
+        .find(|b| b.name == "items")
+        .unwrap();
     let counts = items.items.unwrap();
     assert_eq!((counts.total, counts.succeeded, counts.failed), (6, 3, 1));
     assert_eq!(counts.cancelled, 2);
-    let lead = env.metadata.branches.iter().find(|b| b.name == "lead").unwrap();
+    let lead = env
+        .metadata
+        .branches
+        .iter()
+        .find(|b| b.name == "lead")
+        .unwrap();
     assert!(!lead.success);
 }
 
@@ -100,7 +129,10 @@ async fn settle_runs_everything_and_records_the_one_error() {
     for (i, item) in results.items.iter().enumerate() {
         match (i, item) {
             (3, Outcome::Error(error)) => {
-                assert_eq!(error.to_string(), "branch 'items' item 3 failed: work:item3 failed on attempt 1");
+                assert_eq!(
+                    error.to_string(),
+                    "branch 'items' item 3 failed: work:item3 failed on attempt 1"
+                );
             }
             (3, other) => panic!("item 3 should have failed: {other:?}"),
             (_, outcome) => assert!(outcome.is_ok(), "item {i}: {outcome:?}"),
@@ -128,7 +160,10 @@ async fn branches_run_on_different_worker_threads_at_once() {
 async fn nested_fan_out_under_a_runtime_limit_of_one_never_deadlocks() {
     let rt = Runtime::builder().max_concurrency(1).build().unwrap();
     let probe = Probe::new();
-    let out = rt.run(TrackFan, batch(&probe, 1000, 3, 1000)).await.unwrap();
+    let out = rt
+        .run(TrackFan, batch(&probe, 1000, 3, 1000))
+        .await
+        .unwrap();
     let results = out.results.unwrap();
     assert_eq!(results.tracks.len(), 3);
     assert_eq!(results.nested.items.len(), 3);

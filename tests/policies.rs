@@ -50,21 +50,32 @@ async fn fatal_errors_and_invalid_input_are_not_retried() {
     let env = rt.trigger_and_wait("flaky", input).await;
     assert_eq!(env.job.error_detail.unwrap().kind_name(), "invalidInput");
     assert_eq!(env.metadata.attempts, 0);
-    assert_eq!(probe.count("start"), 1, "invalid input never reaches the task");
+    assert_eq!(
+        probe.count("start"),
+        1,
+        "invalid input never reaches the task"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_timed_out_attempt_is_retried_then_reported_as_timeout() {
     let rt = Runtime::new();
     let probe = Probe::new();
-    let err = rt.run(Slow, WorkInput::new(&probe, "s", 5000)).await.unwrap_err();
+    let err = rt
+        .run(Slow, WorkInput::new(&probe, "s", 5000))
+        .await
+        .unwrap_err();
     assert_eq!(err.error.kind_name(), "timeout");
     assert_eq!(err.error.to_string(), "timed out after 1s");
     assert!(err.error.is_retryable());
     assert_eq!(err.envelope.metadata.attempts, 2);
     assert_eq!(probe.count("start"), 2);
     assert_eq!(probe.count("finish"), 0);
-    assert_eq!(probe.count("cleanup"), 2, "the dropped attempts still cleaned up");
+    assert_eq!(
+        probe.count("cleanup"),
+        2,
+        "the dropped attempts still cleaned up"
+    );
     assert_eq!(probe.running(), 0);
 }
 
@@ -80,7 +91,10 @@ async fn runtime_defaults_apply_to_tasks_without_a_policy() {
         .build()
         .unwrap();
     let probe = Probe::new();
-    let err = rt.run(Work, WorkInput::new(&probe, "d", 1000)).await.unwrap_err();
+    let err = rt
+        .run(Work, WorkInput::new(&probe, "d", 1000))
+        .await
+        .unwrap_err();
     assert_eq!(err.error.kind_name(), "timeout");
     assert_eq!(err.envelope.metadata.attempts, 2);
     let starts: Vec<Duration> = probe.timed("start").into_iter().map(|(at, _)| at).collect();
@@ -105,8 +119,11 @@ async fn cancelling_a_track_cancels_its_step_skips_the_rest_and_cleans_up() {
     assert_eq!(
         probe.events(),
         [
-            "start work:c #1", "finish work:c", "cleanup work:c",
-            "start work:c-2 #1", "cleanup work:c-2",
+            "start work:c #1",
+            "finish work:c",
+            "cleanup work:c",
+            "start work:c-2 #1",
+            "cleanup work:c-2",
         ]
     );
     assert_eq!(env.metadata.steps.len(), 2);
@@ -121,7 +138,10 @@ async fn a_panic_is_isolated_retried_and_the_runtime_carries_on() {
     input.panic_attempts = 1;
     let err = rt.run(Work, input.clone()).await.unwrap_err();
     assert_eq!(err.error.kind_name(), "panicked");
-    assert_eq!(err.error.to_string(), "panicked: work:p panicked on attempt 1");
+    assert_eq!(
+        err.error.to_string(),
+        "panicked: work:p panicked on attempt 1"
+    );
     assert_eq!(probe.count("cleanup"), 1);
 
     // The same runtime runs the next task normally, and a retrying task recovers.
@@ -154,10 +174,16 @@ async fn cleanup_runs_exactly_once_however_the_attempt_ends() {
     assert_eq!((probe.count("start"), probe.count("cleanup")), (2, 2));
     // Cancellation.
     let probe = Probe::new();
-    let handle = rt.trigger("work", json_of(&WorkInput::new(&probe, "c", 5000))).await.unwrap();
+    let handle = rt
+        .trigger("work", json_of(&WorkInput::new(&probe, "c", 5000)))
+        .await
+        .unwrap();
     tokio::time::sleep(ms(100)).await;
     handle.cancel();
-    assert_eq!(handle.wait().await.job.error_detail.unwrap().kind_name(), "cancelled");
+    assert_eq!(
+        handle.wait().await.job.error_detail.unwrap().kind_name(),
+        "cancelled"
+    );
     assert_eq!(probe.count("cleanup"), 1, "{:?}", probe.events());
 }
 
@@ -179,7 +205,11 @@ async fn failing_cleanup_is_recorded_and_never_hides_the_result() {
         }
         let check = order.clone();
         ctx.defer(async move {
-            assert_eq!(*check.lock().unwrap(), Vec::<i32>::new(), "last registered runs first");
+            assert_eq!(
+                *check.lock().unwrap(),
+                Vec::<i32>::new(),
+                "last registered runs first"
+            );
         });
         Ok(Empty {})
     }
@@ -197,7 +227,9 @@ async fn runtime_hooks_see_every_outcome_and_their_errors_change_nothing() {
         .on_success(move |event| {
             let s = s.clone();
             async move {
-                s.lock().unwrap().push(format!("ok {} {}", event.task_name, event.attempts));
+                s.lock()
+                    .unwrap()
+                    .push(format!("ok {} {}", event.task_name, event.attempts));
                 Err::<(), _>("hook is broken")
             }
         })
@@ -205,7 +237,9 @@ async fn runtime_hooks_see_every_outcome_and_their_errors_change_nothing() {
             let f = f.clone();
             async move {
                 let kind = event.error.as_ref().unwrap().kind_name();
-                f.lock().unwrap().push(format!("failed {} {kind}", event.task_name));
+                f.lock()
+                    .unwrap()
+                    .push(format!("failed {} {kind}", event.task_name));
             }
         })
         .build()
@@ -213,7 +247,10 @@ async fn runtime_hooks_see_every_outcome_and_their_errors_change_nothing() {
     let probe = Probe::new();
     let mut input = WorkInput::new(&probe, "h", 0);
     input.fail_attempts = 1;
-    assert!(rt.run(Flaky, input.clone()).await.is_ok(), "a failing hook never fails the run");
+    assert!(
+        rt.run(Flaky, input.clone()).await.is_ok(),
+        "a failing hook never fails the run"
+    );
     assert!(rt.run(Work, input).await.is_err());
     assert_eq!(*seen.lock().unwrap(), ["ok flaky 2", "failed work failed"]);
 }
@@ -247,7 +284,9 @@ async fn a_failed_run_releases_its_idempotency_key() {
     let mut failing = WorkInput::new(&probe, "r", 0);
     failing.fail_attempts = 1;
     let key = || TriggerOptions::idempotency_key("retry-me");
-    let first = rt.trigger_and_wait_with("work", json_of(&failing), key()).await;
+    let first = rt
+        .trigger_and_wait_with("work", json_of(&failing), key())
+        .await;
     assert!(!first.job.success);
     let second = rt
         .trigger_and_wait_with("work", json_of(&WorkInput::new(&probe, "r", 0)), key())
@@ -281,8 +320,14 @@ async fn per_task_concurrency_two_holds_ten_runs_to_two_at_a_time() {
 async fn shutdown_finishes_short_runs_and_cancels_long_ones_with_cleanup() {
     let rt = Runtime::new();
     let probe = Probe::new();
-    let short = rt.trigger("work", json_of(&WorkInput::new(&probe, "short", 1000))).await.unwrap();
-    let long = rt.trigger("work", json_of(&WorkInput::new(&probe, "long", 60_000))).await.unwrap();
+    let short = rt
+        .trigger("work", json_of(&WorkInput::new(&probe, "short", 1000)))
+        .await
+        .unwrap();
+    let long = rt
+        .trigger("work", json_of(&WorkInput::new(&probe, "long", 60_000)))
+        .await
+        .unwrap();
     tokio::task::yield_now().await;
     let started = tokio::time::Instant::now();
     let all_finished = rt.shutdown(Duration::from_secs(5)).await;
@@ -293,10 +338,16 @@ async fn shutdown_finishes_short_runs_and_cancels_long_ones_with_cleanup() {
     assert_eq!(long.job.error_detail.unwrap().kind_name(), "cancelled");
     assert_eq!(probe.count("cleanup work:long"), 1);
 
-    let refused = rt.trigger_and_wait("work", json_of(&WorkInput::new(&probe, "late", 0))).await;
+    let refused = rt
+        .trigger_and_wait("work", json_of(&WorkInput::new(&probe, "late", 0)))
+        .await;
     let error = refused.job.error_detail.unwrap();
     assert_eq!(error.kind_name(), "rejected");
     assert!(error.to_string().contains("shutting down"));
-    assert!(rt.run(Work, WorkInput::new(&probe, "late", 0)).await.is_err());
+    assert!(
+        rt.run(Work, WorkInput::new(&probe, "late", 0))
+            .await
+            .is_err()
+    );
     assert_eq!(probe.count("start work:late"), 0);
 }

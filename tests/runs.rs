@@ -33,7 +33,14 @@ async fn typed_run_returns_a_full_envelope() {
     for key in ["job", "results", "metadata", "trampData"] {
         assert!(json.get(key).is_some(), "envelope lacks {key}: {json}");
     }
-    for key in ["success", "taskName", "runId", "input", "error", "errorDetail"] {
+    for key in [
+        "success",
+        "taskName",
+        "runId",
+        "input",
+        "error",
+        "errorDetail",
+    ] {
         assert!(json["job"].get(key).is_some(), "job lacks {key}");
     }
     for key in ["startedAt", "finishedAt", "durationMs", "attempts"] {
@@ -61,13 +68,28 @@ async fn every_violation_is_reported_with_its_path() {
         .map(|i| (i.path.as_str(), i.message.as_str()))
         .collect();
     assert_eq!(issues.len(), 3, "{issues:?}");
-    assert!(issues.iter().any(|(p, m)| p.is_empty() && m.contains("projectId")));
-    assert!(issues.iter().any(|(p, m)| *p == "/tenantId" && m.contains("shorter")));
-    assert!(issues.iter().any(|(p, m)| *p == "/value" && m.contains("integer")));
+    assert!(
+        issues
+            .iter()
+            .any(|(p, m)| p.is_empty() && m.contains("projectId"))
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|(p, m)| *p == "/tenantId" && m.contains("shorter"))
+    );
+    assert!(
+        issues
+            .iter()
+            .any(|(p, m)| *p == "/value" && m.contains("integer"))
+    );
     let text = env.job.error.as_deref().unwrap();
     assert!(text.starts_with("invalid input: "), "{text}");
     assert_eq!(env.tramp_data, Some(json!({ "keep": true })));
-    assert_eq!(env.job.input["value"], "ten", "the input is echoed as given");
+    assert_eq!(
+        env.job.input["value"], "ten",
+        "the input is echoed as given"
+    );
     let detail = serde_json::to_value(&env).unwrap()["job"]["errorDetail"].clone();
     assert_eq!(detail["kind"], "invalidInput");
     assert_eq!(detail["issues"].as_array().unwrap().len(), 3);
@@ -77,12 +99,22 @@ async fn every_violation_is_reported_with_its_path() {
 async fn typed_calls_are_validated_too() {
     let rt = Runtime::new();
     let err = rt
-        .run(Double, NumberInput { base: BaseInput::new("a", "b"), value: 5000 })
+        .run(
+            Double,
+            NumberInput {
+                base: BaseInput::new("a", "b"),
+                value: 5000,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.error.kind_name(), "invalidInput");
     assert_eq!(err.error.issues()[0].path, "/value");
-    assert!(err.to_string().contains("5000 is greater than the maximum of 1000"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("5000 is greater than the maximum of 1000"),
+        "{err}"
+    );
     assert!(!err.envelope.job.success);
     assert_eq!(err.envelope.job.input["value"], 5000);
 }
@@ -98,9 +130,20 @@ async fn oversized_payload_is_refused_with_the_limit() {
     let error = env.job.error_detail.as_ref().unwrap();
     assert_eq!(error.kind_name(), "invalidInput");
     let message = &error.issues()[0].message;
-    assert!(message.contains("over the limit of 1024 bytes"), "{message}");
-    assert_eq!(env.tramp_data, Some(json!({ "id": 7 })), "trampData survives");
-    assert_eq!(env.job.input["padding"].as_str().unwrap().len(), 4096, "input kept");
+    assert!(
+        message.contains("over the limit of 1024 bytes"),
+        "{message}"
+    );
+    assert_eq!(
+        env.tramp_data,
+        Some(json!({ "id": 7 })),
+        "trampData survives"
+    );
+    assert_eq!(
+        env.job.input["padding"].as_str().unwrap().len(),
+        4096,
+        "input kept"
+    );
 }
 
 #[tokio::test]
@@ -115,8 +158,16 @@ async fn a_hundred_thousand_levels_of_nesting_is_refused_without_overflow() {
     let env = rt.trigger_and_wait("double", input).await;
     let error = env.job.error_detail.as_ref().unwrap();
     assert_eq!(error.kind_name(), "invalidInput");
-    assert!(error.issues()[0].message.contains("deeper than the limit of 64 levels"));
-    assert_eq!(env.job.input, Value::Null, "a document this deep is not echoed");
+    assert!(
+        error.issues()[0]
+            .message
+            .contains("deeper than the limit of 64 levels")
+    );
+    assert_eq!(
+        env.job.input,
+        Value::Null,
+        "a document this deep is not echoed"
+    );
 
     // The same as bytes, as the CLI reads it.
     let text = "[".repeat(100_000) + &"]".repeat(100_000);
@@ -136,7 +187,10 @@ async fn unknown_id_suggests_the_closest_ids() {
         }
         other => panic!("expected notFound, got {other:?}"),
     }
-    assert_eq!(env.job.error.unwrap(), "no task with id 'doubel' (did you mean double?)");
+    assert_eq!(
+        env.job.error.unwrap(),
+        "no task with id 'doubel' (did you mean double?)"
+    );
     assert!(env.job.run_id.starts_with("run_"));
 }
 
@@ -147,12 +201,26 @@ async fn a_thiserror_type_keeps_message_source_and_type_in_the_envelope() {
     input["path"] = json!("/definitely/not/here.txt");
     let env = rt.trigger_and_wait("read_number", input).await;
     assert!(!env.job.success);
-    assert_eq!(env.job.error.as_deref(), Some("cannot read '/definitely/not/here.txt'"));
+    assert_eq!(
+        env.job.error.as_deref(),
+        Some("cannot read '/definitely/not/here.txt'")
+    );
     let detail = serde_json::to_value(env.job.error_detail.as_ref().unwrap()).unwrap();
     assert_eq!(detail["kind"], "failed");
     assert_eq!(detail["message"], "cannot read '/definitely/not/here.txt'");
-    assert!(detail["typeName"].as_str().unwrap().ends_with("ReadNumberError"));
-    assert!(detail["sources"][0].as_str().unwrap().contains("No such file"), "{detail}");
+    assert!(
+        detail["typeName"]
+            .as_str()
+            .unwrap()
+            .ends_with("ReadNumberError")
+    );
+    assert!(
+        detail["sources"][0]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{detail}"
+    );
     assert_eq!(detail["retryable"], true);
 
     // In-process, the original error is still there to downcast.
@@ -161,7 +229,13 @@ async fn a_thiserror_type_keeps_message_source_and_type_in_the_envelope() {
     let path = dir.join("nan.txt");
     std::fs::write(&path, "twelve").unwrap();
     let err = rt
-        .run(ReadNumber, PathInput { base: BaseInput::new("a", "b"), path: path.display().to_string() })
+        .run(
+            ReadNumber,
+            PathInput {
+                base: BaseInput::new("a", "b"),
+                path: path.display().to_string(),
+            },
+        )
         .await
         .unwrap_err();
     assert!(matches!(
@@ -181,10 +255,18 @@ async fn registry_lists_every_kind_with_schemas() {
     assert_eq!(kind("pair"), Some(Kind::Orchestrator));
     let measure = registry.get("measure").unwrap();
     assert_eq!(measure.steps, ["length", "double", "quadruple"]);
-    assert_eq!(measure.description, "Measures a text, doubles the length, then quadruples it with a nested track.");
+    assert_eq!(
+        measure.description,
+        "Measures a text, doubles the length, then quadruples it with a nested track."
+    );
     let schemas = registry.get("double").unwrap().schemas();
     assert_eq!(schemas.input["properties"]["value"]["maximum"], 1000);
-    assert!(schemas.input["required"].as_array().unwrap().contains(&json!("tenantId")));
+    assert!(
+        schemas.input["required"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("tenantId"))
+    );
     assert_eq!(schemas.output["properties"]["value"]["type"], "integer");
     let ids: Vec<&str> = registry.entries().iter().map(|d| d.id).collect();
     let mut sorted = ids.clone();
@@ -235,7 +317,13 @@ async fn run_ids_sort_in_creation_order() {
     let mut ids = Vec::new();
     for value in 0..50 {
         let out = rt
-            .run(Double, NumberInput { base: BaseInput::new("a", "b"), value })
+            .run(
+                Double,
+                NumberInput {
+                    base: BaseInput::new("a", "b"),
+                    value,
+                },
+            )
             .await
             .unwrap();
         ids.push(out.job.run_id);
@@ -249,14 +337,29 @@ async fn run_ids_sort_in_creation_order() {
 
 #[tokio::test]
 async fn task_fns_stay_callable_with_a_test_context() {
-    let ctx = TaskContext::for_test().with_tenant("acme").with_tramp_data(json!({ "x": 1 }));
-    let out = double(&ctx, NumberInput { base: BaseInput::new("a", "b"), value: 3 }).await;
+    let ctx = TaskContext::for_test()
+        .with_tenant("acme")
+        .with_tramp_data(json!({ "x": 1 }));
+    let out = double(
+        &ctx,
+        NumberInput {
+            base: BaseInput::new("a", "b"),
+            value: 3,
+        },
+    )
+    .await;
     assert_eq!(out.unwrap(), NumberOutput { value: 6 });
     assert_eq!(ctx.tenant_id(), Some("acme"));
     assert_eq!(ctx.tramp_data(), Some(&json!({ "x": 1 })));
     // Child runs from a test context go through the whole validated path.
     let err = ctx
-        .run(Double, NumberInput { base: BaseInput::new("a", "b"), value: -1 })
+        .run(
+            Double,
+            NumberInput {
+                base: BaseInput::new("a", "b"),
+                value: -1,
+            },
+        )
         .await
         .unwrap_err();
     assert_eq!(err.kind_name(), "invalidInput");
@@ -291,16 +394,31 @@ fn each_run_logs_one_span_with_its_fields_and_start_and_end_events() {
             .unwrap()
             .block_on(async {
                 Runtime::new()
-                    .run(Double, NumberInput { base: BaseInput::new("acme", "docs"), value: 1 })
+                    .run(
+                        Double,
+                        NumberInput {
+                            base: BaseInput::new("acme", "docs"),
+                            value: 1,
+                        },
+                    )
                     .await
                     .unwrap();
             });
     });
     let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
     assert_eq!(messages, ["run started", "run succeeded"], "{text}");
-    let done = lines.iter().find(|l| l["fields"]["message"] == "run succeeded").unwrap();
+    let done = lines
+        .iter()
+        .find(|l| l["fields"]["message"] == "run succeeded")
+        .unwrap();
     assert!(done["fields"]["duration_ms"].is_u64());
     let span = &done["span"];
     assert_eq!(span["name"], "run");

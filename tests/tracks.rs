@@ -28,7 +28,11 @@ async fn a_track_runs_every_step_as_its_own_run() {
     assert_eq!(ids.len(), 4, "every step has its own run id");
     assert!(steps.iter().all(|s| s.success && s.attempts == 1));
     // The nested track reports its own steps.
-    let inner: Vec<&str> = steps[2].steps.iter().map(|s| s.task_name.as_str()).collect();
+    let inner: Vec<&str> = steps[2]
+        .steps
+        .iter()
+        .map(|s| s.task_name.as_str())
+        .collect();
     assert_eq!(inner, ["double", "double"]);
     assert_eq!(env.tramp_data, Some(json!({ "req": 9 })));
 }
@@ -45,16 +49,26 @@ async fn a_mapper_output_breaking_the_next_schema_fails_that_step() {
     assert!(!env.job.success);
     assert_eq!(
         env.job.error.as_deref(),
-        Some("step 2 'double' failed: invalid input: /value: 1500 is greater than the maximum of 1000")
+        Some(
+            "step 2 'double' failed: invalid input: /value: 1500 is greater than the maximum of 1000"
+        )
     );
     let error = env.job.error_detail.as_ref().unwrap();
     assert_eq!(error.kind_name(), "invalidInput");
     let step = error.location().step.as_ref().unwrap();
     assert_eq!((step.index, step.task_name.as_str()), (1, "double"));
     assert_eq!(step.run_id, env.metadata.steps[1].run_id);
-    assert_eq!(env.metadata.steps.len(), 2, "the track stops at the failing step");
+    assert_eq!(
+        env.metadata.steps.len(),
+        2,
+        "the track stops at the failing step"
+    );
     assert!(!env.metadata.steps[1].success);
-    assert_eq!(env.tramp_data, Some(json!({ "n": [1, 2] })), "trampData is echoed on failure");
+    assert_eq!(
+        env.tramp_data,
+        Some(json!({ "n": [1, 2] })),
+        "trampData is echoed on failure"
+    );
     let detail = serde_json::to_value(&env).unwrap()["job"]["errorDetail"].clone();
     assert_eq!(detail["step"]["index"], 1);
     assert_eq!(detail["step"]["taskName"], "double");
@@ -65,11 +79,16 @@ async fn a_failure_deep_in_a_nested_track_names_every_level() {
     let rt = Runtime::new();
     // 300 chars -> 600 -> nested: 1200 breaks double's maximum in the inner step 1.
     let env = rt
-        .trigger_and_wait("measure", json!({ "tenantId": "t", "projectId": "p", "text": "y".repeat(300) }))
+        .trigger_and_wait(
+            "measure",
+            json!({ "tenantId": "t", "projectId": "p", "text": "y".repeat(300) }),
+        )
         .await;
     assert_eq!(
         env.job.error.as_deref(),
-        Some("step 3 'quadruple' failed: step 2 'double' failed: invalid input: /value: 1200 is greater than the maximum of 1000")
+        Some(
+            "step 3 'quadruple' failed: step 2 'double' failed: invalid input: /value: 1200 is greater than the maximum of 1000"
+        )
     );
     let detail = serde_json::to_value(&env).unwrap()["job"]["errorDetail"].clone();
     assert_eq!(detail["step"]["taskName"], "quadruple");
@@ -92,9 +111,15 @@ async fn steps_see_the_track_trampdata_and_their_cleanup_has_run() {
     assert_eq!(
         probe.events(),
         [
-            "start work:w #1", "finish work:w", "cleanup work:w",
-            "start work:w-2 #1", "finish work:w-2", "cleanup work:w-2",
-            "start work:w-3 #1", "finish work:w-3", "cleanup work:w-3",
+            "start work:w #1",
+            "finish work:w",
+            "cleanup work:w",
+            "start work:w-2 #1",
+            "finish work:w-2",
+            "cleanup work:w-2",
+            "start work:w-3 #1",
+            "finish work:w-3",
+            "cleanup work:w-3",
         ]
     );
 }
@@ -106,8 +131,14 @@ async fn a_failing_step_stops_the_track_and_keeps_its_user_error() {
     let mut input = WorkInput::new(&probe, "w", 0);
     input.fail_attempts = 1;
     let err = rt.run(WorkTrack, input).await.unwrap_err();
-    assert!(err.to_string().starts_with(&format!("run {} of 'work_track' failed: ", err.run_id())));
-    assert_eq!(err.error.to_string(), "step 1 'work' failed: work:w failed on attempt 1");
+    assert!(
+        err.to_string()
+            .starts_with(&format!("run {} of 'work_track' failed: ", err.run_id()))
+    );
+    assert_eq!(
+        err.error.to_string(),
+        "step 1 'work' failed: work:w failed on attempt 1"
+    );
     assert_eq!(err.envelope.metadata.steps.len(), 1);
     assert_eq!(probe.count("start"), 1, "later steps never start");
     assert_eq!(probe.count("cleanup"), 1);

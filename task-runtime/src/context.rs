@@ -335,7 +335,9 @@ impl std::fmt::Debug for TaskContext {
 /// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical
 /// section here is a single push or take, so the data is never half-updated.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The text of a panic payload (`&str` or `String`), or a placeholder.

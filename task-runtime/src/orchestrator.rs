@@ -151,9 +151,7 @@ impl<'a> Branches<'a> {
     ) -> Each<T::Output> {
         let items: Vec<T::Input> = items.into_iter().collect();
         let (runtime, scope, cancel) = self.seed();
-        let window = concurrency
-            .unwrap_or_else(|| runtime.max_fan_out())
-            .max(1);
+        let window = concurrency.unwrap_or_else(|| runtime.max_fan_out()).max(1);
         let failure = self.failure_slot();
         let handle = tokio::spawn(async move {
             let total = items.len();
@@ -203,8 +201,10 @@ impl<'a> Branches<'a> {
                 .enumerate()
                 .map(|(index, result)| {
                     let result = result.unwrap_or_else(|| {
-                        Err(TaskError::cancelled("item not started: the branch was cancelled")
-                            .in_branch(name, Some(index), T::ID, ""))
+                        Err(
+                            TaskError::cancelled("item not started: the branch was cancelled")
+                                .in_branch(name, Some(index), T::ID, ""),
+                        )
                     });
                     match &result {
                         Ok(_) => counts.succeeded += 1,

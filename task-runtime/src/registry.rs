@@ -14,8 +14,8 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::envelope::RunOutput;
 use crate::engine::Seed;
+use crate::envelope::RunOutput;
 use crate::runtime::Runtime;
 use crate::schema::TaskSchemas;
 use crate::task::{Kind, Task};
@@ -126,7 +126,9 @@ impl Registry {
     pub fn global() -> Result<&'static Registry, RegistryError> {
         static GLOBAL: OnceLock<Result<Registry, RegistryError>> = OnceLock::new();
         GLOBAL
-            .get_or_init(|| Registry::from_entries(inventory::iter::<Registration>.into_iter().map(|r| r.0)))
+            .get_or_init(|| {
+                Registry::from_entries(inventory::iter::<Registration>.into_iter().map(|r| r.0))
+            })
             .as_ref()
             .map_err(Clone::clone)
     }

@@ -15,12 +15,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::concurrency::{ConcurrencyLimits, Gate};
+use crate::context::CallbackResult;
 use crate::context::lock;
 use crate::engine::{self, RunInput, Seed};
 use crate::envelope::{RunError, RunOutput};
 use crate::error::TaskError;
 use crate::hooks::{HookEvent, RuntimeHook, When};
-use crate::context::CallbackResult;
 use crate::limits::{InputError, Limits, drop_deep};
 use crate::policy::RetryPolicy;
 use crate::registry::{Registry, RegistryError, TaskDescriptor};
@@ -539,12 +539,19 @@ impl Runtime {
     pub async fn shutdown(&self, grace: Duration) -> bool {
         self.inner.accepting.store(false, Ordering::Release);
         self.inner.tracker.close();
-        tracing::info!(grace_ms = grace.as_millis() as u64, running = self.inner.tracker.len(), "runtime shutting down");
+        tracing::info!(
+            grace_ms = grace.as_millis() as u64,
+            running = self.inner.tracker.len(),
+            "runtime shutting down"
+        );
         let finished = tokio::time::timeout(grace, self.inner.tracker.wait())
             .await
             .is_ok();
         if !finished {
-            tracing::warn!(running = self.inner.tracker.len(), "grace period over, cancelling running runs");
+            tracing::warn!(
+                running = self.inner.tracker.len(),
+                "grace period over, cancelling running runs"
+            );
             self.inner.root.cancel();
             self.inner.tracker.wait().await;
         }

@@ -30,11 +30,9 @@ pub async fn step<T: Task>(
     match (results, job.error_detail) {
         (Some(output), None) => Ok(output),
         (_, Some(error)) => Err(error.in_step(index, T::ID, &job.run_id)),
-        (None, None) => Err(TaskError::failed("step produced no output").in_step(
-            index,
-            T::ID,
-            &job.run_id,
-        )),
+        (None, None) => {
+            Err(TaskError::failed("step produced no output").in_step(index, T::ID, &job.run_id))
+        }
     }
 }
 

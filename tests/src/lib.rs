@@ -233,7 +233,11 @@ pub async fn flaky(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, Ta
 }
 
 /// Like `work`, with a 1 s timeout per attempt and two attempts.
-#[task(id = "slow", timeout = "1s", retry(max_attempts = 2, min_delay = "10ms"))]
+#[task(
+    id = "slow",
+    timeout = "1s",
+    retry(max_attempts = 2, min_delay = "10ms")
+)]
 pub async fn slow(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
     work_body(ctx, input).await
 }

@@ -60,7 +60,12 @@ impl Probe {
 
     /// Every event, in order.
     pub fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().iter().map(|(_, e)| e.clone()).collect()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, e)| e.clone())
+            .collect()
     }
 
     /// Events starting with `prefix`, with their times.
