@@ -18,7 +18,7 @@ orchestrator! {
             input
                 .documents
                 .iter()
-                .map(|path| ExtractInput { base: input.base.clone(), path: path.clone() })
+                .map(|path| ExtractInput { base: input.base.clone(), path: path.clone(), save_to: None })
                 .collect::<Vec<_>>()
         }) => TextTrack, concurrency = 4,
         corpus: CorpusStats = |input| CorpusInput {

@@ -23,7 +23,7 @@ orchestrator! {
             input
                 .documents
                 .iter()
-                .map(|path| ExtractInput { base: input.base.clone(), path: path.clone() })
+                .map(|path| ExtractInput { base: input.base.clone(), path: path.clone(), save_to: None })
                 .collect::<Vec<_>>()
         }) => ExtractText, concurrency = 2,
         // A single branch maps the orchestrator's input to the branch's input; tracks (and
@@ -32,6 +32,7 @@ orchestrator! {
         first: ShellTrack = |input| ExtractInput {
             base: input.base.clone(),
             path: input.documents[0].clone(),
+            save_to: None,
         },
     }
 }

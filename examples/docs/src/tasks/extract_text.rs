@@ -1,6 +1,6 @@
 //! `extract_text`: a local document in, its plain text out.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use task_runtime::Fatal;
 use task_runtime::prelude::*;
@@ -32,6 +32,13 @@ pub enum ExtractError {
         #[source]
         cause: Fatal,
     },
+    /// The text could not be saved where `saveTo` asked.
+    #[error("cannot save the text to '{path}'")]
+    Save {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl ExtractError {
@@ -48,13 +55,19 @@ impl ExtractError {
 ///
 /// Markdown loses its markup and code blocks; HTML loses its tags, scripts and styles and has
 /// its entities decoded. Whitespace is normalised so paragraphs are separated by exactly one
-/// blank line. An unsupported extension fails without retry.
+/// blank line. An unsupported extension fails without retry. With `saveTo`, the text is
+/// also saved atomically (a temporary file renamed into place, removed by cleanup however
+/// the attempt ends).
 #[task(id = "extract_text")]
 pub async fn extract_text(
-    _ctx: &TaskContext,
+    ctx: &TaskContext,
     input: ExtractInput,
 ) -> Result<TextOutput, ExtractError> {
-    let document = read_document(&input.path).await?;
+    let mut document = read_document(&input.path).await?;
+    if let Some(target) = input.save_to {
+        save_atomically(ctx, &target, &document.text).await?;
+        document.saved_to = Some(target);
+    }
     tracing::info!(
         path = %document.path,
         format = ?document.format,
@@ -88,7 +101,38 @@ pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
         format,
         text,
         bytes: raw.len() as u64,
+        saved_to: None,
     })
+}
+
+/// Writes `text` to a temporary file beside `target`, then renames it into place. The
+/// temporary file is removed when the attempt ends, whether the write, the rename, a timeout
+/// or a cancellation ended it, unless the cleanup options say `keepTemp`.
+async fn save_atomically(ctx: &TaskContext, target: &str, text: &str) -> Result<(), ExtractError> {
+    let temp = PathBuf::from(format!("{target}.{}.tmp", ctx.run_id()));
+    let keep = ctx
+        .cleanup_options()
+        .and_then(|options| options.get("keepTemp"))
+        .and_then(|keep| keep.as_bool())
+        .unwrap_or(false);
+    // Registered before the file exists, so no ending of the attempt can leave it behind.
+    let leftover = temp.clone();
+    ctx.defer(async move {
+        if keep {
+            return Ok(());
+        }
+        match tokio::fs::remove_file(&leftover).await {
+            // Renamed into place: nothing left to remove.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    });
+    let failed = |source| ExtractError::Save {
+        path: target.to_owned(),
+        source,
+    };
+    tokio::fs::write(&temp, text).await.map_err(failed)?;
+    tokio::fs::rename(&temp, target).await.map_err(failed)
 }
 
 /// The plain text of `raw` in `format`, whitespace-normalised.
@@ -110,7 +154,68 @@ mod tests {
         ExtractInput {
             base: BaseInput::new("t", "p"),
             path: path.to_owned(),
+            save_to: None,
         }
+    }
+
+    const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/sourdough.txt");
+
+    /// A fresh directory for one test; removed by the test.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("extract-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn entries(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn saves_the_text_atomically_and_leaves_no_temp_file() {
+        let dir = scratch("save");
+        let target = dir.join("out.txt").display().to_string();
+        let mut request = input(SAMPLE);
+        request.save_to = Some(target.clone());
+        let out = Runtime::new().run(ExtractText, request).await.unwrap();
+        let saved = out.results.unwrap();
+        assert_eq!(saved.saved_to.as_deref(), Some(target.as_str()));
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), saved.text);
+        assert_eq!(entries(&dir), ["out.txt"]);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_failed_save_removes_its_temp_file_unless_asked_to_keep_it() {
+        let dir = scratch("fail");
+        // Renaming a file onto a directory fails after the temp file was written.
+        std::fs::create_dir(dir.join("taken")).unwrap();
+        let target = dir.join("taken").display().to_string();
+        let mut request = input(SAMPLE);
+        request.save_to = Some(target.clone());
+        let rt = Runtime::new();
+        let err = rt.run(ExtractText, request.clone()).await.unwrap_err();
+        assert_eq!(
+            err.error.to_string(),
+            format!("cannot save the text to '{target}'")
+        );
+        assert_eq!(entries(&dir), ["taken"], "the temp file was cleaned up");
+
+        request.base.cleanup = Some(
+            serde_json::json!({ "keepTemp": true })
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        let err = rt.run(ExtractText, request).await.unwrap_err();
+        let kept = format!("taken.{}.tmp", err.run_id());
+        assert_eq!(entries(&dir), ["taken".to_owned(), kept]);
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
