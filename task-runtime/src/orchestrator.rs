@@ -184,9 +184,7 @@ impl<'a> Branches<'a> {
                 let Some(joined) = running.join_next().await else {
                     break;
                 };
-                let (index, result) = joined.unwrap_or_else(|join_error| {
-                    std::panic::resume_unwind(join_error.into_panic())
-                });
+                let (index, result) = joined.unwrap_or_else(|e| join_failed(e));
                 if let Err(error) = &result {
                     failure.record(error);
                 }
@@ -271,9 +269,14 @@ impl FailureSlot {
     }
 }
 
+/// Runs catch their own panics, so a join error means the branch's own task panicked (the
+/// panic goes on to the orchestrator's attempt, which reports it as `panicked`) or the tokio
+/// runtime is going away.
 fn join_failed(join_error: tokio::task::JoinError) -> ! {
-    // Runs catch their own panics; a join error means the branch task itself panicked.
-    std::panic::resume_unwind(join_error.into_panic())
+    if join_error.is_panic() {
+        std::panic::resume_unwind(join_error.into_panic())
+    }
+    panic!("branch task stopped: {join_error}")
 }
 
 impl<O> One<O> {
