@@ -265,22 +265,51 @@ async fn the_orchestrator_processes_every_sample() {
     assert_eq!(branches.len(), 2);
 }
 
+/// The orchestrator input with document 2 replaced by the empty sample, which fails
+/// `text_track` at `count_words` (and nothing else).
+fn input_with_an_empty_document() -> Value {
+    let mut input = example_input("input.json");
+    let empty = root().join("examples/docs/samples/empty.txt");
+    input["documents"][2] = json!(empty.display().to_string());
+    input
+}
+
 #[tokio::test]
 async fn one_bad_document_fails_fast_naming_the_item() {
-    let mut input = example_input("input.json");
-    input["documents"][2] = json!(
-        root()
-            .join("examples/docs/samples/missing.md")
-            .display()
-            .to_string()
-    );
-    let out = run_inline("docs_orchestrator", &input).await;
+    let out = run_inline("docs_orchestrator", &input_with_an_empty_document()).await;
     assert_eq!(out.code, 1);
     let env = out.json();
     let detail = &env["job"]["errorDetail"];
     assert_eq!(detail["branch"]["name"], "documents");
     assert_eq!(detail["branch"]["item"], 2);
-    assert!(env["job"]["error"].as_str().unwrap().starts_with(
-        "branch 'documents' item 2 failed: step 1 'extract_text' failed: cannot read"
-    ));
+    assert_eq!(detail["branch"]["step"]["taskName"], "count_words");
+    let error = env["job"]["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(
+            "branch 'documents' item 2 failed: step 2 'count_words' failed: invalid input: /text"
+        ),
+        "{error}"
+    );
+    assert_eq!(env["trampData"]["requestId"], "req-42");
+}
+
+#[tokio::test]
+async fn best_effort_records_the_one_bad_document_and_succeeds() {
+    let out = run_inline("docs_best_effort", &input_with_an_empty_document()).await;
+    assert_eq!(out.code, 0, "{}", out.out);
+    let env = out.json();
+    let documents = env["results"]["documents"].as_array().unwrap();
+    assert_eq!(documents.len(), 5);
+    for (i, document) in documents.iter().enumerate() {
+        if i == 2 {
+            assert_eq!(document["error"]["kind"], "invalidInput", "{document}");
+            assert_eq!(document["error"]["branch"]["item"], 2);
+        } else {
+            assert!(document["ok"]["sentences"].is_array(), "{document}");
+        }
+    }
+    assert_eq!(env["results"]["corpus"]["ok"]["documents"], 5);
+    let branch = &env["metadata"]["branches"][0];
+    assert_eq!(branch["items"]["failed"], 1);
+    assert_eq!(branch["items"]["succeeded"], 4);
 }

@@ -2,7 +2,7 @@
 //! `/// docs` `pub Name("id", options..)`, and the handle struct it declares.
 
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use syn::parse::ParseStream;
 use syn::{Attribute, Ident, LitStr, Token, Visibility, parenthesized};
 
@@ -74,11 +74,28 @@ impl Header {
         let Header {
             attrs, vis, handle, ..
         } = self;
-        quote! {
+        let derives = handle_derives();
+        quote_spanned! {handle.span()=>
             #(#attrs)*
-            #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+            #derives
             #vis struct #handle;
         }
+    }
+}
+
+/// The derives of every handle struct, by absolute path: a user's own `Debug` or `Clone`
+/// in scope cannot break them.
+pub fn handle_derives() -> TokenStream {
+    quote! {
+        #[derive(
+            ::core::fmt::Debug,
+            ::core::clone::Clone,
+            ::core::marker::Copy,
+            ::core::default::Default,
+            ::core::cmp::PartialEq,
+            ::core::cmp::Eq,
+            ::core::hash::Hash
+        )]
     }
 }
 

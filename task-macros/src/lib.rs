@@ -8,11 +8,14 @@
 use proc_macro::TokenStream;
 
 mod attrs;
+mod closures;
 mod errors;
 mod header;
 mod options;
 mod orchestrator;
+mod spans;
 mod task;
+mod task_ref;
 mod track;
 
 /// Turns an `async fn(ctx: &TaskContext, input: In) -> Result<Out, E>` into a registered,

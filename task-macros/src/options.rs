@@ -36,6 +36,8 @@ impl Key {
 /// A duration written as a friendly string (`"30s"`, `"1m 30s"`), checked at compile time.
 pub struct DurationLit {
     pub nanos: u64,
+    /// The string literal as written, for errors about it.
+    pub lit: LitStr,
 }
 
 impl ToTokens for DurationLit {
@@ -98,7 +100,7 @@ impl Options {
             if seen.iter().any(|(k, _)| *k == key) {
                 errors.push(syn::Error::new(
                     span,
-                    format!("duplicate option `{}`", key.name()),
+                    format!("option `{}` is given twice; keep one", key.name()),
                 ));
                 return skip_value(&meta);
             }
@@ -130,7 +132,10 @@ impl Options {
                 let lit: LitInt = meta.value()?.parse()?;
                 let n: u32 = lit.base10_parse()?;
                 if n == 0 {
-                    return Err(syn::Error::new(lit.span(), "`concurrency` must be at least 1"));
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`concurrency` (how many runs at once) must be at least 1",
+                    ));
                 }
                 self.concurrency = Some(n);
             }
@@ -139,10 +144,14 @@ impl Options {
                 self.failure = match ident.to_string().as_str() {
                     "fail_fast" => Failure::FailFast,
                     "settle" => Failure::Settle,
-                    _ => {
+                    other => {
                         return Err(syn::Error::new(
                             ident.span(),
-                            "`failure` is `fail_fast` (the default) or `settle`",
+                            format!(
+                                "unknown failure policy `{other}`; expected `fail_fast` (the \
+                                 default: the first failing branch cancels the others) or \
+                                 `settle` (every branch runs to its end)"
+                            ),
                         ));
                     }
                 }
@@ -186,7 +195,7 @@ impl Retry {
         meta.parse_nested_meta(|inner| {
             let name = inner.path.require_ident()?.to_string();
             if seen.contains(&name) {
-                errors.push(inner.error(format!("duplicate retry option `{name}`")));
+                errors.push(inner.error(format!("retry option `{name}` is given twice; keep one")));
                 return skip_value(&inner);
             }
             seen.push(name.clone());
@@ -229,10 +238,17 @@ impl Retry {
             }
             Ok(())
         })?;
-        if let (Some(min), Some(max)) = (&retry.min_delay, &retry.max_delay) {
-            if min.nanos > max.nanos {
-                errors.push(meta.error("`min_delay` is longer than `max_delay`"));
-            }
+        if let (Some(min), Some(max)) = (&retry.min_delay, &retry.max_delay)
+            && min.nanos > max.nanos
+        {
+            errors.push(syn::Error::new(
+                min.lit.span(),
+                format!(
+                    "`min_delay` ({}) is longer than `max_delay` ({})",
+                    min.lit.value(),
+                    max.lit.value()
+                ),
+            ));
         }
         Ok(retry)
     }
@@ -288,7 +304,10 @@ fn duration(lit: &LitStr) -> Result<DurationLit> {
     })?;
     let nanos = u64::try_from(parsed.as_nanos())
         .map_err(|_| syn::Error::new(lit.span(), "duration is too long"))?;
-    Ok(DurationLit { nanos })
+    Ok(DurationLit {
+        nanos,
+        lit: lit.clone(),
+    })
 }
 
 /// Ids are what users type on the command line and in API calls: keep them plain.

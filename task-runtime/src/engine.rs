@@ -73,7 +73,7 @@ pub(crate) struct Produced<O> {
 pub(crate) fn new_run_id(at: SystemTime) -> Arc<str> {
     thread_local! {
         static GENERATOR: std::cell::RefCell<ulid::Generator> =
-            std::cell::RefCell::new(ulid::Generator::new());
+            const { std::cell::RefCell::new(ulid::Generator::new()) };
     }
     let ulid = GENERATOR
         .with(|g| g.borrow_mut().generate_from_datetime(at))

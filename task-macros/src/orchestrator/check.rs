@@ -17,7 +17,11 @@ pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
         if def.branches[..i].iter().any(|b| b.name == branch.name) {
             errors.push(syn::Error::new_spanned(
                 &branch.name,
-                format!("duplicate branch name `{}`", branch.name),
+                format!(
+                    "two branches are named `{}`; each branch needs its own name (it is a field \
+                     of the output struct)",
+                    branch.name
+                ),
             ));
         }
         if branch.name == def.input_name {
@@ -56,7 +60,10 @@ pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
                 concurrency: Some(n),
                 ..
             } => match n.base10_parse::<u32>() {
-                Ok(0) => errors.push(syn::Error::new_spanned(n, "`concurrency` must be at least 1")),
+                Ok(0) => errors.push(syn::Error::new_spanned(
+                    n,
+                    "`concurrency` (how many items run at once) must be at least 1",
+                )),
                 Ok(_) => {}
                 Err(error) => errors.push(error),
             },

@@ -1,14 +1,20 @@
 //! Generating an orchestrator's handle: the typed output struct and a `Task` whose body
 //! starts every branch on its own tokio task, then joins them under the failure policy.
+//!
+//! As in `track!`, every branch is named through its checked alias (`task_ref`), so a branch
+//! that is not a task, a missing conversion or a mapper of the wrong type is reported once,
+//! at the user's tokens.
 
 use proc_macro2::TokenStream;
-use quote::{format_ident, quote, quote_spanned};
-use syn::spanned::Spanned;
-use syn::Expr;
+use quote::{format_ident, quote};
+use syn::{Expr, ExprClosure, Ident, Type};
 
-use super::parse::{OrchestratorDef, Source};
+use super::parse::{Branch, OrchestratorDef, Source};
+use crate::closures::{Param, call_mapper, typed};
 use crate::header::registration;
 use crate::options::Failure;
+use crate::spans::{Range, paren, respan};
+use crate::task_ref::TaskRef;
 
 pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let p = quote!(::task_runtime::__private);
@@ -22,15 +28,22 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let input_name = &def.input_name;
     let input_type = &def.input_type;
 
-    let is_task = def.branches.iter().map(|branch| {
-        let task = &branch.task;
-        quote_spanned!(task.span()=> const _: () = #p::track::is_task::<#task>();)
-    });
+    let refs: Vec<TaskRef> = def
+        .branches
+        .iter()
+        .enumerate()
+        .map(|(i, branch)| TaskRef::new("Branch", i, &branch.task))
+        .collect();
+    let aliases = refs.iter().map(TaskRef::alias_item);
 
-    let fields = def.branches.iter().map(|branch| {
+    let fields = def.branches.iter().zip(&refs).map(|(branch, r)| {
         let (name, task) = (&branch.name, &branch.task);
-        let one = quote!(<#task as #p::Task>::Output);
-        let one = if settle { quote!(#p::Outcome<#one>) } else { one };
+        let one = r.checked_assoc("Output");
+        let one = if settle {
+            quote!(#p::Outcome<#one>)
+        } else {
+            one
+        };
         let ty = match branch.source {
             Source::Each { .. } => quote!(::std::vec::Vec<#one>),
             _ => one,
@@ -38,39 +51,23 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         let doc = format!(
             "Output of branch `{}` (`{}`){}.",
             name,
-            quote::ToTokens::to_token_stream(task).to_string().replace(' ', ""),
-            if matches!(branch.source, Source::Each { .. }) { ", one per item, in item order" } else { "" }
+            quote::ToTokens::to_token_stream(task)
+                .to_string()
+                .replace(' ', ""),
+            if matches!(branch.source, Source::Each { .. }) {
+                ", one per item, in item order"
+            } else {
+                ""
+            }
         );
         quote!(#[doc = #doc] pub #name: #ty)
     });
 
-    let starts = def.branches.iter().map(|branch| {
-        let (name, task) = (&branch.name, &branch.task);
-        let label = name.to_string();
-        match &branch.source {
-            Source::Cloned => quote_spanned! {task.span()=>
-                let #name = __task_branches.one::<#task>(#label, #p::orchestrator::cloned::<#input_type, #task>(#input_name));
-            },
-            Source::Mapper(mapper) => quote_spanned! {mapper.span()=>
-                let #name = __task_branches.one::<#task>(#label, #p::orchestrator::mapper::<#input_type, #task, _>(#mapper)(#input_name));
-            },
-            Source::Each { items, concurrency } => {
-                let items = match items {
-                    Expr::Closure(_) => quote_spanned! {items.span()=>
-                        #p::orchestrator::items::<#input_type, #task, _, _>(#items)(#input_name)
-                    },
-                    _ => quote!(#items),
-                };
-                let concurrency = match concurrency {
-                    Some(n) => quote!(::core::option::Option::Some(#n)),
-                    None => quote!(::core::option::Option::None),
-                };
-                quote_spanned! {task.span()=>
-                    let #name = __task_branches.each::<#task>(#label, #items, #concurrency);
-                }
-            }
-        }
-    });
+    let starts = def
+        .branches
+        .iter()
+        .zip(&refs)
+        .map(|(branch, r)| start(branch, r, input_name, input_type));
     let joins = def.branches.iter().map(|branch| {
         let name = &branch.name;
         quote!(let #name = #name.join(&__task_branches).await;)
@@ -90,14 +87,18 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     } else {
         quote!(#p::FailurePolicy::FailFast)
     };
-    let branch_infos = def.branches.iter().map(|branch| {
-        let (name, task) = (branch.name.to_string(), &branch.task);
+    let branch_infos = def.branches.iter().zip(&refs).map(|(branch, r)| {
+        let name = branch.name.to_string();
         let each = matches!(branch.source, Source::Each { .. });
-        quote!(#p::BranchInfo { name: #name, task: <#task as #p::Task>::ID, each: #each })
+        let task_id = r.assoc("ID");
+        quote!(#p::BranchInfo { name: #name, task: #task_id, each: #each })
     });
     let registration = registration(header, quote!(&[]), quote!(&[#(#branch_infos),*]));
     let handle_struct = header.handle_struct();
-    let output_doc = format!("Output of the orchestrator `{}`: one field per branch.", id.value());
+    let output_doc = format!(
+        "Output of the orchestrator `{}`: one field per branch.",
+        id.value()
+    );
     let serde_crate = "::task_runtime::__private::serde";
     let schemars_crate = "::task_runtime::__private::schemars";
 
@@ -113,9 +114,10 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         }
 
         const _: () = {
-            #(#is_task)*
+            #(#aliases)*
 
             #[automatically_derived]
+            #[diagnostic::do_not_recommend]
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
                 const KIND: #p::Kind = #p::Kind::Orchestrator;
@@ -139,11 +141,76 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
 
                 fn schemas() -> &'static #p::TaskSchemas {
                     static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
-                    SCHEMAS.get::<#input_type, #output>()
+                    #p::schemas::<Self>(&SCHEMAS)
                 }
             }
 
             #registration
         };
     }
+}
+
+/// `let name = __task_branches.one::<Task>(..)` (or `each`), spanned at the branch.
+fn start(branch: &Branch, r: &TaskRef, input_name: &Ident, input_type: &Type) -> TokenStream {
+    let p = quote!(::task_runtime::__private);
+    let (name, alias) = (&branch.name, &r.alias);
+    let label = name.to_string();
+    let branch_input = r.assoc("Input");
+    match &branch.source {
+        Source::Cloned => {
+            // Spanned at the task: a missing conversion is reported where the mapper is missing.
+            let value = r.range.wrap(
+                quote!(#p::orchestrator::cloned::<_,),
+                &branch_input,
+                quote!(>(#input_name)),
+            );
+            let one = respan(quote!(__task_branches.one::<#alias>), r.range.last);
+            quote!(let #name = #one(#label, #value);)
+        }
+        Source::Mapper(Expr::Closure(closure)) => {
+            let params = [input_param(closure, input_name, input_type)];
+            let helper = quote!(#p::orchestrator::mapper);
+            let value = call_mapper(closure, helper, &params, &branch_input);
+            let one = respan(quote!(__task_branches.one::<#alias>), r.range.last);
+            quote!(let #name = #one(#label, #value);)
+        }
+        // `check` rejected any other mapper; keep the expansion well-formed regardless.
+        Source::Mapper(other) => quote!(let #name = #other;),
+        Source::Each { items, concurrency } => {
+            let items = match items {
+                // Only the parameter is typed here; what the closure returns is checked by
+                // `each_items` below.
+                Expr::Closure(closure) => {
+                    let param = input_param(closure, input_name, input_type);
+                    let helper = quote!(#p::orchestrator::items);
+                    let typed = typed(closure, helper, param.ty, quote!(_, _));
+                    let call = paren(param.arg, Range::of(closure).last);
+                    quote!(#typed #call)
+                }
+                other => quote!(#other),
+            };
+            let range = Range::of(&items);
+            let each_items = respan(quote!(#p::orchestrator::each_items::<), range.first);
+            let items = paren(items, range.last);
+            let close = respan(quote!(>), range.last);
+            let items = quote!(#each_items #branch_input #close #items);
+            let concurrency = match concurrency {
+                Some(n) => quote!(::core::option::Option::Some(#n)),
+                None => quote!(::core::option::Option::None),
+            };
+            let each = respan(quote!(__task_branches.each::<#alias>), r.range.last);
+            quote!(let #name = #each(#label, #items, #concurrency);)
+        }
+    }
+}
+
+/// The single parameter of a branch closure: a reference to the orchestrator's input.
+fn input_param(closure: &ExprClosure, input_name: &Ident, input_type: &Type) -> Param {
+    Param::new(
+        closure,
+        0,
+        quote!(&#input_type),
+        quote!(::task_runtime::__private::orchestrator::input),
+        quote!(#input_name),
+    )
 }

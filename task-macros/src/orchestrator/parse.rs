@@ -86,7 +86,9 @@ fn parse_branch(input: ParseStream) -> syn::Result<Branch> {
 /// `, concurrency =` follows (rather than the next branch's `name:`).
 fn is_concurrency(fork: ParseStream) -> bool {
     fork.parse::<Token![,]>().is_ok()
-        && fork.parse::<Ident>().is_ok_and(|ident| ident == "concurrency")
+        && fork
+            .parse::<Ident>()
+            .is_ok_and(|ident| ident == "concurrency")
         && fork.peek(Token![=])
 }
 

@@ -2,10 +2,10 @@
 
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 
 use super::check::Signature;
 use super::parse::TaskDef;
+use crate::spans::{Range, checked, respan};
 
 pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
     let TaskDef {
@@ -21,22 +21,16 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
     let handle_struct = handle_struct(def);
     let p = quote!(::task_runtime::__private);
 
-    // Checks spanned at the user's types, so a missing derive is reported there.
-    let in_span = input.span();
-    let out_span = output.span();
-    let checks = quote_spanned! {in_span=>
-        const _: () = #p::input_is_deserialize::<#input>();
-        const _: () = #p::input_is_serialize::<#input>();
-        const _: () = #p::input_has_schema::<#input>();
-    };
-    let out_checks = quote_spanned! {out_span=>
-        const _: () = #p::output_is_serialize::<#output>();
-        const _: () = #p::output_is_deserialize::<#output>();
-        const _: () = #p::output_has_schema::<#output>();
-    };
-    let call = quote_spanned! {error.span()=>
-        #p::call::<#output, #error>(#fn_name(ctx, input))
-    };
+    // Derive checks inside the types themselves: see `__private::input_checks`.
+    let input_type = checked(input, "input_checks", false);
+    let output_type = checked(output, "output_checks", false);
+    // The error conversion is spanned at the error type, where a non-`Error` type is reported.
+    // A closure, not the fn itself: naming the fn would put its bound in the future's type,
+    // and the error would be reported a second time, at `#[task]`.
+    let convert = respan(
+        quote!(|__task_error| #p::into_task_error(__task_error)),
+        Range::of(error).last,
+    );
     let location = quote_spanned!(fn_name.span()=> ::core::file!(), ::core::line!());
 
     quote! {
@@ -45,26 +39,27 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
         #handle_struct
 
         const _: () = {
-            #checks
-            #out_checks
-
             #[automatically_derived]
+            #[diagnostic::do_not_recommend]
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
                 const POLICY: #p::RunPolicy = #policy;
-                type Input = #input;
-                type Output = #output;
+                type Input = #input_type;
+                type Output = #output_type;
 
+                // The conversion closure carries the user's span, so clippy would see it as
+                // the user's code.
+                #[allow(clippy::redundant_closure)]
                 fn run(
                     ctx: &#p::TaskContext,
                     input: Self::Input,
                 ) -> impl #p::Future<Output = #p::Result<Self::Output, #p::TaskError>> + ::core::marker::Send + '_ {
-                    #call
+                    #p::call(#fn_name(ctx, input), #convert)
                 }
 
                 fn schemas() -> &'static #p::TaskSchemas {
                     static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
-                    SCHEMAS.get::<#input, #output>()
+                    #p::schemas::<Self>(&SCHEMAS)
                 }
             }
 
@@ -84,10 +79,10 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
 }
 
 /// The user's fn and the handle, without impls, next to the errors: the rest of the crate
-/// still type-checks against both.
-pub fn fallback(def: &TaskDef, error: syn::Error) -> TokenStream {
+/// still type-checks against both. Without the handle when its name is taken.
+pub fn fallback(def: &TaskDef, error: syn::Error, with_handle: bool) -> TokenStream {
     let item = &def.item;
-    let handle_struct = handle_struct(def);
+    let handle_struct = with_handle.then(|| handle_struct(def));
     let error = error.to_compile_error();
     quote! {
         #item
@@ -105,9 +100,10 @@ fn handle_struct(def: &TaskDef) -> TokenStream {
         def.id.value(),
         def.item.sig.ident
     );
-    quote! {
+    let derives = crate::header::handle_derives();
+    quote_spanned! {handle.span()=>
         #[doc = #doc]
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+        #derives
         #vis struct #handle;
     }
 }

@@ -27,7 +27,7 @@ pub fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     let signature = check::check(&def, &mut errors);
     match (errors.finish(), signature) {
         (Ok(()), Some(signature)) => expand::expand(&def, &signature),
-        (Err(error), _) => expand::fallback(&def, error),
+        (Err(error), _) => expand::fallback(&def, error, !check::handle_is_taken(&def)),
         (Ok(()), None) => unreachable!("check reports an error whenever it returns None"),
     }
 }

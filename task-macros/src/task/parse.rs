@@ -22,7 +22,13 @@ pub struct TaskDef {
 pub fn parse(args: TokenStream, item: ItemFn, errors: &mut Errors) -> TaskDef {
     let options = Options::parse(
         args,
-        &[Key::Id, Key::Handle, Key::Retry, Key::Timeout, Key::Concurrency],
+        &[
+            Key::Id,
+            Key::Handle,
+            Key::Retry,
+            Key::Timeout,
+            Key::Concurrency,
+        ],
         errors,
     );
     let name = &item.sig.ident;
@@ -32,7 +38,10 @@ pub fn parse(args: TokenStream, item: ItemFn, errors: &mut Errors) -> TaskDef {
         .unwrap_or_else(|| LitStr::new(&name.to_string(), name.span()));
     let handle = options.handle.clone().unwrap_or_else(|| {
         Ident::new(
-            &name.to_string().trim_start_matches("r#").to_upper_camel_case(),
+            &name
+                .to_string()
+                .trim_start_matches("r#")
+                .to_upper_camel_case(),
             name.span(),
         )
     });

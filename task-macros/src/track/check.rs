@@ -13,13 +13,13 @@ pub fn check(def: &TrackDef, errors: &mut Errors) {
             "a track needs at least one step: `{ FirstTask, SecondTask = |prev, original| .. }`",
         ));
     }
-    if let Some(first) = def.steps.first() {
-        if let Some(mapper) = &first.mapper {
-            errors.push(syn::Error::new_spanned(
-                mapper,
-                "the first step receives the track's input as it is and takes no mapper",
-            ));
-        }
+    if let Some(first) = def.steps.first()
+        && let Some(mapper) = &first.mapper
+    {
+        errors.push(syn::Error::new_spanned(
+            mapper,
+            "the first step receives the track's input as it is and takes no mapper",
+        ));
     }
     for step in def.steps.iter().skip(1) {
         match &step.mapper {

@@ -1,12 +1,19 @@
 //! Generating a track's handle: a `Task` whose body runs each step as a child run, feeding
 //! each step the previous output through its mapper or `Into`.
+//!
+//! Every mention of a step goes through its checked alias (`task_ref`), and every check sits
+//! at the user's tokens: a step that is not a task, a conversion that is missing or a
+//! mapper of the wrong type is reported once, where the user wrote it.
 
 use proc_macro2::TokenStream;
-use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
+use quote::quote;
+use syn::{Expr, ExprClosure};
 
 use super::parse::TrackDef;
+use crate::closures::{Param, call_mapper};
 use crate::header::registration;
+use crate::spans::respan;
+use crate::task_ref::TaskRef;
 
 pub fn expand(def: &TrackDef) -> TokenStream {
     let p = quote!(::task_runtime::__private);
@@ -14,52 +21,75 @@ pub fn expand(def: &TrackDef) -> TokenStream {
     let handle = &header.handle;
     let id = &header.id;
     let policy = header.options.policy();
-    let first = &def.steps[0].task;
-    let last = &def.steps[def.steps.len() - 1].task;
 
-    let is_task = def.steps.iter().map(|step| {
-        let task = &step.task;
-        quote_spanned!(task.span()=> const _: () = #p::track::is_task::<#task>();)
-    });
-    let needs_original = def.steps.iter().any(|step| step.mapper.is_some());
-    let original = needs_original.then(|| {
-        quote!(let __task_original = ::core::clone::Clone::clone(&__task_input);)
-    });
-    let rest = def.steps.windows(2).enumerate().map(|(i, pair)| {
-        let index = i + 1;
-        let (prev, task) = (&pair[0].task, &pair[1].task);
-        let next_input = match &pair[1].mapper {
-            Some(mapper) => quote_spanned! {mapper.span()=>
-                #p::track::mapper::<#prev, #task, <Self as #p::Task>::Input, _>(#mapper)(__task_prev, &__task_original)
-            },
-            None => quote_spanned! {task.span()=>
-                #p::track::flow::<#prev, #task>(__task_prev)
-            },
-        };
-        quote! {
-            let __task_prev = #p::track::step::<#task>(__task_ctx, #index, #next_input).await?;
-        }
-    });
-    let steps = def.steps.iter().map(|step| {
-        let task = &step.task;
-        quote!(<#task as #p::Task>::ID)
-    });
-    let registration = registration(header, quote!(&[#(#steps),*]), quote!(&[]));
+    let refs: Vec<TaskRef> = def
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| TaskRef::new("Step", i, &step.task))
+        .collect();
+    let aliases = refs.iter().map(TaskRef::alias_item);
+    let first = &refs[0];
+    let last = &refs[refs.len() - 1];
+    let input = first.assoc("Input");
+    let output = last.assoc("Output");
+
+    // Mappers receive `original` after the first step consumed the input: keep a clone.
+    let original = def
+        .steps
+        .iter()
+        .find_map(|step| step.mapper.as_ref())
+        .map(|_| {
+            respan(
+                quote!(let __task_original = #p::track::keep_original(&__task_input);),
+                first.range.last,
+            )
+        });
+    let first_run = run_step(first, 0, quote!(__task_input));
+    let rest = def
+        .steps
+        .iter()
+        .zip(&refs)
+        .enumerate()
+        .skip(1)
+        .map(|(index, (step, this))| {
+            let prev = &refs[index - 1];
+            let next_input = match &step.mapper {
+                Some(Expr::Closure(closure)) => mapper(closure, prev, this),
+                // `check` rejected any other mapper; keep the expansion well-formed regardless.
+                Some(other) => quote!(#other),
+                // The previous output is inferred from `__task_prev`, spanned at this step: a
+                // missing conversion is reported here, where the mapper is missing.
+                None => this.range.wrap(
+                    quote!(#p::track::flow::<_,),
+                    &this.assoc("Input"),
+                    quote!(>(__task_prev)),
+                ),
+            };
+            let run = run_step(this, index, quote!(__task_next));
+            quote! {
+                let __task_next = #next_input;
+                #run
+            }
+        });
+    let step_ids = refs.iter().map(|r| r.assoc("ID"));
+    let registration = registration(header, quote!(&[#(#step_ids),*]), quote!(&[]));
     let handle_struct = header.handle_struct();
 
     quote! {
         #handle_struct
 
         const _: () = {
-            #(#is_task)*
+            #(#aliases)*
 
             #[automatically_derived]
+            #[diagnostic::do_not_recommend]
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
                 const KIND: #p::Kind = #p::Kind::Track;
                 const POLICY: #p::RunPolicy = #policy;
-                type Input = <#first as #p::Task>::Input;
-                type Output = <#last as #p::Task>::Output;
+                type Input = #input;
+                type Output = #output;
 
                 fn run(
                     __task_ctx: &#p::TaskContext,
@@ -67,7 +97,7 @@ pub fn expand(def: &TrackDef) -> TokenStream {
                 ) -> impl #p::Future<Output = #p::Result<Self::Output, #p::TaskError>> + ::core::marker::Send + '_ {
                     async move {
                         #original
-                        let __task_prev = #p::track::step::<#first>(__task_ctx, 0usize, __task_input).await?;
+                        #first_run
                         #(#rest)*
                         #p::Result::Ok(__task_prev)
                     }
@@ -75,11 +105,50 @@ pub fn expand(def: &TrackDef) -> TokenStream {
 
                 fn schemas() -> &'static #p::TaskSchemas {
                     static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
-                    SCHEMAS.get::<<Self as #p::Task>::Input, <Self as #p::Task>::Output>()
+                    #p::schemas::<Self>(&SCHEMAS)
                 }
             }
 
             #registration
         };
     }
+}
+
+/// `let __task_prev = step::<__TaskStepN>(ctx, index, input).await?;`, at the step.
+fn run_step(step: &TaskRef, index: usize, input: TokenStream) -> TokenStream {
+    let alias = &step.alias;
+    respan(
+        quote! {
+            let __task_prev = ::task_runtime::__private::track::step::<#alias>(__task_ctx, #index, #input).await?;
+        },
+        step.range.last,
+    )
+}
+
+/// A step mapper: `|prev, original|`, the previous step's output and a reference to the
+/// track's input, returning this step's input.
+fn mapper(closure: &ExprClosure, prev: &TaskRef, this: &TaskRef) -> TokenStream {
+    let p = quote!(::task_runtime::__private);
+    let params = [
+        Param::new(
+            closure,
+            0,
+            prev.assoc("Output"),
+            quote!(#p::track::prev),
+            quote!(__task_prev),
+        ),
+        Param::new(
+            closure,
+            1,
+            quote!(&<Self as #p::Task>::Input),
+            quote!(#p::track::original),
+            quote!(&__task_original),
+        ),
+    ];
+    call_mapper(
+        closure,
+        quote!(#p::track::mapper),
+        &params,
+        &this.assoc("Input"),
+    )
 }

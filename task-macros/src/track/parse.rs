@@ -43,12 +43,19 @@ impl syn::parse::Parse for Step {
 
 pub fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<TrackDef> {
     let parser = |input: ParseStream| {
-        let header = Header::parse(input, "track", &[Key::Retry, Key::Timeout, Key::Concurrency], errors)?;
+        let header = Header::parse(
+            input,
+            "track",
+            &[Key::Retry, Key::Timeout, Key::Concurrency],
+            errors,
+        )?;
         let body;
         let brace = braced!(body in input);
         let steps = Punctuated::<Step, Token![,]>::parse_terminated(&body)?;
         if !input.is_empty() {
-            return Err(input.error("unexpected tokens after the track's steps; declare one track per `track!`"));
+            return Err(input.error(
+                "unexpected tokens after the track's steps; declare one track per `track!`",
+            ));
         }
         Ok(TrackDef {
             header,

@@ -21,7 +21,9 @@ pub struct BatchInput {
 
 #[task(id = "double")]
 pub async fn double(_ctx: &TaskContext, input: NumberInput) -> Result<NumberOutput, TaskError> {
-    Ok(NumberOutput { value: input.value * 2 })
+    Ok(NumberOutput {
+        value: input.value * 2,
+    })
 }
 
 pub struct Triple;

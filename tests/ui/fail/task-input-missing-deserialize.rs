@@ -12,7 +12,9 @@ pub struct Out {
 
 #[task]
 pub async fn count(_ctx: &TaskContext, input: In) -> Result<Out, TaskError> {
-    Ok(Out { n: input.text.len() })
+    Ok(Out {
+        n: input.text.len(),
+    })
 }
 
 fn main() {}

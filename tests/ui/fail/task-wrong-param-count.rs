@@ -17,12 +17,16 @@ pub async fn no_params() -> Result<Out, TaskError> {
 
 #[task]
 pub async fn only_input(input: In) -> Result<Out, TaskError> {
-    Ok(Out { n: input.text.len() })
+    Ok(Out {
+        n: input.text.len(),
+    })
 }
 
 #[task]
 pub async fn three_params(_ctx: &TaskContext, input: In, extra: u32) -> Result<Out, TaskError> {
-    Ok(Out { n: input.text.len() + extra as usize })
+    Ok(Out {
+        n: input.text.len() + extra as usize,
+    })
 }
 
 fn main() {}

@@ -31,7 +31,9 @@ pub async fn extract(_ctx: &TaskContext, input: TextInput) -> Result<TextOutput,
 
 #[task(id = "count_words")]
 pub async fn count_words(_ctx: &TaskContext, input: CountInput) -> Result<CountOutput, TaskError> {
-    Ok(CountOutput { words: input.text.split_whitespace().count() })
+    Ok(CountOutput {
+        words: input.text.split_whitespace().count(),
+    })
 }
 
 track! {

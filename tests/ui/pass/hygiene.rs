@@ -2,7 +2,26 @@
 //! code uses is reached by an absolute path (STYLE.md point 8).
 #![allow(dead_code, non_snake_case, non_camel_case_types)]
 
+/// The user's data types; their own derives need the real `serde` and `schemars` in scope.
+mod types {
+    use ::task_runtime::prelude::*;
+
+    #[derive(Debug, ::core::clone::Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct WordsInput {
+        #[serde(flatten)]
+        pub base: BaseInput,
+        pub text: ::std::string::String,
+        pub texts: ::std::vec::Vec<::std::string::String>,
+    }
+
+    #[derive(Debug, ::core::clone::Clone, Serialize, Deserialize, JsonSchema)]
+    pub struct WordsOutput {
+        pub words: usize,
+    }
+}
+
 mod user {
+    use super::types::*;
     use ::task_runtime::prelude::*;
 
     // Shadow everything the expansion could name by a bare path.
@@ -29,21 +48,13 @@ mod user {
     pub mod inventory {}
     pub mod task_runtime {}
 
-    #[derive(Debug, ::core::clone::Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct WordsInput {
-        #[serde(flatten)]
-        pub base: BaseInput,
-        pub text: ::std::string::String,
-        pub texts: ::std::vec::Vec<::std::string::String>,
-    }
-
-    #[derive(Debug, ::core::clone::Clone, Serialize, Deserialize, JsonSchema)]
-    pub struct WordsOutput {
-        pub words: usize,
-    }
-
     /// Counts words.
-    #[task(id = "hygiene_words", retry(max_attempts = 2, min_delay = "1ms"), timeout = "1s", concurrency = 1)]
+    #[task(
+        id = "hygiene_words",
+        retry(max_attempts = 2, min_delay = "1ms"),
+        timeout = "1s",
+        concurrency = 1
+    )]
     pub async fn words(
         _ctx: &TaskContext,
         input: WordsInput,

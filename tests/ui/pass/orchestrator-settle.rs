@@ -21,7 +21,9 @@ pub struct BatchInput {
 
 #[task(id = "negate")]
 pub async fn negate(_ctx: &TaskContext, input: NumberInput) -> Result<NumberOutput, TaskError> {
-    Ok(NumberOutput { value: -input.value })
+    Ok(NumberOutput {
+        value: -input.value,
+    })
 }
 
 track! {
@@ -45,6 +47,8 @@ orchestrator! {
     pub FailFast("fail_fast_batch")(input: NumberInput) {
         same: Negate,
         many: each(vec![input.clone(), input.clone()]) => Negate,
+        declared: Negate = |input: &NumberInput| -> NumberInput { input.clone() },
+        each_declared: each(|input: &NumberInput| [input.clone()]) => NegateTwice, concurrency = 1,
     }
 }
 
@@ -58,6 +62,8 @@ fn main() {
     let out = FailFastOutput {
         same: NumberOutput { value: 1 },
         many: vec![NumberOutput { value: 2 }],
+        declared: NumberOutput { value: 3 },
+        each_declared: vec![NumberOutput { value: 4 }],
     };
     let _ = out;
     let _ = <Batch as Task>::ID;

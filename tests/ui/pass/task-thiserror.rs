@@ -22,7 +22,10 @@ pub enum ParseError {
 }
 
 #[task(id = "parse_number")]
-pub async fn parse_number(_ctx: &TaskContext, input: ParseInput) -> Result<ParseOutput, ParseError> {
+pub async fn parse_number(
+    _ctx: &TaskContext,
+    input: ParseInput,
+) -> Result<ParseOutput, ParseError> {
     if input.text.is_empty() {
         return Err(ParseError::Empty);
     }

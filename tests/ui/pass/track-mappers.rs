@@ -30,7 +30,7 @@ pub struct ReportInput {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-pub struct Report {
+pub struct ReportLine {
     pub line: String,
 }
 
@@ -54,8 +54,8 @@ pub async fn count_words(_ctx: &TaskContext, input: CountInput) -> Result<CountO
 }
 
 #[task(id = "report")]
-pub async fn report(_ctx: &TaskContext, input: ReportInput) -> Result<Report, TaskError> {
-    Ok(Report {
+pub async fn report(_ctx: &TaskContext, input: ReportInput) -> Result<ReportLine, TaskError> {
+    Ok(ReportLine {
         line: format!("{} words", input.words),
     })
 }
@@ -86,6 +86,17 @@ track! {
 }
 
 track! {
+    /// Every type declared, the return type too.
+    pub DeclaredTrack("declared_track") {
+        Extract,
+        CountWords = |prev: TextOutput, original: &TextInput| -> CountInput {
+            CountInput { base: original.base.clone(), text: prev.text }
+        },
+        Report,
+    }
+}
+
+track! {
     pub NestedTrack("nested_track") {
         Extract,
         InferredTrack = |prev, original| TextInput { base: original.base.clone(), text: prev.text },
@@ -96,8 +107,9 @@ fn main() {
     fn output_of<T: Task>() -> std::marker::PhantomData<(T::Input, T::Output)> {
         std::marker::PhantomData
     }
-    let _: std::marker::PhantomData<(TextInput, Report)> = output_of::<AnnotatedTrack>();
-    let _: std::marker::PhantomData<(TextInput, Report)> = output_of::<InferredTrack>();
-    let _: std::marker::PhantomData<(TextInput, Report)> = output_of::<WrapperTrack>();
-    let _: std::marker::PhantomData<(TextInput, Report)> = output_of::<NestedTrack>();
+    let _: std::marker::PhantomData<(TextInput, ReportLine)> = output_of::<AnnotatedTrack>();
+    let _: std::marker::PhantomData<(TextInput, ReportLine)> = output_of::<InferredTrack>();
+    let _: std::marker::PhantomData<(TextInput, ReportLine)> = output_of::<WrapperTrack>();
+    let _: std::marker::PhantomData<(TextInput, ReportLine)> = output_of::<NestedTrack>();
+    let _: std::marker::PhantomData<(TextInput, ReportLine)> = output_of::<DeclaredTrack>();
 }

@@ -6,4 +6,6 @@ pub mod docs_orchestrator;
 #[cfg(test)]
 pub mod orchestrator_shell;
 
-pub use docs_orchestrator::{DocsOrchestrator, DocsOrchestratorOutput};
+pub use docs_orchestrator::{
+    DocsBestEffort, DocsBestEffortOutput, DocsOrchestrator, DocsOrchestratorOutput,
+};
