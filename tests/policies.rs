@@ -351,3 +351,37 @@ async fn shutdown_finishes_short_runs_and_cancels_long_ones_with_cleanup() {
     );
     assert_eq!(probe.count("start work:late"), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn task_hooks_run_once_after_retries_and_never_change_the_outcome() {
+    let rt = Runtime::new();
+    let probe = Probe::new();
+    let mut input = WorkInput::new(&probe, "h", 0);
+    input.fail_attempts = 1;
+    let out = rt.run(Hooked, input.clone()).await.unwrap();
+    assert_eq!(out.metadata.attempts, 2);
+    assert_eq!(probe.count("hook"), 1);
+    assert_eq!(
+        probe.count("hook success hooked #2"),
+        1,
+        "{:?}",
+        probe.events()
+    );
+
+    input.fail_attempts = 5;
+    let err = rt.run(HookedTrack, input).await.unwrap_err();
+    assert_eq!(err.error.kind_name(), "failed");
+    // The step's own hook, then the track's: one each, after the step's last attempt.
+    assert_eq!(
+        probe
+            .timed("hook")
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect::<Vec<_>>(),
+        [
+            "hook success hooked #2",
+            "hook failure hooked failed",
+            "hook failure hooked_track failed"
+        ]
+    );
+}

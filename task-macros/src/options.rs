@@ -1,10 +1,12 @@
 //! Options shared by the three macros: `id = "..."`, `handle = Name`, `retry(..)`,
-//! `timeout = "30s"`, `concurrency = N`, `failure = settle`. Each macro says which keys it
+//! `timeout = "30s"`, `concurrency = N`, `failure = settle`, `on_success = path`,
+//! `on_failure = path`. Each macro says which keys it
 //! accepts; unknown and duplicated keys are errors at the key, and every error is reported.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
+use syn::spanned::Spanned;
 use syn::{Ident, LitBool, LitFloat, LitInt, LitStr, Result};
 
 use crate::errors::Errors;
@@ -18,7 +20,18 @@ pub enum Key {
     Timeout,
     Concurrency,
     Failure,
+    OnSuccess,
+    OnFailure,
 }
+
+/// The options every kind accepts after its id: run policy and hooks.
+pub const POLICY_KEYS: [Key; 5] = [
+    Key::Retry,
+    Key::Timeout,
+    Key::Concurrency,
+    Key::OnSuccess,
+    Key::OnFailure,
+];
 
 impl Key {
     fn name(self) -> &'static str {
@@ -29,6 +42,8 @@ impl Key {
             Key::Timeout => "timeout",
             Key::Concurrency => "concurrency",
             Key::Failure => "failure",
+            Key::OnSuccess => "on_success",
+            Key::OnFailure => "on_failure",
         }
     }
 }
@@ -74,6 +89,10 @@ pub struct Options {
     pub timeout: Option<DurationLit>,
     pub concurrency: Option<u32>,
     pub failure: Failure,
+    /// `on_success = path::to::hook`: an `async fn(&HookEvent)` returning `()` or
+    /// `Result<(), E: Display>`.
+    pub on_success: Option<syn::Path>,
+    pub on_failure: Option<syn::Path>,
 }
 
 impl Options {
@@ -157,8 +176,41 @@ impl Options {
                 }
             }
             Key::Retry => self.retry = Some(Retry::parse(meta, errors)?),
+            Key::OnSuccess => self.on_success = Some(meta.value()?.parse()?),
+            Key::OnFailure => self.on_failure = Some(meta.value()?.parse()?),
         }
         Ok(())
+    }
+
+    /// The `Task` hook items: nothing without hooks (the trait's defaults build no event).
+    pub fn hooks(&self) -> TokenStream {
+        if self.on_success.is_none() && self.on_failure.is_none() {
+            return TokenStream::new();
+        }
+        let p = quote!(::task_runtime::__private);
+        let hook = |name: &str, path: &Option<syn::Path>| {
+            let method = Ident::new(name, Span::call_site());
+            let body = match path {
+                Some(path) => quote_spanned! {path.span()=>
+                    #p::hook(#name, <Self as #p::Task>::ID, #path(event))
+                },
+                None => quote!(#p::no_hook()),
+            };
+            quote! {
+                fn #method(
+                    event: &#p::HookEvent,
+                ) -> impl #p::Future<Output = ()> + ::core::marker::Send + '_ {
+                    #body
+                }
+            }
+        };
+        let on_success = hook("on_success", &self.on_success);
+        let on_failure = hook("on_failure", &self.on_failure);
+        quote! {
+            const HAS_HOOKS: bool = true;
+            #on_success
+            #on_failure
+        }
     }
 
     /// `RunPolicy { .. }` for the generated `Task::POLICY`.

@@ -166,3 +166,19 @@ pub const fn output_checks<
 pub const fn is_task<T: Task>() -> usize {
     1
 }
+
+pub use crate::hooks::HookEvent;
+
+/// Awaits a task's own hook: its error or panic is logged, never returned.
+pub async fn hook<F>(name: &'static str, task: &'static str, hook: F)
+where
+    F: Future,
+    F::Output: crate::CallbackResult,
+{
+    crate::hooks::guarded(name, task, hook).await
+}
+
+/// The side of a task's hooks it did not set.
+pub fn no_hook() -> core::future::Ready<()> {
+    core::future::ready(())
+}

@@ -361,8 +361,8 @@ fn hook_event<T: Task>(
 async fn run_hooks<T: Task>(runtime: &Runtime, when: When, event: HookEvent) {
     if T::HAS_HOOKS {
         match when {
-            When::Success => guarded("on_success", T::ID, T::on_success(&event)).await,
-            When::Failure => guarded("on_failure", T::ID, T::on_failure(&event)).await,
+            When::Success => T::on_success(&event).await,
+            When::Failure => T::on_failure(&event).await,
         }
     }
     for hook in runtime.hooks().iter().filter(|hook| hook.when == when) {

@@ -90,17 +90,17 @@ pub trait Task: Send + Sync + 'static {
     /// runs of tasks without hooks build no hook event.
     const HAS_HOOKS: bool = false;
 
-    /// Called once after the run succeeded. Errors are logged, never fail the run.
-    fn on_success(event: &HookEvent) -> impl Future<Output = Result<(), TaskError>> + Send + '_ {
+    /// Called once after the run succeeded (`#[task(on_success = path)]`). The generated
+    /// glue logs the hook's error or panic; it never changes the run's outcome.
+    fn on_success(event: &HookEvent) -> impl Future<Output = ()> + Send + '_ {
         let _ = event;
-        std::future::ready(Ok(()))
+        std::future::ready(())
     }
 
-    /// Called once after the run failed, retries exhausted. Errors are logged, never fail
-    /// the run.
-    fn on_failure(event: &HookEvent) -> impl Future<Output = Result<(), TaskError>> + Send + '_ {
+    /// Called once after the run failed, retries exhausted (`#[task(on_failure = path)]`).
+    fn on_failure(event: &HookEvent) -> impl Future<Output = ()> + Send + '_ {
         let _ = event;
-        std::future::ready(Ok(()))
+        std::future::ready(())
     }
 
     /// The task's schemas and compiled validators, built once on first use.

@@ -336,3 +336,39 @@ orchestrator! {
         b: Rendezvous,
     }
 }
+
+/// Hook of `hooked`: notes the success, then fails (which must change nothing).
+async fn note_success(event: &task_runtime::HookEvent) -> Result<(), String> {
+    let probe = Probe::get(event.input["probe"].as_str().unwrap_or_default());
+    probe.record(format!(
+        "hook success {} #{}",
+        event.task_name, event.attempts
+    ));
+    Err("this hook always fails".to_owned())
+}
+
+/// Hook of `hooked`: notes the failure.
+async fn note_failure(event: &task_runtime::HookEvent) {
+    let probe = Probe::get(event.input["probe"].as_str().unwrap_or_default());
+    let kind = event.error.as_ref().map_or("none", |e| e.kind_name());
+    probe.record(format!("hook failure {} {kind}", event.task_name));
+}
+
+/// Like `work`, with two attempts and both hooks.
+#[task(
+    id = "hooked",
+    retry(max_attempts = 2, min_delay = "10ms"),
+    on_success = note_success,
+    on_failure = note_failure
+)]
+pub async fn hooked(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+track! {
+    /// `hooked` twice, with a failure hook of its own.
+    pub HookedTrack("hooked_track", on_failure = note_failure) {
+        Hooked,
+        Hooked = |_prev, original: &WorkInput| original.clone(),
+    }
+}

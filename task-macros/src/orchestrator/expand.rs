@@ -22,6 +22,7 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let handle = &header.handle;
     let vis = &header.vis;
     let id = &header.id;
+    let hooks = header.options.hooks();
     let policy = header.options.policy();
     let settle = header.options.failure == Failure::Settle;
     let output = format_ident!("{}Output", handle);
@@ -122,6 +123,7 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
                 const ID: &'static str = #id;
                 const KIND: #p::Kind = #p::Kind::Orchestrator;
                 const POLICY: #p::RunPolicy = #policy;
+                #hooks
                 type Input = #input_type;
                 type Output = #output;
 

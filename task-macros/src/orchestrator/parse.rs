@@ -8,7 +8,7 @@ use syn::{Expr, Ident, LitInt, Path, Token, Type, braced, parenthesized};
 
 use crate::errors::Errors;
 use crate::header::Header;
-use crate::options::Key;
+use crate::options::{Key, POLICY_KEYS};
 
 /// An orchestrator as declared.
 pub struct OrchestratorDef {
@@ -97,7 +97,7 @@ pub fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Orchestrat
         let header = Header::parse(
             input,
             "orchestrator",
-            &[Key::Retry, Key::Timeout, Key::Concurrency, Key::Failure],
+            &[&[Key::Failure][..], &POLICY_KEYS[..]].concat(),
             errors,
         )?;
         let signature;

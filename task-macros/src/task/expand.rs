@@ -17,6 +17,7 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
     } = def;
     let fn_name = &item.sig.ident;
     let (input, output, error) = (&sig.input, &sig.output, &sig.error);
+    let hooks = options.hooks();
     let policy = options.policy();
     let handle_struct = handle_struct(def);
     let p = quote!(::task_runtime::__private);
@@ -44,6 +45,7 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
                 const POLICY: #p::RunPolicy = #policy;
+                #hooks
                 type Input = #input_type;
                 type Output = #output_type;
 

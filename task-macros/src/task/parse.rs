@@ -28,6 +28,8 @@ pub fn parse(args: TokenStream, item: ItemFn, errors: &mut Errors) -> TaskDef {
             Key::Retry,
             Key::Timeout,
             Key::Concurrency,
+            Key::OnSuccess,
+            Key::OnFailure,
         ],
         errors,
     );

@@ -20,6 +20,7 @@ pub fn expand(def: &TrackDef) -> TokenStream {
     let header = &def.header;
     let handle = &header.handle;
     let id = &header.id;
+    let hooks = header.options.hooks();
     let policy = header.options.policy();
 
     let refs: Vec<TaskRef> = def
@@ -88,6 +89,7 @@ pub fn expand(def: &TrackDef) -> TokenStream {
                 const ID: &'static str = #id;
                 const KIND: #p::Kind = #p::Kind::Track;
                 const POLICY: #p::RunPolicy = #policy;
+                #hooks
                 type Input = #input;
                 type Output = #output;
 

@@ -7,7 +7,7 @@ use syn::{Expr, Path, Token, braced};
 
 use crate::errors::Errors;
 use crate::header::Header;
-use crate::options::Key;
+use crate::options::POLICY_KEYS;
 
 /// A track as declared.
 pub struct TrackDef {
@@ -43,12 +43,7 @@ impl syn::parse::Parse for Step {
 
 pub fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<TrackDef> {
     let parser = |input: ParseStream| {
-        let header = Header::parse(
-            input,
-            "track",
-            &[Key::Retry, Key::Timeout, Key::Concurrency],
-            errors,
-        )?;
+        let header = Header::parse(input, "track", &POLICY_KEYS, errors)?;
         let body;
         let brace = braced!(body in input);
         let steps = Punctuated::<Step, Token![,]>::parse_terminated(&body)?;

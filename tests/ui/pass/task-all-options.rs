@@ -12,13 +12,24 @@ pub struct FetchOutput {
     pub bytes: usize,
 }
 
+async fn log_success(event: &task_runtime::HookEvent) {
+    let _ = &event.run_id;
+}
+
+async fn alert(event: &task_runtime::HookEvent) -> Result<(), std::io::Error> {
+    let _ = &event.error;
+    Ok(())
+}
+
 /// Fetches a page, with every option set.
 #[task(
     id = "fetch_page",
     handle = Fetcher,
     retry(max_attempts = 3, factor = 2.0, min_delay = "100ms", max_delay = "10s", jitter = true),
     timeout = "30s",
-    concurrency = 2
+    concurrency = 2,
+    on_success = log_success,
+    on_failure = alert
 )]
 pub async fn fetch(_ctx: &TaskContext, input: FetchInput) -> Result<FetchOutput, TaskError> {
     Ok(FetchOutput {
