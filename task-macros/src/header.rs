@@ -109,11 +109,84 @@ pub fn fallback(header: &Header, error: syn::Error) -> TokenStream {
     }
 }
 
-/// The descriptor static, `Registered` impl and `inventory` submission of a composite.
-pub fn registration(header: &Header, steps: TokenStream, branches: TokenStream) -> TokenStream {
+/// What differs between the `Task` impls of a track and an orchestrator.
+pub struct Composite {
+    /// `Track` or `Orchestrator`.
+    pub kind: TokenStream,
+    /// Items at the impl's scope (the checked aliases of steps and branches).
+    pub items: TokenStream,
+    pub input: TokenStream,
+    pub output: TokenStream,
+    /// Statements of the body, ending in `Ok(output)`; `__task_ctx` and `__task_input` are
+    /// in scope.
+    pub body: TokenStream,
+    /// The registry's step ids and branches.
+    pub steps: TokenStream,
+    pub branches: TokenStream,
+}
+
+/// The handle, its `Task` impl and its registration, for a track or an orchestrator.
+pub fn composite(header: &Header, composite: Composite) -> TokenStream {
     let p = quote!(::task_runtime::__private);
+    let Composite {
+        kind,
+        items,
+        input,
+        output,
+        body,
+        steps,
+        branches,
+    } = composite;
     let handle = &header.handle;
-    let description = &header.description;
+    let id = &header.id;
+    let hooks = header.options.hooks();
+    let policy = header.options.policy();
+    let handle_struct = header.handle_struct();
+    let registration = registration(handle, &header.description, steps, branches);
+    quote! {
+        #handle_struct
+
+        const _: () = {
+            #items
+
+            #[automatically_derived]
+            #[diagnostic::do_not_recommend]
+            impl #p::Task for #handle {
+                const ID: &'static str = #id;
+                const KIND: #p::Kind = #p::Kind::#kind;
+                const POLICY: #p::RunPolicy = #policy;
+                #hooks
+                type Input = #input;
+                type Output = #output;
+
+                fn run(
+                    __task_ctx: &#p::TaskContext,
+                    __task_input: Self::Input,
+                ) -> impl #p::Future<Output = #p::Result<Self::Output, #p::TaskError>> + ::core::marker::Send + '_ {
+                    async move {
+                        #body
+                    }
+                }
+
+                fn schemas() -> &'static #p::TaskSchemas {
+                    static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
+                    #p::schemas::<Self>(&SCHEMAS)
+                }
+            }
+
+            #registration
+        };
+    }
+}
+
+/// The descriptor static, `Registered` impl and `inventory` submission of any handle.
+pub fn registration(
+    handle: &Ident,
+    description: &str,
+    steps: TokenStream,
+    branches: TokenStream,
+) -> TokenStream {
+    let p = quote!(::task_runtime::__private);
     let location = quote::quote_spanned!(handle.span()=> ::core::file!(), ::core::line!());
     quote! {
         static __TASK_DESCRIPTOR: #p::TaskDescriptor =

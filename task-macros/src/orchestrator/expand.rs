@@ -11,7 +11,7 @@ use syn::{Expr, ExprClosure, Ident, Type};
 
 use super::parse::{Branch, OrchestratorDef, Source};
 use crate::closures::{Param, call_mapper, typed};
-use crate::header::registration;
+use crate::header::{Composite, composite};
 use crate::options::Failure;
 use crate::spans::{Range, paren, respan};
 use crate::task_ref::TaskRef;
@@ -22,8 +22,6 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let handle = &header.handle;
     let vis = &header.vis;
     let id = &header.id;
-    let hooks = header.options.hooks();
-    let policy = header.options.policy();
     let settle = header.options.failure == Failure::Settle;
     let output = format_ident!("{}Output", handle);
     let input_name = &def.input_name;
@@ -94,8 +92,6 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         let task_id = r.assoc("ID");
         quote!(#p::BranchInfo { name: #name, task: #task_id, each: #each })
     });
-    let registration = registration(header, quote!(&[]), quote!(&[#(#branch_infos),*]));
-    let handle_struct = header.handle_struct();
     let output_doc = format!(
         "Output of the orchestrator `{}`: one field per branch.",
         id.value()
@@ -103,9 +99,7 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let serde_crate = "::task_runtime::__private::serde";
     let schemars_crate = "::task_runtime::__private::schemars";
 
-    quote! {
-        #handle_struct
-
+    let output_struct = quote! {
         #[doc = #output_doc]
         #[derive(#p::serde::Serialize, #p::serde::Deserialize, #p::schemars::JsonSchema)]
         #[serde(crate = #serde_crate, rename_all = "camelCase")]
@@ -113,42 +107,29 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         #vis struct #output {
             #(#fields,)*
         }
-
-        const _: () = {
-            #(#aliases)*
-
-            #[automatically_derived]
-            #[diagnostic::do_not_recommend]
-            impl #p::Task for #handle {
-                const ID: &'static str = #id;
-                const KIND: #p::Kind = #p::Kind::Orchestrator;
-                const POLICY: #p::RunPolicy = #policy;
-                #hooks
-                type Input = #input_type;
-                type Output = #output;
-
-                fn run(
-                    __task_ctx: &#p::TaskContext,
-                    __task_input: Self::Input,
-                ) -> impl #p::Future<Output = #p::Result<Self::Output, #p::TaskError>> + ::core::marker::Send + '_ {
-                    async move {
-                        let #input_name: &#input_type = &__task_input;
-                        let __task_branches = #p::Branches::new(__task_ctx, #policy_value);
-                        #(#starts)*
-                        #(#joins)*
-                        __task_branches.finish()?;
-                        #p::Result::Ok(#output { #(#assign,)* })
-                    }
-                }
-
-                fn schemas() -> &'static #p::TaskSchemas {
-                    static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
-                    #p::schemas::<Self>(&SCHEMAS)
-                }
-            }
-
-            #registration
-        };
+    };
+    let composite = composite(
+        header,
+        Composite {
+            kind: quote!(Orchestrator),
+            items: quote!(#(#aliases)*),
+            input: quote!(#input_type),
+            output: quote!(#output),
+            body: quote! {
+                let #input_name: &#input_type = &__task_input;
+                let __task_branches = #p::Branches::new(__task_ctx, #policy_value);
+                #(#starts)*
+                #(#joins)*
+                __task_branches.finish()?;
+                #p::Result::Ok(#output { #(#assign,)* })
+            },
+            steps: quote!(&[]),
+            branches: quote!(&[#(#branch_infos),*]),
+        },
+    );
+    quote! {
+        #output_struct
+        #composite
     }
 }
 

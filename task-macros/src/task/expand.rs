@@ -5,6 +5,7 @@ use quote::{quote, quote_spanned};
 
 use super::check::Signature;
 use super::parse::TaskDef;
+use crate::header::registration;
 use crate::spans::{Range, checked, respan};
 
 pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
@@ -32,7 +33,7 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
         quote!(|__task_error| #p::into_task_error(__task_error)),
         Range::of(error).last,
     );
-    let location = quote_spanned!(fn_name.span()=> ::core::file!(), ::core::line!());
+    let registration = registration(handle, description, quote!(&[]), quote!(&[]));
 
     quote! {
         #item
@@ -65,17 +66,7 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
                 }
             }
 
-            static __TASK_DESCRIPTOR: #p::TaskDescriptor =
-                #p::TaskDescriptor::of::<#handle>(#description, #location, &[], &[]);
-
-            #[automatically_derived]
-            impl #p::Registered for #handle {
-                fn descriptor() -> &'static #p::TaskDescriptor {
-                    &__TASK_DESCRIPTOR
-                }
-            }
-
-            #p::inventory::submit! { #p::Registration(&__TASK_DESCRIPTOR) }
+            #registration
         };
     }
 }

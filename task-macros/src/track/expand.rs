@@ -11,17 +11,12 @@ use syn::{Expr, ExprClosure};
 
 use super::parse::TrackDef;
 use crate::closures::{Param, call_mapper};
-use crate::header::registration;
+use crate::header::{Composite, composite};
 use crate::spans::respan;
 use crate::task_ref::TaskRef;
 
 pub fn expand(def: &TrackDef) -> TokenStream {
     let p = quote!(::task_runtime::__private);
-    let header = &def.header;
-    let handle = &header.handle;
-    let id = &header.id;
-    let hooks = header.options.hooks();
-    let policy = header.options.policy();
 
     let refs: Vec<TaskRef> = def
         .steps
@@ -74,46 +69,23 @@ pub fn expand(def: &TrackDef) -> TokenStream {
             }
         });
     let step_ids = refs.iter().map(|r| r.assoc("ID"));
-    let registration = registration(header, quote!(&[#(#step_ids),*]), quote!(&[]));
-    let handle_struct = header.handle_struct();
-
-    quote! {
-        #handle_struct
-
-        const _: () = {
-            #(#aliases)*
-
-            #[automatically_derived]
-            #[diagnostic::do_not_recommend]
-            impl #p::Task for #handle {
-                const ID: &'static str = #id;
-                const KIND: #p::Kind = #p::Kind::Track;
-                const POLICY: #p::RunPolicy = #policy;
-                #hooks
-                type Input = #input;
-                type Output = #output;
-
-                fn run(
-                    __task_ctx: &#p::TaskContext,
-                    __task_input: Self::Input,
-                ) -> impl #p::Future<Output = #p::Result<Self::Output, #p::TaskError>> + ::core::marker::Send + '_ {
-                    async move {
-                        #original
-                        #first_run
-                        #(#rest)*
-                        #p::Result::Ok(__task_prev)
-                    }
-                }
-
-                fn schemas() -> &'static #p::TaskSchemas {
-                    static SCHEMAS: #p::SchemaCell = #p::SchemaCell::new();
-                    #p::schemas::<Self>(&SCHEMAS)
-                }
-            }
-
-            #registration
-        };
-    }
+    composite(
+        &def.header,
+        Composite {
+            kind: quote!(Track),
+            items: quote!(#(#aliases)*),
+            input,
+            output,
+            body: quote! {
+                #original
+                #first_run
+                #(#rest)*
+                #p::Result::Ok(__task_prev)
+            },
+            steps: quote!(&[#(#step_ids),*]),
+            branches: quote!(&[]),
+        },
+    )
 }
 
 /// `let __task_prev = step::<__TaskStepN>(ctx, index, input).await?;`, at the step.
