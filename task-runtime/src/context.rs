@@ -251,20 +251,19 @@ impl TaskContext {
     /// Runs another task as a child run (the seed's `triggerAndWait`): validated, with its own
     /// run id, inheriting tenant, project, trampData and cancellation.
     pub async fn run<T: Task>(&self, _task: T, input: T::Input) -> Result<T::Output, TaskError> {
-        self.run_child::<T>(input).await.into_result()
+        self.run_child::<T>(input).await.into_typed()
     }
 
     pub(crate) async fn run_child<T: Task>(
         &self,
         input: T::Input,
-    ) -> crate::envelope::RunOutput<T::Output> {
+    ) -> crate::engine::Finished<T::Output> {
         crate::engine::execute::<T>(
             &self.runtime,
             crate::engine::RunInput::Typed(input),
             crate::engine::Seed::child(self),
         )
         .await
-        .map(|produced| produced.typed)
     }
 
     /// Runs the registered cleanup in reverse order; returns the failures.

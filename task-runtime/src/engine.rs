@@ -85,13 +85,67 @@ pub(crate) fn new_run_id(at: SystemTime) -> Arc<str> {
     Arc::from(std::str::from_utf8(&buf).expect("ULIDs are ASCII"))
 }
 
-/// Runs `T` to completion and returns its envelope. Never panics on bad input or a
-/// panicking task.
+/// A finished run. Child runs (track steps, branches, `ctx.run`) read what they need from
+/// it; only top-level runs pay for a full envelope ([`Finished::into_envelope`]).
+pub(crate) struct Finished<O> {
+    pub task: &'static str,
+    pub run_id: Arc<str>,
+    pub result: Result<Produced<O>, TaskError>,
+    pub report: Report,
+    input: Value,
+    tramp_data: Option<Arc<Value>>,
+}
+
+impl<O> Finished<O> {
+    /// The envelope, with the output in the form `results` picks.
+    pub fn into_envelope<R>(self, results: impl FnOnce(Produced<O>) -> R) -> RunOutput<R> {
+        let Finished {
+            task,
+            run_id,
+            result,
+            report,
+            input,
+            tramp_data,
+        } = self;
+        let (results, error) = match result {
+            Ok(produced) => (Some(results(produced)), None),
+            Err(error) => (None, Some(error)),
+        };
+        RunOutput {
+            job: Job {
+                success: error.is_none(),
+                task_name: task.to_owned(),
+                run_id: run_id.to_string(),
+                input,
+                error: error.as_ref().map(ToString::to_string),
+                error_detail: error,
+            },
+            results,
+            metadata: Metadata {
+                started_at: report.started_at,
+                finished_at: report.started_at + Duration::from_millis(report.duration_ms),
+                duration_ms: report.duration_ms,
+                attempts: report.attempts,
+                steps: report.records.steps,
+                branches: report.records.branches,
+                cleanup_errors: report.cleanup_errors,
+            },
+            tramp_data: tramp_data.as_deref().cloned(),
+        }
+    }
+
+    /// The typed output, or the error.
+    pub fn into_typed(self) -> Result<O, TaskError> {
+        self.result.map(|produced| produced.typed)
+    }
+}
+
+/// Runs `T` to completion. Never panics on bad input or a panicking task.
 pub(crate) async fn execute<T: Task>(
     runtime: &Runtime,
     input: RunInput<T::Input>,
     seed: Seed,
-) -> RunOutput<Produced<T::Output>> {
+) -> Finished<T::Output> {
     let started_at = SystemTime::now();
     let clock = Instant::now();
     let run_id = seed.run_id.unwrap_or_else(|| new_run_id(started_at));
@@ -104,8 +158,14 @@ pub(crate) async fn execute<T: Task>(
                     path: String::new(),
                     message: format!("input does not serialize to JSON: {e}"),
                 }]);
-                let report = Report::new(started_at, clock, 0);
-                return envelope(T::ID, &run_id, Value::Null, &seed.scope, Err(error), report);
+                return Finished {
+                    task: T::ID,
+                    run_id,
+                    result: Err(error),
+                    report: Report::new(started_at, clock, 0),
+                    input: Value::Null,
+                    tramp_data: seed.scope.tramp_data,
+                };
             }
         },
         RunInput::Json(json) => (json, None),
@@ -150,16 +210,23 @@ pub(crate) async fn execute<T: Task>(
         let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
         run_hooks::<T>(runtime, when, event).instrument(span).await;
     }
-    envelope(T::ID, &run_id, input_json, &scope, result, report)
+    Finished {
+        task: T::ID,
+        run_id,
+        result,
+        report,
+        input: input_json,
+        tramp_data: scope.tramp_data,
+    }
 }
 
 /// Timing, attempts and records of a finished run.
-struct Report {
-    started_at: SystemTime,
-    duration_ms: u64,
-    attempts: u32,
-    records: Records,
-    cleanup_errors: Vec<String>,
+pub(crate) struct Report {
+    pub started_at: SystemTime,
+    pub duration_ms: u64,
+    pub attempts: u32,
+    pub records: Records,
+    pub cleanup_errors: Vec<String>,
 }
 
 impl Report {
@@ -375,55 +442,28 @@ fn scope_of(input: &Value, inherited: Scope) -> Scope {
     let Value::Object(map) = input else {
         return inherited;
     };
-    let text = |key: &str| match map.get(key) {
-        Some(Value::String(s)) => Some(Arc::<str>::from(s.as_str())),
-        _ => None,
+    // A child's input usually repeats its parent's values: share the parent's copy then,
+    // rather than allocate another per step or item.
+    let text = |key: &str, inherited: Option<Arc<str>>| match map.get(key) {
+        Some(Value::String(s)) => match inherited {
+            Some(same) if *same == **s => Some(same),
+            _ => Some(Arc::from(s.as_str())),
+        },
+        _ => inherited,
     };
-    let value = |key: &str| match map.get(key) {
-        Some(Value::Null) | None => None,
-        Some(v) => Some(Arc::new(v.clone())),
+    let value = |key: &str, inherited: Option<Arc<Value>>| match map.get(key) {
+        Some(Value::Null) | None => inherited,
+        Some(v) => match inherited {
+            Some(same) if *same == *v => Some(same),
+            _ => Some(Arc::new(v.clone())),
+        },
     };
     Scope {
-        tenant_id: text("tenantId").or(inherited.tenant_id),
-        project_id: text("projectId").or(inherited.project_id),
-        tramp_data: value("trampData").or(inherited.tramp_data),
-        cleanup_options: value("cleanup").or(inherited.cleanup_options),
+        tenant_id: text("tenantId", inherited.tenant_id),
+        project_id: text("projectId", inherited.project_id),
+        tramp_data: value("trampData", inherited.tramp_data),
+        cleanup_options: value("cleanup", inherited.cleanup_options),
         held: inherited.held,
-    }
-}
-
-fn envelope<O>(
-    task: &'static str,
-    run_id: &Arc<str>,
-    input: Value,
-    scope: &Scope,
-    result: Result<O, TaskError>,
-    report: Report,
-) -> RunOutput<O> {
-    let (results, error) = match result {
-        Ok(results) => (Some(results), None),
-        Err(error) => (None, Some(error)),
-    };
-    RunOutput {
-        job: Job {
-            success: error.is_none(),
-            task_name: task.to_owned(),
-            run_id: run_id.to_string(),
-            input,
-            error: error.as_ref().map(ToString::to_string),
-            error_detail: error,
-        },
-        results,
-        metadata: Metadata {
-            started_at: report.started_at,
-            finished_at: report.started_at + Duration::from_millis(report.duration_ms),
-            duration_ms: report.duration_ms,
-            attempts: report.attempts,
-            steps: report.records.steps,
-            branches: report.records.branches,
-            cleanup_errors: report.cleanup_errors,
-        },
-        tramp_data: scope.tramp_data.as_deref().cloned(),
     }
 }
 

@@ -119,18 +119,13 @@ impl<'a> Branches<'a> {
                 Seed::within(scope, cancel),
             )
             .await;
-            let run_id = out.job.run_id;
-            let attempts = out.metadata.attempts;
-            let result = match (out.results, out.job.error_detail) {
-                (Some(produced), None) => Ok(produced.typed),
-                (_, error) => {
-                    let error = error
-                        .unwrap_or_else(|| TaskError::failed("branch produced no output"))
-                        .in_branch(name, None, T::ID, &run_id);
-                    failure.record(&error);
-                    Err(error)
-                }
-            };
+            let run_id = out.run_id.to_string();
+            let attempts = out.report.attempts;
+            let result = out.into_typed().map_err(|error| {
+                let error = error.in_branch(name, None, T::ID, &run_id);
+                failure.record(&error);
+                error
+            });
             (run_id, attempts, result)
         });
         One {
@@ -172,12 +167,10 @@ impl<'a> Branches<'a> {
                             Seed::within(scope, cancel),
                         )
                         .await;
-                        let result = match (out.results, out.job.error_detail) {
-                            (Some(produced), None) => Ok(produced.typed),
-                            (_, error) => Err(error
-                                .unwrap_or_else(|| TaskError::failed("item produced no output"))
-                                .in_branch(name, Some(index), T::ID, &out.job.run_id)),
-                        };
+                        let run_id = out.run_id.clone();
+                        let result = out
+                            .into_typed()
+                            .map_err(|error| error.in_branch(name, Some(index), T::ID, &run_id));
                         (index, result)
                     });
                 }

@@ -345,11 +345,11 @@ impl Runtime {
         }
         let run = engine::execute::<T>(self, RunInput::Typed(input), Seed::root(self));
         let out = self.inner.tracker.track_future(run).await;
-        match out.job.error_detail.clone() {
-            None => Ok(out.map(|produced| produced.typed)),
-            Some(error) => Err(RunError {
-                envelope: Box::new(out.map(|produced| produced.json)),
-                error,
+        match &out.result {
+            Ok(_) => Ok(out.into_envelope(|produced| produced.typed)),
+            Err(error) => Err(RunError {
+                error: error.clone(),
+                envelope: Box::new(out.into_envelope(|produced| produced.json)),
             }),
         }
     }
@@ -568,6 +568,6 @@ pub(crate) fn run_json<T: Task>(
     Box::pin(async move {
         engine::execute::<T>(runtime, RunInput::Json(input), seed)
             .await
-            .map(|produced| produced.json)
+            .into_envelope(|produced| produced.json)
     })
 }

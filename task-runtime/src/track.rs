@@ -2,7 +2,7 @@
 //! the helpers whose signatures make the compiler check mappers and step conversions.
 
 use crate::context::TaskContext;
-use crate::envelope::{RunOutput, StepRecord};
+use crate::envelope::StepRecord;
 use crate::error::TaskError;
 use crate::task::Task;
 
@@ -13,27 +13,20 @@ pub async fn step<T: Task>(
     index: usize,
     input: T::Input,
 ) -> Result<T::Output, TaskError> {
-    let RunOutput {
-        job,
-        results,
-        metadata,
-        ..
-    } = ctx.run_child::<T>(input).await;
+    let mut finished = ctx.run_child::<T>(input).await;
+    let report = &finished.report;
     ctx.push_step(StepRecord {
         task_name: T::ID.to_owned(),
-        run_id: job.run_id.clone(),
-        success: job.success,
-        duration_ms: metadata.duration_ms,
-        attempts: metadata.attempts,
-        steps: metadata.steps,
+        run_id: finished.run_id.to_string(),
+        success: finished.result.is_ok(),
+        duration_ms: report.duration_ms,
+        attempts: report.attempts,
+        steps: std::mem::take(&mut finished.report.records.steps),
     });
-    match (results, job.error_detail) {
-        (Some(output), None) => Ok(output),
-        (_, Some(error)) => Err(error.in_step(index, T::ID, &job.run_id)),
-        (None, None) => {
-            Err(TaskError::failed("step produced no output").in_step(index, T::ID, &job.run_id))
-        }
-    }
+    let run_id = finished.run_id.clone();
+    finished
+        .into_typed()
+        .map_err(|error| error.in_step(index, T::ID, &run_id))
 }
 
 /// How a step's output becomes the next step's input when the track gives no mapper.
