@@ -2,7 +2,8 @@
 //! of run `N` times in a loop, with no criterion machinery around it.
 //!
 //! `cargo bench -p task-runtime --bench profile_driver --no-run`, then run the binary under
-//! the profiler with `direct|run|trigger|track|fanout [N]`.
+//! the profiler with `direct|run|trigger|track|fanout|joinset [N]` or `sizes`
+//! (`fanout` and `joinset` run once over `N` items).
 
 mod common;
 
@@ -10,7 +11,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use common::{
-    FanOut, Noop, NoopInput, NoopOutput, fan_input, noop, payload, tokio_runtime, typed_payload,
+    FanOut, Noop, NoopInput, NoopOutput, fan_input, noop, payload, raw_fan_out, tokio_runtime,
+    typed_payload,
 };
 use task_runtime::prelude::*;
 
@@ -46,6 +48,39 @@ fn main() {
     let ctx = Arc::new(TaskContext::for_test());
     let input = typed_payload();
     let json = payload();
+    if mode == "sizes" {
+        // Bytes of the futures the run path builds (each is moved by value into its
+        // wrappers, so large futures cost memcpy per run).
+        println!(
+            "noop(&ctx, input)         {:>6} bytes",
+            size_of_val(&noop(&ctx, input.clone()))
+        );
+        println!(
+            "rt.run(Noop, ..)          {:>6} bytes",
+            size_of_val(&rt.run(Noop, input.clone()))
+        );
+        println!(
+            "rt.trigger_and_wait(..)   {:>6} bytes",
+            size_of_val(&rt.trigger_and_wait("noop", json.clone()))
+        );
+        println!(
+            "rt.run(Noop3, ..)         {:>6} bytes",
+            size_of_val(&rt.run(Noop3, input.clone()))
+        );
+        println!(
+            "rt.run(FanOut, ..)        {:>6} bytes",
+            size_of_val(&rt.run(FanOut, fan_input(1)))
+        );
+        println!(
+            "TaskError                 {:>6} bytes",
+            size_of::<TaskError>()
+        );
+        println!(
+            "RunOutput<NoopOutput>     {:>6} bytes",
+            size_of::<RunOutput<NoopOutput>>()
+        );
+        return;
+    }
     tokio.block_on(async {
         for _ in 0..n {
             match mode {
@@ -65,7 +100,11 @@ fn main() {
                     black_box(rt.run(FanOut, fan_input(n)).await.expect("ok"));
                     break;
                 }
-                other => panic!("unknown mode {other}: direct|run|trigger|track|fanout"),
+                "joinset" => {
+                    black_box(raw_fan_out(ctx.clone(), n).await);
+                    break;
+                }
+                other => panic!("unknown mode {other}: direct|run|trigger|track|fanout|joinset"),
             }
         }
     });

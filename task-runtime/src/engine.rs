@@ -61,11 +61,12 @@ impl Seed {
     }
 }
 
-/// A validated output in both forms, so neither the typed nor the JSON caller serialises
-/// twice.
+/// A validated output, with its JSON form when the run made one: always for tasks (it is
+/// what their output schema checks) and for runs by id; typed runs of tracks and
+/// orchestrators skip it (see `Attempts::attempt`).
 pub(crate) struct Produced<O> {
     pub typed: O,
-    pub json: Value,
+    pub json: Option<Value>,
 }
 
 /// A fresh run id: `run_` + a ULID. Ids made on one thread sort in creation order, even
@@ -130,7 +131,9 @@ impl<O> Finished<O> {
                 branches: report.records.branches,
                 cleanup_errors: report.cleanup_errors,
             },
-            tramp_data: tramp_data.as_deref().cloned(),
+            // The run's contexts are gone by now: take the value rather than copy it.
+            tramp_data: tramp_data
+                .map(|data| Arc::try_unwrap(data).unwrap_or_else(|shared| (*shared).clone())),
         }
     }
 
@@ -150,6 +153,7 @@ pub(crate) async fn execute<T: Task>(
     let clock = Instant::now();
     let run_id = seed.run_id.unwrap_or_else(|| new_run_id(started_at));
 
+    let json_run = matches!(input, RunInput::Json(_));
     let (input_json, typed) = match input {
         RunInput::Typed(value) => match serde_json::to_value(&value) {
             Ok(json) => (json, Some(value)),
@@ -185,6 +189,7 @@ pub(crate) async fn execute<T: Task>(
         run_id: &run_id,
         input_json: &input_json,
         typed,
+        json_run,
         scope: &scope,
         cancel: &seed.cancel,
     };
@@ -251,6 +256,8 @@ struct Attempts<'a, T: Task> {
     run_id: &'a Arc<str>,
     input_json: &'a Value,
     typed: Option<T::Input>,
+    /// Run by id: the caller wants the output as JSON.
+    json_run: bool,
     scope: &'a Scope,
     cancel: &'a CancellationToken,
 }
@@ -348,19 +355,32 @@ impl<T: Task> Attempts<'_, T> {
         report.records = ctx.take_records();
         drop(slot.permits);
         let output = outcome?;
+        // A track's output is its last step's, an orchestrator's is made of its branches'
+        // outputs: each was validated by its own run, so checking the whole again (and, on
+        // a typed run, serialising it at all) would only repeat work. On a 100 000-item
+        // fan-out that repeat was a third of the run and most of its memory.
+        let leaf = T::KIND == Kind::Task;
+        if !leaf && !self.json_run {
+            return Ok(Produced {
+                typed: output,
+                json: None,
+            });
+        }
         let json = serde_json::to_value(&output).map_err(|e| {
             TaskError::invalid_output(vec![Issue {
                 path: String::new(),
                 message: format!("output does not serialize to JSON: {e}"),
             }])
         })?;
-        let issues = T::schemas().output_issues(&json);
-        if !issues.is_empty() {
-            return Err(TaskError::invalid_output(issues));
+        if leaf {
+            let issues = T::schemas().output_issues(&json);
+            if !issues.is_empty() {
+                return Err(TaskError::invalid_output(issues));
+            }
         }
         Ok(Produced {
             typed: output,
-            json,
+            json: Some(json),
         })
     }
 }
@@ -417,7 +437,13 @@ fn hook_event<T: Task>(
         task_name: T::ID,
         run_id: run_id.to_owned(),
         input: input.clone(),
-        output: result.as_ref().ok().map(|produced| produced.json.clone()),
+        output: result
+            .as_ref()
+            .ok()
+            .and_then(|produced| match &produced.json {
+                Some(json) => Some(json.clone()),
+                None => serde_json::to_value(&produced.typed).ok(),
+            }),
         error: result.as_ref().err().cloned(),
         attempts,
     };

@@ -349,7 +349,8 @@ impl Runtime {
             Ok(_) => Ok(out.into_envelope(|produced| produced.typed)),
             Err(error) => Err(RunError {
                 error: error.clone(),
-                envelope: Box::new(out.into_envelope(|produced| produced.json)),
+                // Failed: no results to convert.
+                envelope: Box::new(out.into_envelope(|_| Value::Null)),
             }),
         }
     }
@@ -568,6 +569,7 @@ pub(crate) fn run_json<T: Task>(
     Box::pin(async move {
         engine::execute::<T>(runtime, RunInput::Json(input), seed)
             .await
-            .into_envelope(|produced| produced.json)
+            // Runs by id always carry the JSON form (`json_run`).
+            .into_envelope(|produced| produced.json.unwrap_or_default())
     })
 }

@@ -1,6 +1,9 @@
 //! Tasks and inputs shared by the bench binaries. `inventory` registers the handles in
 //! each binary that includes this module.
 
+// Each bench binary uses a different subset of these items.
+#![allow(dead_code)]
+
 use std::sync::Arc;
 
 use serde_json::{Value, json};
@@ -52,7 +55,7 @@ pub fn item(base: &BaseInput, i: u32) -> NoopInput {
 orchestrator! {
     /// Runs the no-op task once per item, in the runtime's default fan-out window.
     pub FanOut("fan_out")(input: FanInput) {
-        items: each(|input| (0..input.count).map(|i| item(&input.base, i))) => Noop,
+        items: each(|input| (0..input.count).map(|i| item(&input.base, i)).collect::<Vec<_>>()) => Noop,
     }
 }
 
