@@ -37,12 +37,24 @@ pub(crate) struct Seed {
 }
 
 impl Seed {
-    /// A top-level run: cancelled by its handle or by runtime shutdown.
+    /// A top-level run started in the background: cancelled by its handle or by runtime
+    /// shutdown.
     pub fn root(runtime: &Runtime) -> Self {
         Seed {
             run_id: None,
             scope: Scope::default(),
             cancel: runtime.root_token().child_token(),
+        }
+    }
+
+    /// A top-level run its caller awaits (`run`, `trigger_and_wait`): there is no handle to
+    /// cancel it by, so it shares the runtime's token (only shutdown cancels it) and saves
+    /// linking a child token in and out of the root for every run.
+    pub fn awaited(runtime: &Runtime) -> Self {
+        Seed {
+            run_id: None,
+            scope: Scope::default(),
+            cancel: runtime.root_token().clone(),
         }
     }
 

@@ -343,7 +343,7 @@ impl Runtime {
                 error,
             });
         }
-        let run = engine::execute::<T>(self, RunInput::Typed(input), Seed::root(self));
+        let run = engine::execute::<T>(self, RunInput::Typed(input), Seed::awaited(self));
         let out = self.inner.tracker.track_future(run).await;
         match &out.result {
             Ok(_) => Ok(out.into_envelope(|produced| produced.typed)),
@@ -378,7 +378,7 @@ impl Runtime {
         }
         match self.admit(id, input) {
             Ok((descriptor, input)) => {
-                let run = descriptor.run_json(self, input, Seed::root(self));
+                let run = descriptor.run_json(self, input, Seed::awaited(self));
                 self.inner.tracker.track_future(run).await
             }
             Err(refused) => *refused,
