@@ -307,8 +307,29 @@ async fn trigger_returns_a_handle_with_the_run_id() {
     assert_eq!(env.job.run_id, run_id);
     assert_eq!(env.results, Some(json!({ "value": 8 })));
 
+    // Both typed and by-id errors work with `?` in an application's error type.
+    async fn start(rt: &Runtime, id: &str) -> Result<String, Box<dyn std::error::Error>> {
+        let handle = rt
+            .trigger(id, json!({ "tenantId": "a", "projectId": "b", "value": 1 }))
+            .await?;
+        let typed = rt
+            .run(
+                Double,
+                NumberInput {
+                    base: BaseInput::new("a", "b"),
+                    value: 1,
+                },
+            )
+            .await?;
+        Ok(format!("{} {}", handle.run_id(), typed.job.run_id))
+    }
+    assert!(start(&rt, "double").await.is_ok());
+    let message = start(&rt, "nope").await.unwrap_err().to_string();
+    assert!(message.contains("no task with id 'nope'"), "{message}");
+
     let refused = rt.trigger("nope", json!({})).await.unwrap_err();
-    assert_eq!(refused.job.error_detail.unwrap().kind_name(), "notFound");
+    assert_eq!(refused.error.kind_name(), "notFound");
+    assert_eq!(refused.envelope.job.task_name, "nope");
 }
 
 #[tokio::test]

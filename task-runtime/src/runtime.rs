@@ -373,7 +373,7 @@ impl Runtime {
         if options.idempotency_key.is_some() {
             return match self.trigger_with(id, input, options).await {
                 Ok(handle) => handle.wait().await,
-                Err(refused) => *refused,
+                Err(refused) => *refused.envelope,
             };
         }
         match self.admit(id, input) {
@@ -386,14 +386,10 @@ impl Runtime {
     }
 
     /// Starts the task registered under `id` in the background and returns its handle.
-    /// Refused (with the envelope saying why) for an unknown id, an oversized or too deep
-    /// payload, or a runtime that is shutting down; schema violations are reported by the
-    /// run's envelope.
-    pub async fn trigger(
-        &self,
-        id: &str,
-        input: Value,
-    ) -> Result<RunHandle, Box<RunOutput<Value>>> {
+    /// Refused with a [`RunError`] (holding the envelope that says why) for an unknown id, an
+    /// oversized or too deep payload, or a runtime that is shutting down; schema violations
+    /// are reported by the run's envelope.
+    pub async fn trigger(&self, id: &str, input: Value) -> Result<RunHandle, RunError> {
         self.trigger_with(id, input, TriggerOptions::default())
             .await
     }
@@ -404,8 +400,15 @@ impl Runtime {
         id: &str,
         input: Value,
         options: TriggerOptions,
-    ) -> Result<RunHandle, Box<RunOutput<Value>>> {
-        let (descriptor, input) = self.admit(id, input)?;
+    ) -> Result<RunHandle, RunError> {
+        let (descriptor, input) = self.admit(id, input).map_err(|envelope| RunError {
+            error: envelope
+                .job
+                .error_detail
+                .clone()
+                .unwrap_or_else(|| TaskError::rejected("refused")),
+            envelope,
+        })?;
         let Some(key) = options.idempotency_key else {
             return Ok(self.spawn(descriptor, input, None));
         };
