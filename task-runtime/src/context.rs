@@ -269,14 +269,7 @@ impl TaskContext {
     /// Runs the registered cleanup in reverse order; returns the failures.
     pub(crate) async fn run_cleanup(&self) -> Vec<String> {
         let cleanups = std::mem::take(&mut *lock(&self.cleanup));
-        let mut errors = Vec::new();
-        for cleanup in cleanups.into_iter().rev() {
-            if let Err(error) = cleanup.await {
-                tracing::warn!(task = self.task_id, run_id = %self.run_id, %error, "cleanup failed");
-                errors.push(error);
-            }
-        }
-        errors
+        run_cleanups(cleanups, self.task_id, &self.run_id).await
     }
 
     pub(crate) fn push_step(&self, step: StepRecord) {
@@ -292,6 +285,18 @@ impl TaskContext {
     }
 }
 
+/// Runs cleanups last-registered first, logging and returning the failures.
+async fn run_cleanups(cleanups: Vec<Cleanup>, task: &str, run_id: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for cleanup in cleanups.into_iter().rev() {
+        if let Err(error) = cleanup.await {
+            tracing::warn!(task, run_id, %error, "cleanup failed");
+            errors.push(error);
+        }
+    }
+    errors
+}
+
 impl Drop for TaskContext {
     /// Cleanup still registered here means the attempt was dropped mid-flight (its parent
     /// was cancelled or timed out while this run was inside it): run it on the runtime
@@ -304,13 +309,7 @@ impl Drop for TaskContext {
         let (task, run_id) = (self.task_id, self.run_id.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
-                handle.spawn(async move {
-                    for cleanup in cleanups.into_iter().rev() {
-                        if let Err(error) = cleanup.await {
-                            tracing::warn!(task, run_id = %run_id, %error, "cleanup failed");
-                        }
-                    }
-                });
+                handle.spawn(async move { run_cleanups(cleanups, task, &run_id).await });
             }
             Err(_) => {
                 tracing::error!(task, run_id = %run_id, "cleanup lost: attempt dropped outside a tokio runtime");

@@ -134,37 +134,6 @@ impl<T> RunOutput<T> {
     }
 }
 
-impl<T: Serialize> RunOutput<T> {
-    /// The same envelope with JSON results, as `trigger_and_wait` returns it.
-    pub fn into_json(self) -> RunOutput<Value> {
-        let RunOutput {
-            mut job,
-            results,
-            metadata,
-            tramp_data,
-        } = self;
-        let results = match results.map(serde_json::to_value).transpose() {
-            Ok(results) => results,
-            Err(e) => {
-                let error = TaskError::invalid_output(vec![crate::error::Issue {
-                    path: String::new(),
-                    message: format!("output does not serialize to JSON: {e}"),
-                }]);
-                job.success = false;
-                job.error = Some(error.to_string());
-                job.error_detail = Some(error);
-                None
-            }
-        };
-        RunOutput {
-            job,
-            results,
-            metadata,
-            tramp_data,
-        }
-    }
-}
-
 /// The error of a typed run that failed, carrying the whole (failed) envelope.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("run {} of '{}' failed: {}", envelope.job.run_id, envelope.job.task_name, error)]

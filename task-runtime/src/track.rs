@@ -130,9 +130,6 @@ pub fn returns<Declared: Returns<Expected>, Expected>(value: Declared) -> Expect
     value.returns()
 }
 
-/// Checks that a step names a task handle.
-pub const fn is_task<T: Task>() {}
-
 /// The track's input must be `Clone` when a step has a mapper.
 #[diagnostic::on_unimplemented(
     message = "the track's input `{Self}` must implement `Clone`",
