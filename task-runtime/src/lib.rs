@@ -38,6 +38,7 @@
 //! ```
 
 mod base;
+mod compose;
 mod concurrency;
 mod context;
 mod engine;
@@ -46,13 +47,11 @@ mod error;
 mod hooks;
 mod limits;
 pub mod logging;
-pub mod orchestrator;
 mod policy;
 pub mod registry;
 mod runtime;
 mod schema;
 mod task;
-pub mod track;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -61,12 +60,12 @@ pub mod cli;
 pub mod __private;
 
 pub use base::BaseInput;
+pub use compose::orchestrator::{FailurePolicy, Outcome};
 pub use context::{CallbackResult, TaskContext};
 pub use envelope::{BranchRecord, ItemCounts, Job, Metadata, RunError, RunOutput, StepRecord};
 pub use error::{BranchRef, ErrorKind, Fatal, Issue, Location, StepRef, TaskError};
 pub use hooks::HookEvent;
 pub use limits::{InputError, Limits};
-pub use orchestrator::{FailurePolicy, Outcome};
 pub use policy::{RetryPolicy, RunPolicy};
 pub use registry::{Registry, RegistryError, TaskDescriptor};
 pub use runtime::{Registered, RunHandle, Runtime, RuntimeBuilder, TriggerOptions};

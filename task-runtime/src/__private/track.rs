@@ -1,33 +1,7 @@
-//! The runtime side of `track!`: each step is a child run recorded in `metadata.steps`, and
-//! the helpers whose signatures make the compiler check mappers and step conversions.
+//! The helpers `track!` expansions call: signatures that make the compiler check mappers
+//! and step conversions at the user's tokens, each with a message written for the user.
 
-use crate::context::TaskContext;
-use crate::envelope::StepRecord;
-use crate::error::TaskError;
-use crate::task::Task;
-
-/// Runs step `index` of the track running in `ctx` as a child run, records it, and names
-/// the step in its error.
-pub async fn step<T: Task>(
-    ctx: &TaskContext,
-    index: usize,
-    input: T::Input,
-) -> Result<T::Output, TaskError> {
-    let mut finished = ctx.run_child::<T>(input).await;
-    let report = &finished.report;
-    ctx.push_step(StepRecord {
-        task_name: T::ID.to_owned(),
-        run_id: finished.run_id.to_string(),
-        success: finished.result.is_ok(),
-        duration_ms: report.duration_ms,
-        attempts: report.attempts,
-        steps: std::mem::take(&mut finished.report.records.steps),
-    });
-    let run_id = finished.run_id.clone();
-    finished
-        .into_typed()
-        .map_err(|error| error.in_step(index, T::ID, &run_id))
-}
+pub use crate::compose::track::step;
 
 /// How a step's output becomes the next step's input when the track gives no mapper.
 #[diagnostic::on_unimplemented(

@@ -7,13 +7,15 @@ pub use schemars;
 pub use serde;
 pub use serde_json;
 
-pub use crate::orchestrator::{self, Branches, FailurePolicy, Outcome};
+pub mod orchestrator;
+pub mod track;
+
+pub use crate::compose::orchestrator::{Branches, FailurePolicy, Outcome};
 pub use crate::policy::{RetryPolicy, RunPolicy};
 pub use crate::registry::{BranchInfo, Registration, TaskDescriptor};
 pub use crate::runtime::Registered;
 pub use crate::schema::{SchemaCell, TaskSchemas};
 pub use crate::task::{Kind, Task, TaskInput, TaskOutput};
-pub use crate::track;
 pub use crate::{TaskContext, TaskError};
 
 pub use core::future::Future;
