@@ -100,7 +100,7 @@ proptest! {
                 prop_assert_eq!(env.job.task_name.as_str(), id);
                 prop_assert!(env.job.run_id.starts_with("run_"));
                 prop_assert_eq!(env.job.success, env.job.error_detail.is_none());
-                prop_assert_eq!(env.job.success, env.results.is_some());
+                prop_assert_eq!(env.job.success, !env.results.is_null());
                 if !env.job.success {
                     prop_assert!(!env.job.error.as_deref().unwrap_or("").is_empty());
                 }

@@ -29,7 +29,7 @@ async fn two_one_second_branches_finish_in_one_second() {
         .await
         .unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(1));
-    let results = out.results.unwrap();
+    let results = out.results;
     assert_eq!(
         (results.left.label.as_str(), results.right.label.as_str()),
         ("p", "p")
@@ -51,7 +51,7 @@ async fn ten_items_two_at_a_time_take_five_seconds_and_keep_their_order() {
     let started = tokio::time::Instant::now();
     let out = rt.run(Batch, batch(&probe, 1000, 10, 1000)).await.unwrap();
     assert_eq!(started.elapsed(), Duration::from_secs(5));
-    let results = out.results.unwrap();
+    let results = out.results;
     let labels: Vec<String> = results.items.iter().map(|w| w.label.clone()).collect();
     let expected: Vec<String> = (0..10).map(|i| format!("item{i}")).collect();
     assert_eq!(labels, expected);
@@ -64,7 +64,7 @@ async fn ten_items_two_at_a_time_take_five_seconds_and_keep_their_order() {
         .iter()
         .find(|b| b.name == "items")
         .unwrap();
-    let counts = items.items.unwrap();
+    let counts = items.items.clone().unwrap();
     assert_eq!((counts.total, counts.succeeded, counts.failed), (10, 10, 0));
 }
 
@@ -104,7 +104,7 @@ async fn fail_fast_names_the_item_and_cancels_the_rest_with_cleanup() {
         .iter()
         .find(|b| b.name == "items")
         .unwrap();
-    let counts = items.items.unwrap();
+    let counts = items.items.clone().unwrap();
     assert_eq!((counts.total, counts.succeeded, counts.failed), (6, 3, 1));
     assert_eq!(counts.cancelled, 2);
     let lead = env
@@ -123,7 +123,7 @@ async fn settle_runs_everything_and_records_the_one_error() {
     let mut input = batch(&probe, 1000, 6, 1000);
     input.items[3].fail_attempts = 1;
     let out = rt.run(BatchSettle, input).await.unwrap();
-    let results = out.results.unwrap();
+    let results = out.results;
     assert!(results.lead.is_ok());
     assert_eq!(results.items.len(), 6);
     for (i, item) in results.items.iter().enumerate() {
@@ -151,7 +151,7 @@ async fn branches_run_on_different_worker_threads_at_once() {
     let input = json!({ "tenantId": "t", "projectId": "p", "probe": probe.name() });
     let env = rt.trigger_and_wait("meet", input).await;
     assert!(env.job.success, "{:?}", env.job.error);
-    let results = env.results.unwrap();
+    let results = env.results;
     assert_eq!(results["a"]["met"], true);
     assert_eq!(results["b"]["met"], true);
 }
@@ -164,7 +164,7 @@ async fn nested_fan_out_under_a_runtime_limit_of_one_never_deadlocks() {
         .run(TrackFan, batch(&probe, 1000, 3, 1000))
         .await
         .unwrap();
-    let results = out.results.unwrap();
+    let results = out.results;
     assert_eq!(results.tracks.len(), 3);
     assert_eq!(results.nested.items.len(), 3);
     assert_eq!(probe.max_running(), 1, "the runtime-wide limit held");

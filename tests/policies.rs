@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use task_runtime::prelude::*;
-use task_runtime::{RetryPolicy, TriggerOptions};
+use task_runtime::{HookEvent, RetryPolicy, TriggerOptions};
 use task_tests::probe::Probe;
 use task_tests::*;
 
@@ -26,7 +26,7 @@ async fn two_failures_then_success_takes_three_attempts_with_backoff() {
     input.fail_attempts = 2;
     let out = rt.run(Flaky, input).await.unwrap();
     assert_eq!(out.metadata.attempts, 3);
-    assert_eq!(out.results.unwrap().attempt, 3);
+    assert_eq!(out.results.attempt, 3);
     let starts: Vec<Duration> = probe.timed("start").into_iter().map(|(at, _)| at).collect();
     // Each attempt works 10 ms; then 100 ms before the 2nd, 200 ms before the 3rd.
     assert_eq!(starts, [ms(0), ms(110), ms(320)]);
@@ -224,22 +224,21 @@ async fn runtime_hooks_see_every_outcome_and_their_errors_change_nothing() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (s, f) = (seen.clone(), seen.clone());
     let rt = Runtime::builder()
-        .on_success(move |event| {
-            let s = s.clone();
+        .on_success(move |event: &HookEvent| {
+            let (s, line) = (
+                s.clone(),
+                format!("ok {} {}", event.task_name, event.attempts),
+            );
             async move {
-                s.lock()
-                    .unwrap()
-                    .push(format!("ok {} {}", event.task_name, event.attempts));
+                s.lock().unwrap().push(line);
                 Err::<(), _>("hook is broken")
             }
         })
-        .on_failure(move |event| {
-            let f = f.clone();
+        .on_failure(move |event: &HookEvent| {
+            let kind = event.error.as_ref().unwrap().kind_name();
+            let (f, line) = (f.clone(), format!("failed {} {kind}", event.task_name));
             async move {
-                let kind = event.error.as_ref().unwrap().kind_name();
-                f.lock()
-                    .unwrap()
-                    .push(format!("failed {} {kind}", event.task_name));
+                f.lock().unwrap().push(line);
             }
         })
         .build()
@@ -260,7 +259,11 @@ async fn one_idempotency_key_runs_once_and_returns_the_same_run() {
     let rt = Runtime::new();
     let probe = Probe::new();
     let input = json_of(&WorkInput::new(&probe, "i", 1000));
-    let key = || TriggerOptions::idempotency_key("order-42").with_ttl(Duration::from_secs(60));
+    let key = || {
+        TriggerOptions::new()
+            .idempotency_key("order-42")
+            .idempotency_ttl(Duration::from_secs(60))
+    };
     let first = rt.trigger_with("work", input.clone(), key()).await.unwrap();
     let second = rt.trigger_with("work", input.clone(), key()).await.unwrap();
     assert_eq!(first.run_id(), second.run_id(), "while running");
@@ -283,7 +286,7 @@ async fn a_failed_run_releases_its_idempotency_key() {
     let probe = Probe::new();
     let mut failing = WorkInput::new(&probe, "r", 0);
     failing.fail_attempts = 1;
-    let key = || TriggerOptions::idempotency_key("retry-me");
+    let key = || TriggerOptions::new().idempotency_key("retry-me");
     let first = rt
         .trigger_and_wait_with("work", json_of(&failing), key())
         .await;

@@ -14,7 +14,7 @@ fn base_json() -> Value {
 async fn typed_run_returns_a_full_envelope() {
     let rt = Runtime::new();
     let mut base = BaseInput::new("acme", "docs");
-    base.tramp_data = Some(json!({ "requestId": "r-1" }).as_object().unwrap().clone());
+    base.tramp_data = Some(json!({ "requestId": "r-1" }).into());
     let out = rt
         .run(Double, NumberInput { base, value: 21 })
         .await
@@ -24,7 +24,7 @@ async fn typed_run_returns_a_full_envelope() {
     assert!(out.job.run_id.starts_with("run_"), "{}", out.job.run_id);
     assert_eq!(out.job.input["value"], 21);
     assert_eq!(out.job.error, None);
-    assert_eq!(out.results, Some(NumberOutput { value: 42 }));
+    assert_eq!(out.results, NumberOutput { value: 42 });
     assert_eq!(out.metadata.attempts, 1);
     assert!(out.metadata.finished_at >= out.metadata.started_at);
     assert_eq!(out.tramp_data, Some(json!({ "requestId": "r-1" })));
@@ -58,7 +58,7 @@ async fn every_violation_is_reported_with_its_path() {
         )
         .await;
     assert!(!env.job.success);
-    assert_eq!(env.results, None);
+    assert_eq!(env.results, serde_json::Value::Null);
     let error = env.job.error_detail.as_ref().unwrap();
     assert_eq!(error.kind_name(), "invalidInput");
     assert!(!error.is_retryable());
@@ -305,7 +305,7 @@ async fn trigger_returns_a_handle_with_the_run_id() {
     let run_id = handle.run_id().to_owned();
     let env = handle.wait().await;
     assert_eq!(env.job.run_id, run_id);
-    assert_eq!(env.results, Some(json!({ "value": 8 })));
+    assert_eq!(env.results, json!({ "value": 8 }));
 
     // Both typed and by-id errors work with `?` in an application's error type.
     async fn start(rt: &Runtime, id: &str) -> Result<String, Box<dyn std::error::Error>> {

@@ -17,7 +17,7 @@ async fn a_track_runs_every_step_as_its_own_run() {
         .await;
     assert!(env.job.success, "{:?}", env.job.error);
     // 5 chars -> 10 -> 20 -> 40
-    assert_eq!(env.results, Some(json!({ "value": 40 })));
+    assert_eq!(env.results, json!({ "value": 40 }));
     let steps = &env.metadata.steps;
     let names: Vec<&str> = steps.iter().map(|s| s.task_name.as_str()).collect();
     assert_eq!(names, ["length", "double", "quadruple"]);
@@ -101,9 +101,9 @@ async fn steps_see_the_track_trampdata_and_their_cleanup_has_run() {
     let rt = Runtime::new();
     let probe = Probe::new();
     let mut input = WorkInput::new(&probe, "w", 0);
-    input.base.tramp_data = Some(json!({ "trace": "abc" }).as_object().unwrap().clone());
+    input.base.tramp_data = Some(json!({ "trace": "abc" }).into());
     let out = rt.run(WorkTrack, input).await.unwrap();
-    let results = out.results.unwrap();
+    let results = out.results;
     assert_eq!(results.label, "w-3");
     assert_eq!(results.tramp_data, Some(json!({ "trace": "abc" })));
     assert_eq!(results.tenant_id.as_deref(), Some("tenant"));

@@ -47,7 +47,7 @@ fn measure(mode: &str) {
                     .run(FanOut, fan_input(FAN_OUT_ITEMS))
                     .await
                     .expect("the fan-out succeeds");
-                out.results.map_or(0, |o| o.items.len())
+                out.results.items.len()
             } else {
                 raw_fan_out(ctx, FAN_OUT_ITEMS).await.len()
             }

@@ -133,10 +133,7 @@ fn fanout_group(c: &mut Criterion) {
             let rt = rt.clone();
             on_worker(async move {
                 let out = rt.run(FanOut, fan_input(FAN_OUT_ITEMS)).await.expect("ok");
-                assert_eq!(
-                    out.results.as_ref().map(|o| o.items.len()),
-                    Some(FAN_OUT_ITEMS as usize)
-                );
+                assert_eq!(Some(out.results.items.len()), Some(FAN_OUT_ITEMS as usize));
                 out
             })
         });

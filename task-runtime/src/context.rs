@@ -4,63 +4,23 @@
 use std::fmt::Display;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{BranchRecord, StepRecord};
 use crate::error::TaskError;
-use crate::runtime::Runtime;
+use crate::exec::{self, AttemptState, Executor, Finished, RunInput, Scope, Seed};
+use crate::exec::{seed::Records, seed::lock};
+use crate::id::RunId;
 use crate::task::Task;
-
-/// What a run inherits from its parent and passes to its children: tenant, project,
-/// trampData, cleanup options and the concurrency permits already held up the chain.
-#[derive(Clone, Default)]
-pub(crate) struct Scope {
-    pub tenant_id: Option<Arc<str>>,
-    pub project_id: Option<Arc<str>>,
-    pub tramp_data: Option<Arc<Value>>,
-    pub cleanup_options: Option<Arc<Value>>,
-    /// Limits held by an ancestor; a child never waits for a slot its parent holds.
-    pub held: Option<Arc<HeldLimit>>,
-}
-
-/// A concurrency limit held up the chain: the runtime-wide one (`task: None`) or a task's.
-pub(crate) struct HeldLimit {
-    pub task: Option<&'static str>,
-    pub parent: Option<Arc<HeldLimit>>,
-}
-
-impl Scope {
-    pub fn holds(&self, task: Option<&'static str>) -> bool {
-        let mut next = self.held.as_deref();
-        while let Some(held) = next {
-            if held.task == task {
-                return true;
-            }
-            next = held.parent.as_deref();
-        }
-        false
-    }
-
-    pub fn with_held(&self, task: Option<&'static str>) -> Scope {
-        let mut scope = self.clone();
-        scope.held = Some(Arc::new(HeldLimit {
-            task,
-            parent: self.held.clone(),
-        }));
-        scope
-    }
-}
-
-type Cleanup = BoxFuture<'static, Result<(), String>>;
 
 /// What a cleanup or hook future may return: `()` or `Result<(), E>` with a displayable
 /// error.
 pub trait CallbackResult {
+    /// The outcome, with the error as text.
     fn into_result(self) -> Result<(), String>;
 }
 
@@ -76,99 +36,40 @@ impl<E: Display> CallbackResult for Result<(), E> {
     }
 }
 
-/// Records a composite run (track or orchestrator) fills while it runs.
-#[derive(Default)]
-pub(crate) struct Records {
-    pub steps: Vec<StepRecord>,
-    pub branches: Vec<BranchRecord>,
-}
-
 /// The context of one attempt of one run, passed to the task as `&TaskContext`.
 pub struct TaskContext {
-    pub(crate) runtime: Runtime,
-    pub(crate) run_id: Arc<str>,
+    pub(crate) exec: Executor,
+    pub(crate) run_id: RunId,
     pub(crate) task_id: &'static str,
     pub(crate) attempt: u32,
     pub(crate) scope: Scope,
     pub(crate) cancel: CancellationToken,
-    pub(crate) cleanup: Mutex<Vec<Cleanup>>,
-    pub(crate) records: Mutex<Records>,
+    pub(crate) state: Arc<AttemptState>,
 }
 
 impl TaskContext {
     pub(crate) fn new(
-        runtime: Runtime,
-        run_id: Arc<str>,
+        exec: Executor,
+        run_id: RunId,
         task_id: &'static str,
         attempt: u32,
         scope: Scope,
         cancel: CancellationToken,
+        state: Arc<AttemptState>,
     ) -> Self {
         TaskContext {
-            runtime,
+            exec,
             run_id,
             task_id,
             attempt,
             scope,
             cancel,
-            cleanup: Mutex::new(Vec::new()),
-            records: Mutex::new(Records::default()),
+            state,
         }
     }
 
-    /// A context for calling a task fn directly in a unit test: run id `run_test`, task id
-    /// `test`, attempt 1, a fresh embedded runtime for child runs. Adjust with the `with_*`
-    /// setters.
-    ///
-    /// ```
-    /// # use task_runtime::prelude::*;
-    /// let ctx = TaskContext::for_test().with_tenant("t1").with_attempt(2);
-    /// assert_eq!(ctx.tenant_id(), Some("t1"));
-    /// assert_eq!(ctx.attempt(), 2);
-    /// ```
-    pub fn for_test() -> Self {
-        TaskContext::new(
-            Runtime::new(),
-            Arc::from("run_test"),
-            "test",
-            1,
-            Scope::default(),
-            CancellationToken::new(),
-        )
-    }
-
-    /// Sets the tenant id (test contexts).
-    pub fn with_tenant(mut self, tenant_id: &str) -> Self {
-        self.scope.tenant_id = Some(Arc::from(tenant_id));
-        self
-    }
-
-    /// Sets the project id (test contexts).
-    pub fn with_project(mut self, project_id: &str) -> Self {
-        self.scope.project_id = Some(Arc::from(project_id));
-        self
-    }
-
-    /// Sets the trampData (test contexts).
-    pub fn with_tramp_data(mut self, tramp_data: Value) -> Self {
-        self.scope.tramp_data = Some(Arc::new(tramp_data));
-        self
-    }
-
-    /// Sets the attempt number (test contexts).
-    pub fn with_attempt(mut self, attempt: u32) -> Self {
-        self.attempt = attempt;
-        self
-    }
-
-    /// Uses this runtime for child runs (test contexts).
-    pub fn with_runtime(mut self, runtime: Runtime) -> Self {
-        self.runtime = runtime;
-        self
-    }
-
     /// This run's id (`run_...`).
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
@@ -180,6 +81,12 @@ impl TaskContext {
     /// 1 for the first attempt, 2 for the first retry, ...
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The run this one is a child of (a track step's track, a branch's orchestrator, the
+    /// task that called `ctx.run`).
+    pub fn parent_run_id(&self) -> Option<&RunId> {
+        self.scope.parent_run_id.as_ref()
     }
 
     /// `tenantId` of the input (or of the parent run's input).
@@ -202,11 +109,6 @@ impl TaskContext {
         self.scope.cleanup_options.as_deref()
     }
 
-    /// The runtime this run executes on.
-    pub fn runtime(&self) -> &Runtime {
-        &self.runtime
-    }
-
     /// Whether the run has been cancelled. Long CPU-bound loops should check it.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
@@ -217,9 +119,10 @@ impl TaskContext {
         self.cancel.cancelled().await
     }
 
-    /// A token that is cancelled with this run, for handing to spawned work.
+    /// A token that is cancelled with this run, for handing to spawned work. Cancelling it
+    /// stops only what watches it, never the run itself or anything else.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.cancel.child_token()
     }
 
     /// Registers cleanup that runs exactly once when this attempt ends, however it ends
@@ -245,75 +148,155 @@ impl TaskContext {
                 Err(panic) => Err(format!("cleanup panicked: {}", panic_message(&*panic))),
             }
         };
-        lock(&self.cleanup).push(Box::pin(cleanup));
+        self.state.push_cleanup(Box::pin(cleanup));
     }
 
     /// Runs another task as a child run (the seed's `triggerAndWait`): validated, with its own
-    /// run id, inheriting tenant, project, trampData and cancellation.
+    /// run id, inheriting tenant, project, trampData and cancellation. While it runs, this
+    /// task gives its concurrency slots back (see `Runtime::builder().max_concurrency`).
+    /// Boxed, so a task may run itself (up to the runtime's nesting limit).
     pub async fn run<T: Task>(&self, _task: T, input: T::Input) -> Result<T::Output, TaskError> {
-        self.run_child::<T>(input).await.into_typed()
+        let lent = self.lend_slots();
+        let child = Box::pin(exec::execute::<T>(
+            &self.exec,
+            RunInput::Typed(input),
+            Seed::child(self),
+        ))
+        .await;
+        if let Some(lent) = lent {
+            lent.reclaim(&self.cancel).await;
+        }
+        child.into_typed()
     }
 
-    pub(crate) async fn run_child<T: Task>(
-        &self,
-        input: T::Input,
-    ) -> crate::engine::Finished<T::Output> {
-        crate::engine::execute::<T>(
-            &self.runtime,
-            crate::engine::RunInput::Typed(input),
-            crate::engine::Seed::child(self),
-        )
-        .await
+    /// A child run without giving slots back: for tracks and orchestrators, which hold none.
+    pub(crate) async fn run_child<T: Task>(&self, input: T::Input) -> Finished<T::Output> {
+        exec::execute::<T>(&self.exec, RunInput::Typed(input), Seed::child(self)).await
     }
 
-    /// Runs the registered cleanup in reverse order; returns the failures.
-    pub(crate) async fn run_cleanup(&self) -> Vec<String> {
-        let cleanups = std::mem::take(&mut *lock(&self.cleanup));
-        run_cleanups(cleanups, self.task_id, &self.run_id).await
+    /// The scope a child of this attempt inherits.
+    pub(crate) fn child_scope(&self) -> Scope {
+        Scope {
+            depth: self.scope.depth + 1,
+            parent_run_id: Some(self.run_id.clone()),
+            adopt: Some(self.state.clone()),
+            ..self.scope.clone()
+        }
+    }
+
+    /// Gives the attempt's slots back for the time a child runs.
+    fn lend_slots(&self) -> Option<Lent<'_>> {
+        let slots = self.state.slots.as_ref()?;
+        let mut held = lock(slots);
+        held.children_running += 1;
+        held.permits.clear();
+        Some(Lent {
+            ctx: self,
+            done: false,
+        })
+    }
+
+    /// Waits for spawned work, runs the registered cleanup in reverse order and gives the
+    /// slots back; returns the cleanup failures.
+    pub(crate) async fn settle(&self) -> Vec<String> {
+        let errors = match AttemptState::pending(&self.state, self.task_id, &self.run_id) {
+            Some(pending) => pending.await,
+            None => Vec::new(),
+        };
+        if let Some(slots) = &self.state.slots {
+            lock(slots).permits.clear();
+        }
+        errors
     }
 
     pub(crate) fn push_step(&self, step: StepRecord) {
-        lock(&self.records).steps.push(step);
+        lock(&self.state.records).steps.push(step);
     }
 
     pub(crate) fn push_branch(&self, branch: BranchRecord) {
-        lock(&self.records).branches.push(branch);
+        lock(&self.state.records).branches.push(branch);
     }
 
     pub(crate) fn take_records(&self) -> Records {
-        std::mem::take(&mut *lock(&self.records))
+        std::mem::take(&mut *lock(&self.state.records))
+    }
+
+    pub(crate) fn executor(&self) -> &Executor {
+        &self.exec
     }
 }
 
-/// Runs cleanups last-registered first, logging and returning the failures.
-async fn run_cleanups(cleanups: Vec<Cleanup>, task: &str, run_id: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    for cleanup in cleanups.into_iter().rev() {
-        if let Err(error) = cleanup.await {
-            tracing::warn!(task, run_id, %error, "cleanup failed");
-            errors.push(error);
+/// The slots an attempt gave back while a child runs.
+struct Lent<'a> {
+    ctx: &'a TaskContext,
+    done: bool,
+}
+
+impl Lent<'_> {
+    /// Takes the slots again once the last running child has ended.
+    async fn reclaim(mut self, cancel: &CancellationToken) {
+        self.done = true;
+        let Some(slots) = &self.ctx.state.slots else {
+            return;
+        };
+        let gate = {
+            let mut held = lock(slots);
+            held.children_running -= 1;
+            if held.children_running > 0 {
+                return;
+            }
+            held.gate.clone()
+        };
+        // Cancelled while waiting: the attempt goes on without its slots and is stopped at
+        // its next await point anyway.
+        if let Ok(permits) = gate.acquire(cancel).await {
+            let mut held = lock(slots);
+            if held.children_running == 0 {
+                held.permits = permits;
+            }
         }
     }
-    errors
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if !self.done
+            && let Some(slots) = &self.ctx.state.slots
+        {
+            lock(slots).children_running -= 1;
+        }
+    }
 }
 
 impl Drop for TaskContext {
-    /// Cleanup still registered here means the attempt was dropped mid-flight (its parent
-    /// was cancelled or timed out while this run was inside it): run it on the runtime
-    /// rather than lose it.
+    /// Work still pending here means the attempt was dropped mid-flight (its parent timed out
+    /// or was cancelled while this run was inside it, or the caller dropped the run's future):
+    /// hand it to the parent attempt, which settles it before it ends, or else to the runtime,
+    /// whose shutdown waits for it.
     fn drop(&mut self) {
-        let cleanups = std::mem::take(&mut *lock(&self.cleanup));
-        if cleanups.is_empty() {
-            return;
+        if let Some(slots) = &self.state.slots {
+            lock(slots).permits.clear();
         }
-        let (task, run_id) = (self.task_id, self.run_id.clone());
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => {
-                handle.spawn(async move { run_cleanups(cleanups, task, &run_id).await });
-            }
-            Err(_) => {
-                tracing::error!(task, run_id = %run_id, "cleanup lost: attempt dropped outside a tokio runtime");
-            }
+        let Some(pending) = AttemptState::pending(&self.state, self.task_id, &self.run_id) else {
+            return;
+        };
+        match &self.scope.adopt {
+            Some(parent) => parent.push_cleanup(Box::pin(async move {
+                let errors = pending.await;
+                if errors.is_empty() {
+                    Ok(())
+                } else {
+                    Err(errors.join("; "))
+                }
+            })),
+            None => match tokio::runtime::Handle::try_current() {
+                Ok(_) => {
+                    self.exec.tracker.spawn(pending);
+                }
+                Err(_) => {
+                    tracing::error!(task = self.task_id, run_id = %self.run_id, "cleanup lost: attempt dropped outside a tokio runtime");
+                }
+            },
         }
     }
 }
@@ -328,14 +311,6 @@ impl std::fmt::Debug for TaskContext {
             .field("project_id", &self.project_id())
             .finish_non_exhaustive()
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking holder poisoned it: every critical
-/// section here is a single push or take, so the data is never half-updated.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The text of a panic payload (`&str` or `String`), or a placeholder.

@@ -1,20 +1,27 @@
 //! The run envelope `RunOutput<T>`: the seed's "Task Output Structure" in camelCase JSON.
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::TaskError;
+use crate::id::RunId;
 
 /// What one run produced: `job` (who ran, did it work), `results`, `metadata` (timing,
 /// attempts, steps, branches) and the caller's `trampData`, echoed on success and failure.
+///
+/// A typed run's envelope holds the task's output type itself (`rt.run(..).await?.results`
+/// is the output); a run by id holds JSON, `null` when the run failed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct RunOutput<T> {
+    /// Identity and outcome.
     pub job: Job,
-    /// The task's output; `null` when the run failed.
-    pub results: Option<T>,
+    /// The task's output (`null` in JSON when the run failed).
+    pub results: T,
+    /// Timing, attempts, steps and branches.
     pub metadata: Metadata,
     /// Copied unchanged from the input's `trampData`.
     pub tramp_data: Option<Value>,
@@ -23,10 +30,14 @@ pub struct RunOutput<T> {
 /// Identity and outcome of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Job {
+    /// Whether the run succeeded.
     pub success: bool,
+    /// The id of the task, track or orchestrator.
     pub task_name: String,
-    pub run_id: String,
+    /// The run's id.
+    pub run_id: RunId,
     /// The input as given (JSON), so a failed run loses nothing.
     pub input: Value,
     /// The human sentence (`"step 2 'count_words' failed: ..."`); `null` on success.
@@ -38,11 +49,15 @@ pub struct Job {
 /// Timing and shape of a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct Metadata {
+    /// When the run started.
     #[serde(with = "rfc3339")]
     pub started_at: SystemTime,
+    /// When it finished.
     #[serde(with = "rfc3339")]
     pub finished_at: SystemTime,
+    /// `finishedAt - startedAt` in milliseconds.
     pub duration_ms: u64,
     /// Attempts made, counting the first.
     pub attempts: u32,
@@ -60,12 +75,22 @@ pub struct Metadata {
 /// One step of a track, as it ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct StepRecord {
+    /// The step's task id.
     pub task_name: String,
-    pub run_id: String,
+    /// The step's run id.
+    pub run_id: RunId,
+    /// Whether the step succeeded.
     pub success: bool,
+    /// How long the step ran.
     pub duration_ms: u64,
+    /// Attempts the step made.
     pub attempts: u32,
+    /// The output came from the run's journal: the step had completed in an earlier attempt
+    /// and did not execute again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
     /// The inner steps, when this step is itself a track.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepRecord>,
@@ -74,38 +99,134 @@ pub struct StepRecord {
 /// One branch of an orchestrator, as it ran.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct BranchRecord {
+    /// The branch's field name.
     pub name: String,
+    /// The branch's task id.
     pub task_name: String,
+    /// Whether the branch (every item of an `each`) succeeded.
     pub success: bool,
+    /// How long the branch ran.
     pub duration_ms: u64,
-    /// The run id of a single branch; absent for `each` branches.
+    /// The run id of a single branch; absent for `each` branches (see `items.runs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub run_id: Option<String>,
-    /// Item counts of an `each` branch.
+    pub run_id: Option<RunId>,
+    /// The output came from the run's journal (see [`StepRecord::replayed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replayed: bool,
+    /// Item counts and runs of an `each` branch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub items: Option<ItemCounts>,
 }
 
 /// How the items of an `each` branch ended.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
+#[non_exhaustive]
 pub struct ItemCounts {
+    /// Items in all.
     pub total: usize,
+    /// Items that succeeded.
     pub succeeded: usize,
+    /// Items that failed.
     pub failed: usize,
     /// Items that never started or were stopped because a sibling failed.
     pub cancelled: usize,
+    /// The items' runs: every failed one, then the first succeeded ones, at most
+    /// [`ItemCounts::MAX_RUNS`] in all, in item order. The counts above are always exact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<ItemRun>,
+}
+
+impl ItemCounts {
+    /// The most item runs one `each` branch lists.
+    pub const MAX_RUNS: usize = 1000;
+}
+
+/// One item of an `each` branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct ItemRun {
+    /// The item's index in the branch's items.
+    pub index: usize,
+    /// The item's run id.
+    pub run_id: RunId,
+    /// Whether it succeeded.
+    pub success: bool,
+}
+
+/// The parts every envelope is built from, whatever ended the run.
+pub(crate) struct Head {
+    pub task: String,
+    pub run_id: RunId,
+    pub input: Value,
+    pub tramp_data: Option<Value>,
+    pub started_at: SystemTime,
+    pub duration_ms: u64,
+    pub attempts: u32,
+    pub steps: Vec<StepRecord>,
+    pub branches: Vec<BranchRecord>,
+    pub cleanup_errors: Vec<String>,
+}
+
+impl Head {
+    /// A run that ended before it started: refused, not found, shut down.
+    pub(crate) fn refused(task: &str, run_id: RunId, input: Value) -> Self {
+        let tramp_data = match &input {
+            Value::Object(map) => map.get("trampData").filter(|v| !v.is_null()).cloned(),
+            _ => None,
+        };
+        Head {
+            task: task.to_owned(),
+            started_at: SystemTime::now(),
+            run_id,
+            input,
+            tramp_data,
+            duration_ms: 0,
+            attempts: 0,
+            steps: Vec::new(),
+            branches: Vec::new(),
+            cleanup_errors: Vec::new(),
+        }
+    }
 }
 
 impl<T> RunOutput<T> {
+    /// The one constructor of envelopes: `results` is the output, or (for a failed run by
+    /// id) `null`.
+    pub(crate) fn build(head: Head, results: T, error: Option<TaskError>) -> Self {
+        RunOutput {
+            job: Job {
+                success: error.is_none(),
+                task_name: head.task,
+                run_id: head.run_id,
+                input: head.input,
+                error: error.as_ref().map(ToString::to_string),
+                error_detail: error,
+            },
+            results,
+            metadata: Metadata {
+                started_at: head.started_at,
+                finished_at: head.started_at + Duration::from_millis(head.duration_ms),
+                duration_ms: head.duration_ms,
+                attempts: head.attempts,
+                steps: head.steps,
+                branches: head.branches,
+                cleanup_errors: head.cleanup_errors,
+            },
+            tramp_data: head.tramp_data,
+        }
+    }
+
     /// Whether the run succeeded.
     pub fn is_success(&self) -> bool {
         self.job.success
     }
 
     /// The run id (`run_` + a time-sortable ULID).
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.job.run_id
     }
 
@@ -116,10 +237,9 @@ impl<T> RunOutput<T> {
 
     /// The results as `Ok`, or the error as `Err`.
     pub fn into_result(self) -> Result<T, TaskError> {
-        match (self.results, self.job.error_detail) {
-            (Some(results), None) => Ok(results),
-            (_, Some(error)) => Err(error),
-            (None, None) => Err(TaskError::failed("run produced no results")),
+        match self.job.error_detail {
+            Some(error) => Err(error),
+            None => Ok(self.results),
         }
     }
 
@@ -127,10 +247,30 @@ impl<T> RunOutput<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> RunOutput<U> {
         RunOutput {
             job: self.job,
-            results: self.results.map(f),
+            results: f(self.results),
             metadata: self.metadata,
             tramp_data: self.tramp_data,
         }
+    }
+}
+
+impl<T: Serialize> RunOutput<T> {
+    /// The same envelope with the results as JSON.
+    pub fn to_json(&self) -> RunOutput<Value> {
+        RunOutput {
+            job: self.job.clone(),
+            results: serde_json::to_value(&self.results).unwrap_or_default(),
+            metadata: self.metadata.clone(),
+            tramp_data: self.tramp_data.clone(),
+        }
+    }
+}
+
+impl RunOutput<Value> {
+    /// The envelope of a run that ended before it started (unknown id, payload limits,
+    /// shutdown, a refused duplicate).
+    pub(crate) fn refused(task: &str, run_id: RunId, input: Value, error: TaskError) -> Self {
+        RunOutput::build(Head::refused(task, run_id, input), Value::Null, Some(error))
     }
 }
 
@@ -140,14 +280,28 @@ impl<T> RunOutput<T> {
 pub struct RunError {
     /// The envelope of the failed run (`results` is `null`).
     pub envelope: Box<RunOutput<Value>>,
+    /// Why it failed (also `envelope.job.errorDetail`).
     #[source]
     pub error: TaskError,
 }
 
 impl RunError {
     /// The run id of the failed run.
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.envelope.job.run_id
+    }
+
+    /// A refused or failed envelope as the error of a typed call.
+    pub(crate) fn from_envelope(envelope: RunOutput<Value>) -> Self {
+        let error = envelope
+            .job
+            .error_detail
+            .clone()
+            .unwrap_or_else(|| TaskError::failed("the run failed without an error"));
+        RunError {
+            envelope: Box::new(envelope),
+            error,
+        }
     }
 }
 
@@ -156,11 +310,11 @@ mod rfc3339 {
 
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(time: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(&humantime::format_rfc3339_millis(*time))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom)
     }

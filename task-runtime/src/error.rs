@@ -9,7 +9,7 @@
 //! ```
 //!
 //! `kind` is one of `invalidInput`, `invalidOutput`, `notFound`, `failed`, `timeout`,
-//! `cancelled`, `panicked`, `rejected`. `step` / `branch` say where in a track or orchestrator
+//! `cancelled`, `panicked`, `rejected`, `workerLost`, `expired`. `step` / `branch` say where in a track or orchestrator
 //! the error happened, outermost first, each nesting the next level.
 
 use std::error::Error as StdError;
@@ -49,20 +49,29 @@ impl fmt::Display for Issue {
 pub enum ErrorKind {
     /// The input broke the task's input schema (or a payload limit). Never retried.
     #[error("invalid input: {}", join(issues))]
-    InvalidInput { issues: Vec<Issue> },
+    InvalidInput {
+        /// Every violation, with its JSON pointer.
+        issues: Vec<Issue>,
+    },
     /// The task returned an output that breaks its output schema.
     #[error("invalid output: {}", join(issues))]
-    InvalidOutput { issues: Vec<Issue> },
+    InvalidOutput {
+        /// Every violation, with its JSON pointer.
+        issues: Vec<Issue>,
+    },
     /// No task, track or orchestrator is registered under this id.
     #[error("no task with id '{id}'{}", did_you_mean(suggestions))]
     NotFound {
+        /// The id asked for.
         id: String,
+        /// The closest registered ids.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         suggestions: Vec<String>,
     },
     /// The task's own code returned an error.
     #[error("{message}")]
     Failed {
+        /// The error's `Display`.
         message: String,
         /// Rust type name of the user's error (`my_app::ExtractError`).
         type_name: String,
@@ -72,16 +81,41 @@ pub enum ErrorKind {
     },
     /// An attempt ran longer than the task's timeout.
     #[error("timed out after {}", humantime::format_duration(std::time::Duration::from_millis(*after_ms)))]
-    Timeout { after_ms: u64 },
+    Timeout {
+        /// The timeout that passed, in milliseconds.
+        after_ms: u64,
+    },
     /// The run was cancelled before it finished.
     #[error("cancelled: {reason}")]
-    Cancelled { reason: String },
+    Cancelled {
+        /// Who or what cancelled it.
+        reason: String,
+    },
     /// The task panicked; the message is the panic payload when it was a string.
     #[error("panicked: {message}")]
-    Panicked { message: String },
-    /// The runtime refused to start the run (shutting down, idempotency conflict, ...).
+    Panicked {
+        /// The panic's message.
+        message: String,
+    },
+    /// The runtime refused to start the run (shutting down, nesting too deep, ...).
     #[error("rejected: {reason}")]
-    Rejected { reason: String },
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+    /// The worker executing the attempt stopped heartbeating (it crashed, was killed or lost
+    /// the store) and its lease expired. Retryable.
+    #[error("worker lost: {reason}")]
+    WorkerLost {
+        /// What was seen (the lease's owner and when it expired).
+        reason: String,
+    },
+    /// The run was not started before its time to live ran out.
+    #[error("expired: {reason}")]
+    Expired {
+        /// When the run's time to live ended.
+        reason: String,
+    },
 }
 
 fn join(issues: &[Issue]) -> String {
@@ -103,7 +137,9 @@ fn did_you_mean(suggestions: &[String]) -> String {
 pub struct StepRef {
     /// Zero-based index of the step in its track.
     pub index: usize,
+    /// The step's task id.
     pub task_name: String,
+    /// The step's run id.
     pub run_id: String,
     /// The location inside this step, when the step is itself a track or orchestrator.
     #[serde(flatten)]
@@ -119,7 +155,9 @@ pub struct BranchRef {
     /// For `each` branches: the index of the failing item.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub item: Option<usize>,
+    /// The branch's task id.
     pub task_name: String,
+    /// The branch's (or item's) run id.
     pub run_id: String,
     /// The location inside this branch, when it is itself a track or orchestrator.
     #[serde(flatten)]
@@ -129,8 +167,10 @@ pub struct BranchRef {
 /// A position inside a composite run: at most one of `step` / `branch` is set per level.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Location {
+    /// The track step, when the error happened in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<Box<StepRef>>,
+    /// The orchestrator branch, when the error happened in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub branch: Option<Box<BranchRef>>,
 }
@@ -206,7 +246,8 @@ impl TaskError {
         Self::of(
             ErrorKind::Failed {
                 message: message.into(),
-                type_name: std::any::type_name::<TaskError>().to_owned(),
+                // The public path, not the defining module's.
+                type_name: "task_runtime::TaskError".to_owned(),
                 sources: Vec::new(),
             },
             true,
@@ -301,6 +342,26 @@ impl TaskError {
         )
     }
 
+    /// The attempt's worker was lost (its lease expired). Retryable.
+    pub fn worker_lost(reason: impl Into<String>) -> Self {
+        Self::of(
+            ErrorKind::WorkerLost {
+                reason: reason.into(),
+            },
+            true,
+        )
+    }
+
+    /// The run's time to live ended before it started. Never retried.
+    pub fn expired(reason: impl Into<String>) -> Self {
+        Self::of(
+            ErrorKind::Expired {
+                reason: reason.into(),
+            },
+            false,
+        )
+    }
+
     /// The runtime refused to start the run. Never retried.
     pub fn rejected(reason: impl Into<String>) -> Self {
         Self::of(
@@ -333,6 +394,8 @@ impl TaskError {
             ErrorKind::Cancelled { .. } => "cancelled",
             ErrorKind::Panicked { .. } => "panicked",
             ErrorKind::Rejected { .. } => "rejected",
+            ErrorKind::WorkerLost { .. } => "workerLost",
+            ErrorKind::Expired { .. } => "expired",
         }
     }
 
@@ -361,7 +424,7 @@ impl TaskError {
     }
 
     /// Records that this error happened in step `index` of a track.
-    pub fn in_step(mut self, index: usize, task_name: &str, run_id: &str) -> Self {
+    pub(crate) fn in_step(mut self, index: usize, task_name: &str, run_id: &str) -> Self {
         let inner = std::mem::take(&mut self.location);
         self.location.step = Some(Box::new(StepRef {
             index,
@@ -373,7 +436,7 @@ impl TaskError {
     }
 
     /// Records that this error happened in branch `name` (item `item` of an `each`).
-    pub fn in_branch(
+    pub(crate) fn in_branch(
         mut self,
         name: &str,
         item: Option<usize>,
@@ -404,8 +467,81 @@ impl schemars::JsonSchema for TaskError {
             "required": ["kind", "retryable"],
             "properties": {
                 "kind": { "enum": ["invalidInput", "invalidOutput", "notFound", "failed",
-                                   "timeout", "cancelled", "panicked", "rejected"] },
+                                   "timeout", "cancelled", "panicked", "rejected",
+                                   "workerLost", "expired"] },
                 "retryable": { "type": "boolean" }
+            }
+        })
+    }
+}
+
+/// `?` for any error inside a task that returns [`TaskError`].
+///
+/// `TaskError` cannot implement `From` for every error type (it is an error type itself), so
+/// `std::fs::read_to_string(path)?` does not compile in a task returning `TaskError`. Use
+/// these instead; each keeps the error's message, `source()` chain and type name:
+///
+/// ```
+/// use task_runtime::prelude::*;
+///
+/// fn read(path: &str) -> Result<String, TaskError> {
+///     let text = std::fs::read_to_string(path).context(format!("cannot read '{path}'"))?;
+///     let n: u32 = text.trim().parse().or_fatal()?; // retrying cannot fix a bad number
+///     Ok(format!("{n}"))
+/// }
+///
+/// let err = read("/no/such/file").unwrap_err();
+/// assert!(err.to_string().starts_with("cannot read '/no/such/file': "));
+/// assert!(err.is_retryable());
+/// ```
+///
+/// In a task with its own error type, `ctx.run(..)?` needs that type to convert from
+/// `TaskError`: with thiserror, a variant `#[error(transparent)] Child(#[from] TaskError)`.
+pub trait ResultExt<T> {
+    /// The error as a retryable `failed` [`TaskError`].
+    fn or_failed(self) -> Result<T, TaskError>;
+    /// The error as a `failed` [`TaskError`] that is never retried.
+    fn or_fatal(self) -> Result<T, TaskError>;
+    /// The error as a retryable `failed` [`TaskError`] whose message is
+    /// `"{context}: {error}"`; the error stays the first of the `source()` chain.
+    fn context(self, context: impl Into<String>) -> Result<T, TaskError>;
+}
+
+impl<T, E: StdError + Send + Sync + 'static> ResultExt<T> for Result<T, E> {
+    fn or_failed(self) -> Result<T, TaskError> {
+        self.map_err(TaskError::from_error)
+    }
+
+    fn or_fatal(self) -> Result<T, TaskError> {
+        self.map_err(|e| TaskError::from_error(e).into_fatal())
+    }
+
+    fn context(self, context: impl Into<String>) -> Result<T, TaskError> {
+        self.map_err(|error| {
+            let context = context.into();
+            let wrapped = TaskError::from_error(error);
+            let (message, type_name, mut sources) = match &wrapped.kind {
+                ErrorKind::Failed {
+                    message,
+                    type_name,
+                    sources,
+                } => (message.clone(), type_name.clone(), sources.clone()),
+                other => (
+                    other.to_string(),
+                    "task_runtime::TaskError".to_owned(),
+                    Vec::new(),
+                ),
+            };
+            sources.insert(0, message.clone());
+            TaskError {
+                kind: ErrorKind::Failed {
+                    message: format!("{context}: {message}"),
+                    type_name,
+                    sources,
+                },
+                retryable: wrapped.retryable,
+                location: Location::default(),
+                source: wrapped.source,
             }
         })
     }
@@ -415,7 +551,10 @@ impl schemars::JsonSchema for TaskError {
 /// `#[source] Fatal` or `Fatal::new(..)` as the innermost cause.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{0}")]
-pub struct Fatal(pub String);
+pub struct Fatal(
+    /// Why retrying cannot help.
+    pub String,
+);
 
 impl Fatal {
     /// A fatal cause with a reason.

@@ -30,55 +30,71 @@
 //! let rt = Runtime::new();
 //! let input = GreetInput { base: BaseInput::new("t1", "p1"), name: "Ada".into() };
 //! let out = rt.run(Greet, input).await.unwrap();
-//! assert_eq!(out.results.unwrap().text, "hello, Ada");
+//! assert_eq!(out.results.text, "hello, Ada");
 //!
 //! let env = rt.trigger_and_wait("greet", serde_json::json!({ "tenantId": "t1", "name": "Ada" })).await;
 //! assert_eq!(env.job.error_detail.unwrap().kind_name(), "invalidInput"); // projectId missing
 //! # }
 //! ```
+//!
+//! Features: `cli` (default) mounts the command line and its logging setup; `test-util`
+//! gives `TaskContext::for_test()` for calling task fns directly in unit tests.
 
-mod base;
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+
+mod builder;
 mod compose;
-mod concurrency;
 mod context;
-mod engine;
 mod envelope;
 mod error;
-mod hooks;
-mod limits;
-pub mod logging;
+mod exec;
+mod handle;
+mod id;
+mod input;
+mod json;
 mod policy;
-pub mod registry;
+mod registry;
 mod runtime;
 mod schema;
 mod task;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "cli")]
+pub mod logging;
 
 #[doc(hidden)]
 pub mod __private;
 
-pub use base::BaseInput;
+pub use builder::{BuildError, Registered, RuntimeBuilder};
 pub use compose::orchestrator::{FailurePolicy, Outcome};
 pub use context::{CallbackResult, TaskContext};
-pub use envelope::{BranchRecord, ItemCounts, Job, Metadata, RunError, RunOutput, StepRecord};
-pub use error::{BranchRef, ErrorKind, Fatal, Issue, Location, StepRef, TaskError};
-pub use hooks::HookEvent;
-pub use limits::{InputError, Limits};
-pub use policy::{RetryPolicy, RunPolicy};
-pub use registry::{Registry, RegistryError, TaskDescriptor};
-pub use runtime::{Registered, RunHandle, Runtime, RuntimeBuilder, TriggerOptions};
+pub use envelope::{
+    BranchRecord, ItemCounts, ItemRun, Job, Metadata, RunError, RunOutput, StepRecord,
+};
+pub use error::{BranchRef, ErrorKind, Fatal, Issue, Location, ResultExt, StepRef, TaskError};
+pub use exec::hooks::{HookEvent, HookFn};
+pub use handle::{RunHandle, TypedRunHandle};
+pub use id::{InvalidRunId, RunId};
+pub use input::{BaseInput, InputError, Limits, MAX_DEPTH_LIMIT, TrampData};
+pub use policy::{PolicyError, RetryPolicy, RunPolicy, next_delay};
+pub use registry::{BranchInfo, Registry, RegistryError, TaskDescriptor};
+pub use runtime::{RunInfo, RunStatus, Runs, Runtime, TriggerOptions};
 pub use schema::TaskSchemas;
 pub use task::{Kind, Task, TaskInput, TaskOutput};
 
 pub use task_macros::{orchestrator, task, track};
 
+/// Re-exported so your crate uses the versions this one was built with.
+pub use schemars;
+/// Re-exported so your crate uses the version this one was built with.
+pub use serde_json;
+
 /// Everything a task module needs: `use task_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BaseInput, Outcome, RunOutput, Runtime, Task, TaskContext, TaskError, orchestrator, task,
-        track,
+        BaseInput, Outcome, ResultExt, RunOutput, Runtime, Task, TaskContext, TaskError,
+        orchestrator, task, track,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

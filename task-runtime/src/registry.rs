@@ -14,9 +14,8 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::engine::Seed;
 use crate::envelope::RunOutput;
-use crate::runtime::Runtime;
+use crate::exec::{Executor, RunInput, Seed, execute};
 use crate::schema::TaskSchemas;
 use crate::task::{Kind, Task};
 
@@ -24,7 +23,9 @@ use crate::task::{Kind, Task};
 #[derive(Debug, Clone, Copy, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BranchInfo {
+    /// The branch's field name.
     pub name: &'static str,
+    /// The id of the branch's task.
     pub task: &'static str,
     /// Fans out over a collection (`each`).
     pub each: bool,
@@ -32,28 +33,34 @@ pub struct BranchInfo {
 
 /// Everything the runtime and CLI know about one registered task.
 pub struct TaskDescriptor {
+    /// The id it is triggered by.
     pub id: &'static str,
+    /// Task, track or orchestrator.
     pub kind: Kind,
     /// From the doc comment.
     pub description: &'static str,
     /// Where it is defined.
     pub file: &'static str,
+    /// The line of the definition.
     pub line: u32,
     /// Step ids, in order (tracks).
     pub steps: &'static [&'static str],
     /// Branches (orchestrators).
     pub branches: &'static [BranchInfo],
     schemas: fn() -> &'static TaskSchemas,
-    run_json: for<'a> fn(&'a Runtime, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
+    run_json: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
 }
 
 /// What `inventory` collects: a pointer to the descriptor static each definition generates.
+/// Reached by generated code through `__private` only.
+#[derive(Debug)]
 pub struct Registration(pub &'static TaskDescriptor);
 
 inventory::collect!(Registration);
 
 impl TaskDescriptor {
     /// The descriptor of handle `T`; generated code calls this inside `inventory::submit!`.
+    #[doc(hidden)]
     pub const fn of<T: Task>(
         description: &'static str,
         file: &'static str,
@@ -70,7 +77,7 @@ impl TaskDescriptor {
             steps,
             branches,
             schemas: T::schemas,
-            run_json: crate::runtime::run_json::<T>,
+            run_json: run_json::<T>,
         }
     }
 
@@ -79,13 +86,15 @@ impl TaskDescriptor {
         (self.schemas)()
     }
 
+    /// Runs the task by id: JSON in, JSON envelope out. Boxed, so a spawned run costs only
+    /// its captures until it is first polled.
     pub(crate) fn run_json<'a>(
         &self,
-        runtime: &'a Runtime,
+        exec: &'a Executor,
         input: Value,
         seed: Seed,
     ) -> BoxFuture<'a, RunOutput<Value>> {
-        (self.run_json)(runtime, input, seed)
+        (self.run_json)(exec, input, seed)
     }
 
     /// `file:line` of the definition.
@@ -104,13 +113,27 @@ impl std::fmt::Debug for TaskDescriptor {
     }
 }
 
+/// The entry point of runs by id for handle `T`.
+fn run_json<T: Task>(exec: &Executor, input: Value, seed: Seed) -> BoxFuture<'_, RunOutput<Value>> {
+    Box::pin(async move {
+        execute::<T>(exec, RunInput::Json(input), seed)
+            .await
+            .into_json_envelope()
+    })
+}
+
 /// Why the registry could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum RegistryError {
+    /// Two definitions share an id.
     #[error("task id '{id}' is defined twice: at {first} and at {second}")]
     DuplicateId {
+        /// The shared id.
         id: String,
+        /// `file:line` of one definition.
         first: String,
+        /// `file:line` of the other.
         second: String,
     },
 }

@@ -1,29 +1,29 @@
-//! `Runtime`: the embedded, in-process executor. Runs tasks with types (`run`) or by id with
-//! JSON (`trigger`, `trigger_and_wait`), and owns what runs share: the registry, payload
-//! limits, default policies, concurrency limits, idempotency keys and shutdown.
+//! `Runtime`: the facade users hold. Runs tasks with types (`run`, `start`) or by id with
+//! JSON (`trigger`, `trigger_and_wait`), keeps idempotency keys and the index of background
+//! runs (`runs()`), and shuts down gracefully. Every run it starts goes through the engine
+//! (`exec`), which knows nothing of this facade.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Shared};
 use serde_json::Value;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::concurrency::{ConcurrencyLimits, Gate};
-use crate::context::CallbackResult;
-use crate::context::lock;
-use crate::engine::{self, RunInput, Seed};
+use crate::builder::RuntimeBuilder;
 use crate::envelope::{RunError, RunOutput};
-use crate::error::TaskError;
-use crate::hooks::{HookEvent, RuntimeHook, When};
-use crate::limits::{InputError, Limits, drop_deep};
-use crate::policy::RetryPolicy;
-use crate::registry::{Registry, RegistryError, TaskDescriptor};
+use crate::error::{ErrorKind, TaskError};
+use crate::exec::seed::lock;
+use crate::exec::{Executor, RunInput, Seed, execute};
+use crate::handle::{Done, RunHandle, SharedRun, TypedRunHandle};
+use crate::id::RunId;
+use crate::input::{InputError, Limits};
+use crate::json::drop_deep;
+use crate::registry::{Registry, TaskDescriptor};
 use crate::task::Task;
 
 /// The embedded runtime. Cheap to clone; clones share everything.
@@ -42,212 +42,309 @@ pub struct Runtime {
 }
 
 struct Inner {
-    registry: Registry,
-    limits: Limits,
-    default_retry: RetryPolicy,
-    default_timeout: Option<Duration>,
-    max_fan_out: usize,
-    concurrency: ConcurrencyLimits,
+    exec: Executor,
     accepting: AtomicBool,
-    root: CancellationToken,
-    tracker: TaskTracker,
-    idempotency: Mutex<HashMap<String, Remembered>>,
-    hooks: Vec<RuntimeHook>,
+    idempotency: Mutex<HashMap<KeyScope, Remembered>>,
+    live: Mutex<LiveRuns>,
 }
 
-type SharedRun = Shared<BoxFuture<'static, RunOutput<Value>>>;
+/// What an idempotency key is unique within: one task and one tenant. The same key used
+/// for another task, or by another tenant, names another run.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct KeyScope {
+    task: &'static str,
+    tenant: Option<String>,
+    key: String,
+}
 
 /// What an idempotency key remembers.
 struct Remembered {
-    run_id: Arc<str>,
+    run_id: RunId,
     cancel: CancellationToken,
     run: SharedRun,
-    /// Set when the run succeeded: the key holds until then.
-    expires_at: Option<Instant>,
+    holds: Holds,
 }
 
-/// Options of one trigger.
+/// How long a key holds its run.
+#[derive(Debug, Clone, Copy)]
+enum Holds {
+    /// While the run runs.
+    Running,
+    /// It succeeded: until then.
+    Until(Instant),
+    /// It succeeded, and the TTL reaches past what the clock can represent.
+    Forever,
+}
+
+/// Options of one trigger, built with chained setters.
+///
+/// ```
+/// # use std::time::Duration;
+/// # use task_runtime::TriggerOptions;
+/// let options = TriggerOptions::new()
+///     .idempotency_key("order-42")
+///     .idempotency_ttl(Duration::from_secs(3600))
+///     .delay(Duration::from_secs(10))
+///     .tags(["billing", "eu"]);
+/// assert_eq!(options.get_idempotency_key(), Some("order-42"));
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct TriggerOptions {
-    /// Runs with the same key share one execution while it runs and after it succeeded
-    /// (for `idempotency_ttl`); a failed run releases the key.
-    pub idempotency_key: Option<String>,
-    /// How long a succeeded run is remembered under its key. Default 24 hours.
-    pub idempotency_ttl: Option<Duration>,
+    idempotency_key: Option<String>,
+    idempotency_ttl: Option<Duration>,
+    delay: Option<Duration>,
+    ttl: Option<Duration>,
+    tags: Vec<String>,
 }
 
 impl TriggerOptions {
-    /// Options with an idempotency key.
-    pub fn idempotency_key(key: impl Into<String>) -> Self {
-        TriggerOptions {
-            idempotency_key: Some(key.into()),
-            idempotency_ttl: None,
-        }
+    /// No options.
+    pub fn new() -> Self {
+        TriggerOptions::default()
     }
 
-    /// Sets how long a succeeded run is remembered under its key.
-    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+    /// Runs of one task and one tenant with the same key share one execution while it runs
+    /// and after it succeeded (for the idempotency TTL); a failed run releases the key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// How long a succeeded run is remembered under its key. Default 24 hours.
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
         self.idempotency_ttl = Some(ttl);
         self
     }
-}
 
-/// A run started in the background by [`Runtime::trigger`].
-#[derive(Clone)]
-pub struct RunHandle {
-    run_id: Arc<str>,
-    cancel: CancellationToken,
-    run: SharedRun,
-}
-
-impl RunHandle {
-    /// The run's id, known before it finishes.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
+    /// Starts the run this much later (status `delayed` until then).
+    pub fn delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
     }
 
-    /// Cancels the run: the running attempt and every child run end with `cancelled`,
-    /// their cleanup runs, the remaining steps are skipped.
-    pub fn cancel(&self) {
-        self.cancel.cancel();
+    /// A run not started within this time of its trigger ends `expired` without running.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
     }
 
-    /// Waits for the envelope.
-    pub async fn wait(self) -> RunOutput<Value> {
-        self.run.await
+    /// Adds tags (listed with the run; filterable in `runs().list`).
+    pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
+        self.tags.extend(tags.into_iter().map(Into::into));
+        self
+    }
+
+    /// The idempotency key, if set.
+    pub fn get_idempotency_key(&self) -> Option<&str> {
+        self.idempotency_key.as_deref()
+    }
+
+    /// The idempotency TTL, if set.
+    pub fn get_idempotency_ttl(&self) -> Option<Duration> {
+        self.idempotency_ttl
+    }
+
+    /// The delay, if set.
+    pub fn get_delay(&self) -> Option<Duration> {
+        self.delay
+    }
+
+    /// The time to live, if set.
+    pub fn get_ttl(&self) -> Option<Duration> {
+        self.ttl
+    }
+
+    /// The tags.
+    pub fn get_tags(&self) -> &[String] {
+        &self.tags
+    }
+
+    fn starts_later(&self) -> bool {
+        self.delay.is_some() || self.ttl.is_some()
     }
 }
 
-impl std::fmt::Debug for RunHandle {
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub enum RunStatus {
+    /// Triggered with a delay that has not passed.
+    Delayed,
+    /// Waiting to start.
+    Queued,
+    /// An attempt is running.
+    Executing,
+    /// Waiting for something outside it (a durable wait or child runs).
+    Waiting,
+    /// Finished successfully.
+    Completed,
+    /// Finished with an error, retries exhausted.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+    /// Not started before its time to live ran out.
+    Expired,
+}
+
+impl RunStatus {
+    /// The name used in JSON, the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Delayed => "delayed",
+            RunStatus::Queued => "queued",
+            RunStatus::Executing => "executing",
+            RunStatus::Waiting => "waiting",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Expired => "expired",
+        }
+    }
+
+    /// Whether the run has ended (it keeps its envelope).
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Expired
+        )
+    }
+
+    /// The status a finished envelope stands for.
+    pub fn of_envelope(envelope: &RunOutput<Value>) -> RunStatus {
+        match envelope.job.error_detail.as_ref().map(TaskError::kind) {
+            None => RunStatus::Completed,
+            Some(ErrorKind::Cancelled { .. }) => RunStatus::Cancelled,
+            Some(ErrorKind::Expired { .. }) => RunStatus::Expired,
+            Some(_) => RunStatus::Failed,
+        }
+    }
+}
+
+impl std::fmt::Display for RunStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RunHandle")
-            .field("run_id", &self.run_id)
-            .finish_non_exhaustive()
+        f.write_str(self.as_str())
     }
 }
 
-/// Configures a [`Runtime`].
-#[derive(Debug, Clone)]
-pub struct RuntimeBuilder {
-    extra: Vec<&'static TaskDescriptor>,
-    limits: Limits,
-    default_retry: RetryPolicy,
-    default_timeout: Option<Duration>,
-    max_concurrency: Option<usize>,
-    max_fan_out: usize,
-    hooks: Vec<RuntimeHook>,
+/// A run as `runs()` lists it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct RunInfo {
+    /// The run's id.
+    pub id: RunId,
+    /// The task's id.
+    pub task: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// The envelope, once finished.
+    pub envelope: Option<RunOutput<Value>>,
 }
 
-impl Default for RuntimeBuilder {
-    fn default() -> Self {
-        RuntimeBuilder {
-            extra: Vec::new(),
-            limits: Limits::default(),
-            default_retry: RetryPolicy::NONE,
-            default_timeout: None,
-            max_concurrency: None,
-            max_fan_out: 1024,
-            hooks: Vec::new(),
+/// Background runs of an embedded runtime without a store: the running ones, and the most
+/// recent finished ones (at most [`LiveRuns::RETAINED`]; a store keeps every run).
+#[derive(Default)]
+struct LiveRuns {
+    runs: HashMap<RunId, LiveRun>,
+    finished: VecDeque<RunId>,
+}
+
+struct LiveRun {
+    task: &'static str,
+    status: RunStatus,
+    tags: Vec<String>,
+    cancel: CancellationToken,
+    envelope: Option<RunOutput<Value>>,
+    waiters: Option<Arc<tokio::sync::Notify>>,
+}
+
+impl LiveRuns {
+    const RETAINED: usize = 1024;
+
+    fn finish(&mut self, run_id: &RunId, envelope: &RunOutput<Value>) {
+        let Some(run) = self.runs.get_mut(run_id) else {
+            return;
+        };
+        run.status = RunStatus::of_envelope(envelope);
+        run.envelope = Some(envelope.clone());
+        if let Some(waiters) = run.waiters.take() {
+            waiters.notify_waiters();
+        }
+        self.finished.push_back(run_id.clone());
+        while self.finished.len() > Self::RETAINED {
+            if let Some(old) = self.finished.pop_front() {
+                self.runs.remove(&old);
+            }
         }
     }
 }
 
-impl RuntimeBuilder {
-    /// Registers a handle explicitly: the fallback for tasks in a crate the binary does not
-    /// otherwise reference (which `inventory` cannot see).
-    pub fn register<T: Registered>(mut self) -> Self {
-        self.extra.push(T::descriptor());
-        self
-    }
+/// The runs of a runtime: look one up, list, wait for, or cancel.
+#[derive(Debug, Clone, Copy)]
+pub struct Runs<'a> {
+    rt: &'a Runtime,
+}
 
-    /// Largest accepted input in bytes (default 3 MiB).
-    pub fn max_input_bytes(mut self, bytes: usize) -> Self {
-        self.limits.max_input_bytes = bytes;
-        self
-    }
-
-    /// Deepest accepted nesting of the input (default 64, at most 128).
-    pub fn max_input_depth(mut self, depth: usize) -> Self {
-        self.limits.max_depth = depth.min(128);
-        self
-    }
-
-    /// Retry policy of tasks that set none.
-    pub fn default_retry(mut self, retry: RetryPolicy) -> Self {
-        self.default_retry = retry;
-        self
-    }
-
-    /// Per-attempt timeout of tasks that set none.
-    pub fn default_timeout(mut self, timeout: Duration) -> Self {
-        self.default_timeout = Some(timeout);
-        self
-    }
-
-    /// At most this many tasks run at once, runtime-wide (default: unlimited).
-    pub fn max_concurrency(mut self, runs: usize) -> Self {
-        self.max_concurrency = Some(runs);
-        self
-    }
-
-    /// Items of an `each` branch in flight at once when it sets no `concurrency`
-    /// (default 1024): bounds memory on huge fan-outs.
-    pub fn max_fan_out(mut self, items: usize) -> Self {
-        self.max_fan_out = items.max(1);
-        self
-    }
-
-    /// Runs `hook` after every run (of any task, nested runs included) that succeeded.
-    /// Its error or panic is logged and never changes the run's outcome.
-    pub fn on_success<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: Fn(HookEvent) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future + Send + 'static,
-        Fut::Output: CallbackResult,
-    {
-        self.hooks.push(RuntimeHook::new(When::Success, hook));
-        self
-    }
-
-    /// Runs `hook` after every run (of any task, nested runs included) that failed, retries
-    /// exhausted. Its error or panic is logged and never changes the run's outcome.
-    pub fn on_failure<F, Fut>(mut self, hook: F) -> Self
-    where
-        F: Fn(HookEvent) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future + Send + 'static,
-        Fut::Output: CallbackResult,
-    {
-        self.hooks.push(RuntimeHook::new(When::Failure, hook));
-        self
-    }
-
-    /// Builds the runtime; fails when two definitions share an id.
-    pub fn build(self) -> Result<Runtime, RegistryError> {
-        let mut registry = Registry::global()?.clone();
-        for entry in self.extra {
-            registry.insert(entry)?;
-        }
-        Ok(Runtime {
-            inner: Arc::new(Inner {
-                registry,
-                limits: self.limits,
-                default_retry: self.default_retry,
-                default_timeout: self.default_timeout,
-                max_fan_out: self.max_fan_out,
-                concurrency: ConcurrencyLimits::new(self.max_concurrency),
-                accepting: AtomicBool::new(true),
-                root: CancellationToken::new(),
-                tracker: TaskTracker::new(),
-                idempotency: Mutex::default(),
-                hooks: self.hooks,
-            }),
+impl Runs<'_> {
+    /// One run, by id.
+    pub fn get(&self, run_id: &RunId) -> Option<RunInfo> {
+        let live = lock(&self.rt.inner.live);
+        live.runs.get(run_id).map(|run| RunInfo {
+            id: run_id.clone(),
+            task: run.task.to_owned(),
+            status: run.status,
+            tags: run.tags.clone(),
+            envelope: run.envelope.clone(),
         })
     }
-}
 
-/// Handles with a registry entry (every generated handle).
-pub trait Registered: Task {
-    fn descriptor() -> &'static TaskDescriptor;
+    /// Every run known, newest first.
+    pub fn list(&self) -> Vec<RunInfo> {
+        let ids: Vec<RunId> = lock(&self.rt.inner.live).runs.keys().cloned().collect();
+        let mut runs: Vec<RunInfo> = ids.iter().filter_map(|id| self.get(id)).collect();
+        runs.sort_by(|a, b| b.id.cmp(&a.id));
+        runs
+    }
+
+    /// Cancels a run: a delayed or queued one at once, an executing one at its next await
+    /// point (its cleanup runs). Returns whether the run was found unfinished.
+    pub fn cancel(&self, run_id: &RunId) -> bool {
+        let live = lock(&self.rt.inner.live);
+        match live.runs.get(run_id) {
+            Some(run) if !run.status.is_finished() => {
+                run.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits for a run's envelope; `None` for an unknown id.
+    pub async fn wait(&self, run_id: &RunId) -> Option<RunOutput<Value>> {
+        loop {
+            let notify = {
+                let mut live = lock(&self.rt.inner.live);
+                let run = live.runs.get_mut(run_id)?;
+                if let Some(envelope) = &run.envelope {
+                    return Some(envelope.clone());
+                }
+                run.waiters.get_or_insert_with(Default::default).clone()
+            };
+            let notified = notify.notified();
+            // Finished between the check and here: the envelope is in place now.
+            if lock(&self.rt.inner.live)
+                .runs
+                .get(run_id)
+                .is_some_and(|run| run.envelope.is_some())
+            {
+                continue;
+            }
+            notified.await;
+        }
+    }
 }
 
 impl Default for Runtime {
@@ -259,8 +356,8 @@ impl Default for Runtime {
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runtime")
-            .field("tasks", &self.inner.registry.entries().len())
-            .field("limits", &self.inner.limits)
+            .field("tasks", &self.inner.exec.registry.entries().len())
+            .field("limits", &self.inner.exec.limits)
             .finish_non_exhaustive()
     }
 }
@@ -283,38 +380,30 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
+    pub(crate) fn from_executor(exec: Executor) -> Self {
+        Runtime {
+            inner: Arc::new(Inner {
+                exec,
+                accepting: AtomicBool::new(true),
+                idempotency: Mutex::default(),
+                live: Mutex::default(),
+            }),
+        }
+    }
+
     /// The tasks this runtime can run.
     pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+        &self.inner.exec.registry
     }
 
     /// The payload limits.
     pub fn limits(&self) -> Limits {
-        self.inner.limits
+        self.inner.exec.limits
     }
 
-    pub(crate) fn default_retry(&self) -> RetryPolicy {
-        self.inner.default_retry
-    }
-
-    pub(crate) fn default_timeout(&self) -> Option<Duration> {
-        self.inner.default_timeout
-    }
-
-    pub(crate) fn max_fan_out(&self) -> usize {
-        self.inner.max_fan_out
-    }
-
-    pub(crate) fn hooks(&self) -> &[RuntimeHook] {
-        &self.inner.hooks
-    }
-
-    pub(crate) fn root_token(&self) -> &CancellationToken {
-        &self.inner.root
-    }
-
-    pub(crate) fn limits_for(&self, task: &'static str, leaf: bool, per_task: Option<u32>) -> Gate {
-        self.inner.concurrency.gate(task, leaf, per_task)
+    /// The runs started in the background (`trigger`, `start`).
+    pub fn runs(&self) -> Runs<'_> {
+        Runs { rt: self }
     }
 
     fn shutting_down() -> TaskError {
@@ -325,34 +414,141 @@ impl Runtime {
         self.inner.accepting.load(Ordering::Acquire)
     }
 
+    fn new_run_id() -> RunId {
+        RunId::new(SystemTime::now())
+    }
+
     /// Runs a task with types and waits for it. Input and output are validated against the
     /// schemas like any other run.
     ///
-    /// Returns the envelope on success, and on failure a [`RunError`] holding the error and
-    /// the failed envelope.
+    /// Returns the envelope on success (its `results` is the task's output), and on failure
+    /// a [`RunError`] holding the error and the failed envelope.
     pub async fn run<T: Task>(
         &self,
-        _task: T,
+        task: T,
         input: T::Input,
     ) -> Result<RunOutput<T::Output>, RunError> {
+        let _ = task;
         if !self.accepting() {
-            let error = Runtime::shutting_down();
-            let envelope = engine::refused(T::ID, Value::Null, error.clone());
-            return Err(RunError {
-                envelope: Box::new(envelope),
-                error,
+            let envelope = RunOutput::refused(
+                T::ID,
+                Runtime::new_run_id(),
+                Value::Null,
+                Runtime::shutting_down(),
+            );
+            return Err(RunError::from_envelope(envelope));
+        }
+        let exec = &self.inner.exec;
+        let run = execute::<T>(exec, RunInput::Typed(input), Seed::root(exec.root.clone()));
+        exec.tracker.track_future(run).await.into_typed_envelope()
+    }
+
+    /// [`run`](Self::run) with options: an idempotency key (a second call with the key gets
+    /// the first run's envelope and executes nothing), a delay, a time to live.
+    pub async fn run_with<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+        options: TriggerOptions,
+    ) -> Result<RunOutput<T::Output>, RunError> {
+        if options.idempotency_key.is_none() && !options.starts_later() {
+            return self.run(task, input).await;
+        }
+        self.start_with(task, input, options).await?.wait().await
+    }
+
+    /// Starts a task with types in the background; the handle's `wait()` gives the typed
+    /// envelope.
+    pub async fn start<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+    ) -> Result<TypedRunHandle<T::Output>, RunError> {
+        self.start_with(task, input, TriggerOptions::default())
+            .await
+    }
+
+    /// [`start`](Self::start) with options (idempotency key, delay, TTL, tags).
+    pub async fn start_with<T: Task>(
+        &self,
+        task: T,
+        input: T::Input,
+        options: TriggerOptions,
+    ) -> Result<TypedRunHandle<T::Output>, RunError> {
+        let _ = task;
+        if !self.accepting() {
+            let envelope = RunOutput::refused(
+                T::ID,
+                Runtime::new_run_id(),
+                Value::Null,
+                Runtime::shutting_down(),
+            );
+            return Err(RunError::from_envelope(envelope));
+        }
+        if options.idempotency_key.is_some() {
+            // Every trigger with the key shares one run, whose output is kept as JSON.
+            let json = serde_json::to_value(&input).map_err(|e| {
+                let error = TaskError::invalid_input(vec![crate::error::Issue {
+                    path: String::new(),
+                    message: format!("input does not serialize to JSON: {e}"),
+                }]);
+                RunError::from_envelope(RunOutput::refused(
+                    T::ID,
+                    Runtime::new_run_id(),
+                    Value::Null,
+                    error,
+                ))
+            })?;
+            let shared = self.trigger_with(T::ID, json, options).await?;
+            return Ok(TypedRunHandle {
+                run_id: shared.run_id,
+                task: T::ID,
+                cancel: shared.cancel,
+                done: match shared.done {
+                    Done::Shared(run) => Done::Shared(run),
+                    Done::Task(task) => Done::Shared(
+                        async move {
+                            task.await.unwrap_or_else(|e| {
+                                crate::handle::ended(T::ID, Runtime::new_run_id(), &e)
+                            })
+                        }
+                        .boxed()
+                        .shared(),
+                    ),
+                },
+                output: PhantomData,
             });
         }
-        let run = engine::execute::<T>(self, RunInput::Typed(input), Seed::awaited(self));
-        let out = self.inner.tracker.track_future(run).await;
-        match &out.result {
-            Ok(_) => Ok(out.into_envelope(|produced| produced.typed)),
-            Err(error) => Err(RunError {
-                error: error.clone(),
-                // Failed: no results to convert.
-                envelope: Box::new(out.into_envelope(|_| Value::Null)),
-            }),
-        }
+        let exec = self.inner.exec.clone();
+        let run_id = Runtime::new_run_id();
+        let cancel = exec.root.child_token();
+        self.register_live(&run_id, T::ID, &options, &cancel);
+        let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
+        let task = self.inner.exec.tracker.spawn(async move {
+            if let Some(refused) = rt.wait_to_start(T::ID, &id, &options, &seed_cancel).await {
+                rt.finish_live(&id, &refused);
+                return Err(RunError::from_envelope(refused));
+            }
+            let seed = Seed {
+                run_id: Some(id.clone()),
+                ..Seed::root(seed_cancel)
+            };
+            let out = Box::pin(execute::<T>(&exec, RunInput::Typed(input), seed)).await;
+            let out = out.into_typed_envelope();
+            let json = match &out {
+                Ok(ok) => ok.to_json(),
+                Err(failed) => (*failed.envelope).clone(),
+            };
+            rt.finish_live(&id, &json);
+            out
+        });
+        Ok(TypedRunHandle {
+            run_id,
+            task: T::ID,
+            cancel,
+            done: Done::Task(task),
+            output: PhantomData,
+        })
     }
 
     /// Runs the task registered under `id` with a JSON input and waits for its envelope.
@@ -363,14 +559,15 @@ impl Runtime {
             .await
     }
 
-    /// [`trigger_and_wait`](Self::trigger_and_wait) with options (idempotency key).
+    /// [`trigger_and_wait`](Self::trigger_and_wait) with options (idempotency key, delay,
+    /// TTL, tags).
     pub async fn trigger_and_wait_with(
         &self,
         id: &str,
         input: Value,
         options: TriggerOptions,
     ) -> RunOutput<Value> {
-        if options.idempotency_key.is_some() {
+        if options.idempotency_key.is_some() || options.starts_later() {
             return match self.trigger_with(id, input, options).await {
                 Ok(handle) => handle.wait().await,
                 Err(refused) => *refused.envelope,
@@ -378,8 +575,9 @@ impl Runtime {
         }
         match self.admit(id, input) {
             Ok((descriptor, input)) => {
-                let run = descriptor.run_json(self, input, Seed::awaited(self));
-                self.inner.tracker.track_future(run).await
+                let exec = &self.inner.exec;
+                let run = descriptor.run_json(exec, input, Seed::root(exec.root.clone()));
+                exec.tracker.track_future(run).await
             }
             Err(refused) => *refused,
         }
@@ -394,118 +592,204 @@ impl Runtime {
             .await
     }
 
-    /// [`trigger`](Self::trigger) with options (idempotency key).
+    /// [`trigger`](Self::trigger) with options (idempotency key, delay, TTL, tags).
     pub async fn trigger_with(
         &self,
         id: &str,
         input: Value,
         options: TriggerOptions,
     ) -> Result<RunHandle, RunError> {
-        let (descriptor, input) = self.admit(id, input).map_err(|envelope| RunError {
-            error: envelope
-                .job
-                .error_detail
-                .clone()
-                .unwrap_or_else(|| TaskError::rejected("refused")),
-            envelope,
-        })?;
-        let Some(key) = options.idempotency_key else {
-            return Ok(self.spawn(descriptor, input, None));
+        let (descriptor, input) = self
+            .admit(id, input)
+            .map_err(|envelope| RunError::from_envelope(*envelope))?;
+        let Some(key) = options.idempotency_key.clone() else {
+            return Ok(self.spawn(descriptor, input, options, None));
+        };
+        let scope = KeyScope {
+            task: descriptor.id,
+            tenant: input
+                .get("tenantId")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            key,
         };
         let mut remembered = lock(&self.inner.idempotency);
         let now = Instant::now();
-        remembered.retain(|_, r| r.expires_at.is_none_or(|at| at > now));
-        if let Some(existing) = remembered.get(&key) {
-            tracing::info!(task = id, run_id = %existing.run_id, idempotency_key = %key, "idempotency key matched an existing run");
+        remembered.retain(|_, r| match r.holds {
+            Holds::Until(at) => at > now,
+            Holds::Running | Holds::Forever => true,
+        });
+        if let Some(existing) = remembered.get(&scope) {
+            tracing::info!(task = id, run_id = %existing.run_id, idempotency_key = %scope.key, "idempotency key matched an existing run");
             return Ok(RunHandle {
                 run_id: existing.run_id.clone(),
+                task: descriptor.id,
                 cancel: existing.cancel.clone(),
-                run: existing.run.clone(),
+                done: Done::Shared(existing.run.clone()),
             });
         }
         let ttl = options
             .idempotency_ttl
             .unwrap_or(Duration::from_secs(24 * 3600));
-        let handle = self.spawn(descriptor, input, Some((key.clone(), ttl)));
+        let handle = self.spawn(descriptor, input, options, Some((scope.clone(), ttl)));
+        let Done::Task(task) = handle.done else {
+            unreachable!("spawn gives the run's own task")
+        };
+        let (task_name, id_for_error) = (descriptor.id, handle.run_id.clone());
+        let run: SharedRun = async move {
+            task.await
+                .unwrap_or_else(|e| crate::handle::ended(task_name, id_for_error, &e))
+        }
+        .boxed()
+        .shared();
         remembered.insert(
-            key,
+            scope,
             Remembered {
                 run_id: handle.run_id.clone(),
                 cancel: handle.cancel.clone(),
-                run: handle.run.clone(),
-                expires_at: None,
+                run: run.clone(),
+                holds: Holds::Running,
             },
         );
-        Ok(handle)
+        Ok(RunHandle {
+            done: Done::Shared(run),
+            ..handle
+        })
     }
 
     /// Keeps a succeeded run under its key until the TTL passes; releases it on failure.
-    fn settle_key(&self, key: &str, ttl: Duration, out: &RunOutput<Value>) {
+    fn settle_key(&self, scope: &KeyScope, ttl: Duration, out: &RunOutput<Value>) {
         let mut remembered = lock(&self.inner.idempotency);
-        match remembered.get_mut(key) {
-            Some(r) if *r.run_id == *out.job.run_id => {
+        match remembered.get_mut(scope) {
+            Some(r) if r.run_id == out.job.run_id => {
                 if out.job.success {
-                    r.expires_at = Some(Instant::now() + ttl);
+                    r.holds = match Instant::now().checked_add(ttl) {
+                        Some(at) => Holds::Until(at),
+                        None => Holds::Forever,
+                    };
                 } else {
-                    remembered.remove(key);
+                    remembered.remove(scope);
                 }
             }
             _ => {}
         }
     }
 
+    fn register_live(
+        &self,
+        run_id: &RunId,
+        task: &'static str,
+        options: &TriggerOptions,
+        cancel: &CancellationToken,
+    ) {
+        let status = if options.delay.is_some() {
+            RunStatus::Delayed
+        } else {
+            RunStatus::Queued
+        };
+        lock(&self.inner.live).runs.insert(
+            run_id.clone(),
+            LiveRun {
+                task,
+                status,
+                tags: options.tags.clone(),
+                cancel: cancel.clone(),
+                envelope: None,
+                waiters: None,
+            },
+        );
+    }
+
+    fn set_live_status(&self, run_id: &RunId, status: RunStatus) {
+        if let Some(run) = lock(&self.inner.live).runs.get_mut(run_id) {
+            run.status = status;
+        }
+    }
+
+    fn finish_live(&self, run_id: &RunId, envelope: &RunOutput<Value>) {
+        lock(&self.inner.live).finish(run_id, envelope);
+    }
+
+    /// Waits out the delay; refuses a run cancelled meanwhile or past its TTL.
+    async fn wait_to_start(
+        &self,
+        task: &'static str,
+        run_id: &RunId,
+        options: &TriggerOptions,
+        cancel: &CancellationToken,
+    ) -> Option<RunOutput<Value>> {
+        let triggered = Instant::now();
+        if let Some(delay) = options.delay {
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = cancel.cancelled() => {
+                    let error = TaskError::cancelled("run cancelled before it started");
+                    return Some(RunOutput::refused(task, run_id.clone(), Value::Null, error));
+                }
+            }
+        }
+        if let Some(ttl) = options.ttl
+            && triggered.elapsed() > ttl
+        {
+            let error = TaskError::expired(format!(
+                "not started within its time to live of {}",
+                humantime::format_duration(ttl)
+            ));
+            return Some(RunOutput::refused(task, run_id.clone(), Value::Null, error));
+        }
+        self.set_live_status(run_id, RunStatus::Executing);
+        None
+    }
+
     fn spawn(
         &self,
         descriptor: &'static TaskDescriptor,
         input: Value,
-        key: Option<(String, Duration)>,
+        options: TriggerOptions,
+        key: Option<(KeyScope, Duration)>,
     ) -> RunHandle {
-        let mut seed = Seed::root(self);
-        let run_id = engine::new_run_id(std::time::SystemTime::now());
-        seed.run_id = Some(run_id.clone());
-        let cancel = seed.cancel.clone();
-        let runtime = self.clone();
-        let task = self.inner.tracker.spawn(async move {
-            let out = descriptor.run_json(&runtime, input, seed).await;
-            if let Some((key, ttl)) = key {
-                runtime.settle_key(&key, ttl, &out);
+        let exec = self.inner.exec.clone();
+        let cancel = exec.root.child_token();
+        let run_id = Runtime::new_run_id();
+        self.register_live(&run_id, descriptor.id, &options, &cancel);
+        let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
+        let task = self.inner.exec.tracker.spawn(async move {
+            let out = match rt
+                .wait_to_start(descriptor.id, &id, &options, &seed_cancel)
+                .await
+            {
+                Some(refused) => refused,
+                None => {
+                    let seed = Seed {
+                        run_id: Some(id.clone()),
+                        ..Seed::root(seed_cancel)
+                    };
+                    descriptor.run_json(&exec, input, seed).await
+                }
+            };
+            if let Some((scope, ttl)) = key {
+                rt.settle_key(&scope, ttl, &out);
             }
+            rt.finish_live(&id, &out);
             out
         });
-        let task_name = descriptor.id;
-        let id_for_error = run_id.clone();
-        let run = async move {
-            match task.await {
-                Ok(out) => out,
-                // The engine catches panics; this is the tokio runtime going away.
-                Err(join_error) => {
-                    let mut out = engine::refused(
-                        task_name,
-                        Value::Null,
-                        TaskError::cancelled(format!("the run's task ended: {join_error}")),
-                    );
-                    out.job.run_id = id_for_error.to_string();
-                    out
-                }
-            }
-        }
-        .boxed()
-        .shared();
         RunHandle {
             run_id,
+            task: descriptor.id,
             cancel,
-            run,
+            done: Done::Task(task),
         }
     }
 
     /// The envelope of an input refused before it could be parsed into JSON (too large, too
-    /// deep, malformed): `invalidInput` with the reason, or `notFound` for an unknown id.
-    pub fn refuse(&self, id: &str, error: InputError) -> RunOutput<Value> {
-        let error = match self.inner.registry.get(id) {
+    /// deep, malformed, a duplicate key): `invalidInput` with the reason, or `notFound` for
+    /// an unknown id.
+    pub(crate) fn refuse(&self, id: &str, error: InputError) -> RunOutput<Value> {
+        let error = match self.inner.exec.registry.get(id) {
             Some(_) => error.into(),
-            None => TaskError::not_found(id, self.inner.registry.suggest(id)),
+            None => TaskError::not_found(id, self.inner.exec.registry.suggest(id)),
         };
-        engine::refused(id, Value::Null, error)
+        RunOutput::refused(id, Runtime::new_run_id(), Value::Null, error)
     }
 
     /// Checks everything that must hold before a run by id starts.
@@ -515,25 +799,24 @@ impl Runtime {
         id: &str,
         input: Value,
     ) -> Result<(&'static TaskDescriptor, Value), Box<RunOutput<Value>>> {
+        let refused =
+            |input, error| Box::new(RunOutput::refused(id, Runtime::new_run_id(), input, error));
         if !self.accepting() {
-            return Err(Box::new(engine::refused(
-                id,
-                input,
-                Runtime::shutting_down(),
-            )));
+            return Err(refused(input, Runtime::shutting_down()));
         }
-        let Some(descriptor) = self.inner.registry.get(id) else {
-            let error = TaskError::not_found(id, self.inner.registry.suggest(id));
-            return Err(Box::new(engine::refused(id, input, error)));
+        let registry = &self.inner.exec.registry;
+        let Some(descriptor) = registry.get(id) else {
+            let error = TaskError::not_found(id, registry.suggest(id));
+            return Err(refused(input, error));
         };
-        match self.inner.limits.check_value(&input) {
+        match self.inner.exec.limits.check_value(&input) {
             Ok(()) => Ok((descriptor, input)),
             Err(error @ InputError::TooDeep { .. }) => {
                 // Never keep, echo or recursively drop a document this deep.
                 drop_deep(input);
-                Err(Box::new(engine::refused(id, Value::Null, error.into())))
+                Err(refused(Value::Null, error.into()))
             }
-            Err(error) => Err(Box::new(engine::refused(id, input, error.into()))),
+            Err(error) => Err(refused(input, error.into())),
         }
     }
 
@@ -541,38 +824,82 @@ impl Runtime {
     /// ones, then cancels the rest and waits for their cleanup. Returns whether every run
     /// finished within the grace period.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        let exec = &self.inner.exec;
         self.inner.accepting.store(false, Ordering::Release);
-        self.inner.tracker.close();
+        exec.tracker.close();
         tracing::info!(
-            grace_ms = grace.as_millis() as u64,
-            running = self.inner.tracker.len(),
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            running = exec.tracker.len(),
             "runtime shutting down"
         );
-        let finished = tokio::time::timeout(grace, self.inner.tracker.wait())
+        let finished = tokio::time::timeout(grace, exec.tracker.wait())
             .await
             .is_ok();
         if !finished {
             tracing::warn!(
-                running = self.inner.tracker.len(),
+                running = exec.tracker.len(),
                 "grace period over, cancelling running runs"
             );
-            self.inner.root.cancel();
-            self.inner.tracker.wait().await;
+            exec.root.cancel();
+            exec.tracker.wait().await;
         }
         finished
     }
 }
 
-/// The registry's entry point for runs by id: JSON in, JSON envelope out.
-pub(crate) fn run_json<T: Task>(
-    runtime: &Runtime,
-    input: Value,
-    seed: Seed,
-) -> BoxFuture<'_, RunOutput<Value>> {
-    Box::pin(async move {
-        engine::execute::<T>(runtime, RunInput::Json(input), seed)
-            .await
-            // Runs by id always carry the JSON form (`json_run`).
-            .into_envelope(|produced| produced.json.unwrap_or_default())
-    })
+#[cfg(any(test, feature = "test-util"))]
+impl crate::context::TaskContext {
+    /// A context for calling a task fn directly in a unit test (feature `test-util`): a run
+    /// id of its own, task id `test`, attempt 1, a fresh embedded runtime for child runs.
+    /// Adjust with the `with_*` setters.
+    ///
+    /// ```
+    /// # use task_runtime::prelude::*;
+    /// let ctx = TaskContext::for_test().with_tenant("t1").with_attempt(2);
+    /// assert_eq!(ctx.tenant_id(), Some("t1"));
+    /// assert_eq!(ctx.attempt(), 2);
+    /// assert_ne!(TaskContext::for_test().run_id(), ctx.run_id());
+    /// ```
+    pub fn for_test() -> Self {
+        let rt = Runtime::new();
+        crate::context::TaskContext::new(
+            rt.inner.exec.clone(),
+            Runtime::new_run_id(),
+            "test",
+            1,
+            crate::exec::Scope::default(),
+            CancellationToken::new(),
+            Arc::default(),
+        )
+    }
+
+    /// Sets the tenant id (test contexts).
+    pub fn with_tenant(mut self, tenant_id: &str) -> Self {
+        self.scope.tenant_id = Some(Arc::from(tenant_id));
+        self
+    }
+
+    /// Sets the project id (test contexts).
+    pub fn with_project(mut self, project_id: &str) -> Self {
+        self.scope.project_id = Some(Arc::from(project_id));
+        self
+    }
+
+    /// Sets the trampData (test contexts).
+    pub fn with_tramp_data(mut self, tramp_data: Value) -> Self {
+        self.scope.tramp_data = Some(tramp_data.into());
+        self
+    }
+
+    /// Sets the attempt number (test contexts).
+    pub fn with_attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt;
+        self
+    }
+
+    /// Runs child runs on this runtime (test contexts).
+    pub fn with_runtime(mut self, runtime: &Runtime) -> Self {
+        self.exec = runtime.inner.exec.clone();
+        self
+    }
 }

@@ -1,9 +1,18 @@
 //! JSON Schemas of task inputs and outputs (from schemars) and their validators (from
 //! jsonschema), compiled once per task and reused by every run.
+//!
+//! Input schemas are closed: every object schema generated from a Rust struct gets
+//! `additionalProperties: false` (or `unevaluatedProperties: false` where the object is
+//! composed with `allOf`/`oneOf`/`anyOf`, as a flattened enum is), so a misspelt field is an
+//! `invalidInput` naming the field and the closest known one, not a default silently used.
+//! A type opts out by stating its own policy:
+//! `#[schemars(extend("additionalProperties" = true))]`.
 
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use jsonschema::Validator;
+use jsonschema::error::ValidationErrorKind;
 use schemars::JsonSchema;
 use serde_json::Value;
 
@@ -17,18 +26,42 @@ pub struct TaskSchemas {
     pub output: Value,
     input_validator: Compiled,
     output_validator: Compiled,
+    /// The input may hold floats (which serde_json would write as `null` when not finite).
+    pub(crate) input_has_floats: bool,
+    /// The output may hold floats.
+    pub(crate) output_has_floats: bool,
+}
+
+impl std::fmt::Debug for TaskSchemas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskSchemas")
+            .field("input", &self.input)
+            .field("output", &self.output)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A compiled validator, or why the schema could not be compiled.
 enum Compiled {
-    Ok(Box<Validator>),
+    Ok {
+        validator: Box<Validator>,
+        /// Every property name the schema knows, for "did you mean" on unknown fields.
+        fields: Vec<String>,
+    },
     Err(String),
 }
 
 impl Compiled {
     fn new(schema: &Value) -> Self {
         match jsonschema::validator_for(schema) {
-            Ok(validator) => Compiled::Ok(Box::new(validator)),
+            Ok(validator) => {
+                let mut fields = BTreeSet::new();
+                collect_properties(schema, &mut fields);
+                Compiled::Ok {
+                    validator: Box::new(validator),
+                    fields: fields.into_iter().collect(),
+                }
+            }
             Err(e) => Compiled::Err(e.to_string()),
         }
     }
@@ -36,14 +69,31 @@ impl Compiled {
     fn issues(&self, instance: &Value) -> Vec<Issue> {
         match self {
             // The fast path: one pass that allocates nothing for a valid document.
-            Compiled::Ok(validator) if validator.is_valid(instance) => Vec::new(),
-            Compiled::Ok(validator) => validator
-                .iter_errors(instance)
-                .map(|error| Issue {
-                    path: error.instance_path().as_str().to_owned(),
-                    message: error.to_string(),
-                })
-                .collect(),
+            Compiled::Ok { validator, .. } if validator.is_valid(instance) => Vec::new(),
+            Compiled::Ok { validator, fields } => {
+                let mut issues = Vec::new();
+                for error in validator.iter_errors(instance) {
+                    let path = error.instance_path().as_str().to_owned();
+                    match error.kind() {
+                        ValidationErrorKind::AdditionalProperties { unexpected }
+                        | ValidationErrorKind::UnevaluatedProperties { unexpected } => {
+                            for field in unexpected {
+                                let mut at = path.clone();
+                                crate::json::push_pointer(&mut at, field);
+                                issues.push(Issue {
+                                    path: at,
+                                    message: unknown_field(field, fields),
+                                });
+                            }
+                        }
+                        _ => issues.push(Issue {
+                            path,
+                            message: error.to_string(),
+                        }),
+                    }
+                }
+                issues
+            }
             Compiled::Err(reason) => vec![Issue {
                 path: String::new(),
                 message: format!("the task's schema does not compile: {reason}"),
@@ -52,14 +102,110 @@ impl Compiled {
     }
 }
 
+fn unknown_field(field: &str, known: &[String]) -> String {
+    let closest = known
+        .iter()
+        .map(|k| {
+            (
+                strsim::jaro_winkler(&field.to_lowercase(), &k.to_lowercase()),
+                k,
+            )
+        })
+        .filter(|(score, _)| *score >= 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match closest {
+        Some((_, k)) => format!("unknown field `{field}`; did you mean `{k}`?"),
+        None => format!("unknown field `{field}`"),
+    }
+}
+
+/// Every key of every `properties` object in the schema.
+fn collect_properties(schema: &Value, into: &mut BTreeSet<String>) {
+    let mut stack = vec![schema];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties") {
+                    into.extend(props.keys().cloned());
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the schema allows a float anywhere (`"type": "number"`).
+fn has_floats(schema: &Value) -> bool {
+    let mut stack = vec![schema];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                match map.get("type") {
+                    Some(Value::String(t)) if t == "number" => return true,
+                    Some(Value::Array(types)) if types.iter().any(|t| t == "number") => {
+                        return true;
+                    }
+                    _ => {}
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    false
+}
+
+const COMPOSITIONS: [&str; 3] = ["allOf", "oneOf", "anyOf"];
+
+/// Closes every struct-shaped object schema (see the module docs). Schemas that are direct
+/// parts of a composition are left open: their siblings' properties are valid there too, and
+/// the composing object is the one closed (with `unevaluatedProperties`).
+fn close_objects(schema: &mut Value) {
+    let mut stack: Vec<(&mut Value, bool)> = vec![(schema, false)];
+    while let Some((node, in_composition)) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                let is_struct = map.contains_key("properties")
+                    && !map.contains_key("additionalProperties")
+                    && !map.contains_key("unevaluatedProperties");
+                if is_struct && !in_composition {
+                    let composed = COMPOSITIONS.iter().any(|k| map.contains_key(*k));
+                    let keyword = if composed {
+                        "unevaluatedProperties"
+                    } else {
+                        "additionalProperties"
+                    };
+                    map.insert(keyword.to_owned(), Value::Bool(false));
+                }
+                for (key, child) in map.iter_mut() {
+                    let composition = COMPOSITIONS.contains(&key.as_str());
+                    stack.push((child, composition));
+                }
+            }
+            // The items of a composition array are its parts; any other array holds schemas
+            // (`prefixItems`) or plain values (`enum`, `required`), which nothing here changes.
+            Value::Array(items) => {
+                for item in items {
+                    stack.push((item, in_composition));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 impl TaskSchemas {
     /// Generates both schemas and compiles their validators.
     pub fn build<I: JsonSchema, O: JsonSchema>() -> Self {
-        let input: Value = schemars::generate::SchemaSettings::draft2020_12()
+        let mut input: Value = schemars::generate::SchemaSettings::draft2020_12()
             .for_deserialize()
             .into_generator()
             .into_root_schema_for::<I>()
             .into();
+        close_objects(&mut input);
         let output: Value = schemars::generate::SchemaSettings::draft2020_12()
             .for_serialize()
             .into_generator()
@@ -68,6 +214,8 @@ impl TaskSchemas {
         TaskSchemas {
             input_validator: Compiled::new(&input),
             output_validator: Compiled::new(&output),
+            input_has_floats: has_floats(&input),
+            output_has_floats: has_floats(&output),
             input,
             output,
         }
@@ -85,9 +233,11 @@ impl TaskSchemas {
 }
 
 /// Lazily built [`TaskSchemas`]; `#[task]` puts one in a `static` per task.
+#[derive(Debug)]
 pub struct SchemaCell(OnceLock<TaskSchemas>);
 
 impl SchemaCell {
+    /// An empty cell.
     #[allow(clippy::new_without_default)]
     pub const fn new() -> Self {
         SchemaCell(OnceLock::new())
@@ -96,5 +246,104 @@ impl SchemaCell {
     /// The schemas, built on first call.
     pub fn get<I: JsonSchema, O: JsonSchema>(&self) -> &TaskSchemas {
         self.0.get_or_init(TaskSchemas::build::<I, O>)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::BaseInput;
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Invoice {
+        #[serde(flatten)]
+        base: BaseInput,
+        #[serde(default)]
+        tax_rate: f64,
+        lines: Vec<Line>,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Line {
+        sku: String,
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[schemars(extend("additionalProperties" = true))]
+    #[allow(dead_code)]
+    struct Open {
+        a: u32,
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_the_closest_known_one() {
+        let schemas = TaskSchemas::build::<Invoice, ()>();
+        assert_eq!(schemas.input["additionalProperties"], false);
+        let issues = schemas.input_issues(&serde_json::json!({
+            "tenantId": "t", "projectId": "p", "tax_rate": 0.07,
+            "lines": [{ "sku": "a", "skew": 1 }]
+        }));
+        let messages: Vec<(&str, &str)> = issues
+            .iter()
+            .map(|i| (i.path.as_str(), i.message.as_str()))
+            .collect();
+        assert!(
+            messages.contains(&(
+                "/tax_rate",
+                "unknown field `tax_rate`; did you mean `taxRate`?"
+            )),
+            "{messages:?}"
+        );
+        assert!(
+            messages.contains(&("/lines/0/skew", "unknown field `skew`; did you mean `sku`?")),
+            "{messages:?}"
+        );
+        assert!(schemas.input_has_floats);
+    }
+
+    #[test]
+    fn a_type_can_keep_its_schema_open() {
+        let schemas = TaskSchemas::build::<Open, ()>();
+        assert!(
+            schemas
+                .input_issues(&serde_json::json!({ "a": 1, "b": 2 }))
+                .is_empty()
+        );
+        assert!(!schemas.input_has_floats);
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(tag = "kind", rename_all = "camelCase")]
+    #[allow(dead_code)]
+    enum Shape {
+        Circle { radius: u32 },
+        Square { side: u32 },
+    }
+
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Drawing {
+        #[serde(flatten)]
+        shape: Shape,
+        name: String,
+    }
+
+    #[test]
+    fn flattened_enums_stay_valid_and_closed() {
+        let schemas = TaskSchemas::build::<Drawing, ()>();
+        let ok = serde_json::json!({ "kind": "circle", "radius": 2, "name": "c" });
+        assert!(
+            schemas.input_issues(&ok).is_empty(),
+            "{:?}",
+            schemas.input_issues(&ok)
+        );
+        let typo = serde_json::json!({ "kind": "circle", "radius": 2, "name": "c", "nmae": 1 });
+        let issues = schemas.input_issues(&typo);
+        assert!(issues.iter().any(|i| i.path == "/nmae"), "{issues:?}");
     }
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use crate::context::TaskContext;
 use crate::error::TaskError;
-use crate::hooks::HookEvent;
+use crate::exec::hooks::HookEvent;
 use crate::policy::RunPolicy;
 use crate::schema::TaskSchemas;
 
@@ -77,7 +77,9 @@ pub trait Task: Send + Sync + 'static {
     /// Retry, timeout and concurrency settings; unset fields take the runtime's defaults.
     const POLICY: RunPolicy = RunPolicy::DEFAULT;
 
+    /// What a run takes (validated against its JSON Schema on every run).
     type Input: TaskInput;
+    /// What a run gives (validated against its JSON Schema).
     type Output: TaskOutput;
 
     /// Runs one attempt. Called by the runtime, which validates around it.

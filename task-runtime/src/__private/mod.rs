@@ -10,10 +10,10 @@ pub use serde_json;
 pub mod orchestrator;
 pub mod track;
 
+pub use crate::builder::Registered;
 pub use crate::compose::orchestrator::{Branches, FailurePolicy, Outcome};
 pub use crate::policy::{RetryPolicy, RunPolicy};
 pub use crate::registry::{BranchInfo, Registration, TaskDescriptor};
-pub use crate::runtime::Registered;
 pub use crate::schema::{SchemaCell, TaskSchemas};
 pub use crate::task::{Kind, Task, TaskInput, TaskOutput};
 pub use crate::{TaskContext, TaskError};
@@ -169,15 +169,18 @@ pub const fn is_task<T: Task>() -> usize {
     1
 }
 
-pub use crate::hooks::HookEvent;
+pub use crate::exec::hooks::HookEvent;
 
-/// Awaits a task's own hook: its error or panic is logged, never returned.
+/// Awaits a task's own hook and logs its error. The engine runs it under the hook timeout
+/// and catches its panics.
 pub async fn hook<F>(name: &'static str, task: &'static str, hook: F)
 where
     F: Future,
     F::Output: crate::CallbackResult,
 {
-    crate::hooks::guarded(name, task, hook).await
+    if let Err(error) = crate::CallbackResult::into_result(hook.await) {
+        crate::exec::hooks::log_failure(name, task, &error);
+    }
 }
 
 /// The side of a task's hooks it did not set.

@@ -16,14 +16,15 @@ pub async fn step<T: Task>(
     let report = &finished.report;
     ctx.push_step(StepRecord {
         task_name: T::ID.to_owned(),
-        run_id: finished.run_id.to_string(),
+        run_id: finished.run_id.clone(),
         success: finished.result.is_ok(),
         duration_ms: report.duration_ms,
         attempts: report.attempts,
+        replayed: false,
         steps: std::mem::take(&mut finished.report.records.steps),
     });
     let run_id = finished.run_id.clone();
     finished
         .into_typed()
-        .map_err(|error| error.in_step(index, T::ID, &run_id))
+        .map_err(|error| error.in_step(index, T::ID, run_id.as_str()))
 }

@@ -183,7 +183,7 @@ mod tests {
         let mut request = input(SAMPLE);
         request.save_to = Some(target.clone());
         let out = Runtime::new().run(ExtractText, request).await.unwrap();
-        let saved = out.results.unwrap();
+        let saved = out.results;
         assert_eq!(saved.saved_to.as_deref(), Some(target.as_str()));
         assert_eq!(std::fs::read_to_string(&target).unwrap(), saved.text);
         assert_eq!(entries(&dir), ["out.txt"]);

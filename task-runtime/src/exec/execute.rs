@@ -1,0 +1,332 @@
+//! `execute`: one run from its input to its finish. The input becomes JSON (typed runs) and
+//! is validated, attempts run under the task's retry policy ([`super::attempt`]), the run's
+//! span gets its outcome, the hooks fire, and a [`Finished`] says what happened.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::Executor;
+use super::attempt::Attempts;
+use super::hooks::{HookEvent, When, guarded};
+use super::seed::{Records, Scope, Seed};
+use crate::envelope::{Head, RunError, RunOutput};
+use crate::error::{Issue, TaskError};
+use crate::id::RunId;
+use crate::input::{TrampData, capture_tramp, without_inherited};
+use crate::json;
+use crate::task::Task;
+
+/// How the input arrives.
+pub(crate) enum RunInput<I> {
+    /// From Rust code: serialised once for validation and the envelope.
+    Typed(I),
+    /// From JSON (trigger by id, CLI, API, a stored run): validated, then deserialised.
+    Json(Value),
+}
+
+/// A validated output, with its JSON form when the run made one: always for tasks (it is
+/// what their output schema checks) and for runs by id; typed runs of tracks and
+/// orchestrators skip it (see `Attempts::attempt`).
+pub(crate) struct Produced<O> {
+    pub typed: O,
+    pub json: Option<Value>,
+}
+
+/// Timing, attempts and records of a finished run.
+#[derive(Default)]
+pub(crate) struct Report {
+    pub duration_ms: u64,
+    pub attempts: u32,
+    pub records: Records,
+    pub cleanup_errors: Vec<String>,
+}
+
+/// A finished run. Child runs (track steps, branches, `ctx.run`) read what they need from
+/// it; only top-level runs pay for an envelope.
+pub(crate) struct Finished<O> {
+    pub task: &'static str,
+    pub run_id: RunId,
+    pub started_at: SystemTime,
+    pub result: Result<Produced<O>, TaskError>,
+    pub report: Report,
+    pub input: Value,
+    pub tramp_data: Option<TrampData>,
+}
+
+impl<O> Finished<O> {
+    fn head(self) -> (Head, Result<Produced<O>, TaskError>) {
+        let Finished {
+            task,
+            run_id,
+            started_at,
+            result,
+            report,
+            input,
+            tramp_data,
+        } = self;
+        let head = Head {
+            task: task.to_owned(),
+            run_id,
+            input,
+            // The run's contexts are gone by now: take the value rather than copy it.
+            tramp_data: tramp_data.map(TrampData::into_value),
+            started_at,
+            duration_ms: report.duration_ms,
+            attempts: report.attempts,
+            steps: report.records.steps,
+            branches: report.records.branches,
+            cleanup_errors: report.cleanup_errors,
+        };
+        (head, result)
+    }
+
+    /// The envelope of a run by id: the output as JSON, `null` when it failed.
+    pub(crate) fn into_json_envelope(self) -> RunOutput<Value>
+    where
+        O: serde::Serialize,
+    {
+        let (head, result) = self.head();
+        match result {
+            Ok(produced) => {
+                let json = match produced.json {
+                    Some(json) => json,
+                    None => serde_json::to_value(&produced.typed).unwrap_or_default(),
+                };
+                RunOutput::build(head, json, None)
+            }
+            Err(error) => RunOutput::build(head, Value::Null, Some(error)),
+        }
+    }
+
+    /// The envelope of a typed run, or the error with the failed envelope.
+    pub(crate) fn into_typed_envelope(self) -> Result<RunOutput<O>, RunError> {
+        let (head, result) = self.head();
+        match result {
+            Ok(produced) => Ok(RunOutput::build(head, produced.typed, None)),
+            Err(error) => Err(RunError {
+                envelope: Box::new(RunOutput::build(head, Value::Null, Some(error.clone()))),
+                error,
+            }),
+        }
+    }
+
+    /// The typed output, or the error.
+    pub(crate) fn into_typed(self) -> Result<O, TaskError> {
+        self.result.map(|produced| produced.typed)
+    }
+
+    fn refused(
+        task: &'static str,
+        run_id: RunId,
+        error: TaskError,
+        input: Value,
+        scope: Scope,
+    ) -> Self {
+        Finished {
+            task,
+            run_id,
+            started_at: SystemTime::now(),
+            result: Err(error),
+            report: Report::default(),
+            input,
+            tramp_data: scope.tramp_data,
+        }
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    d.as_millis().try_into().unwrap_or(u64::MAX)
+}
+
+fn invalid_input(message: String) -> TaskError {
+    TaskError::invalid_input(vec![Issue {
+        path: String::new(),
+        message,
+    }])
+}
+
+/// Runs `T` to completion. Never panics on bad input or a panicking task.
+pub(crate) async fn execute<T: Task>(
+    exec: &Executor,
+    input: RunInput<T::Input>,
+    seed: Seed,
+) -> Finished<T::Output> {
+    let started_at = SystemTime::now();
+    let clock = Instant::now();
+    let run_id = seed.run_id.unwrap_or_else(|| RunId::new(started_at));
+    let schemas = T::schemas();
+
+    if seed.scope.depth > exec.max_nesting {
+        let error = TaskError::rejected(format!(
+            "runs nest deeper than the limit of {} levels (a task that runs itself through \
+             `ctx.run` without end?)",
+            exec.max_nesting
+        ));
+        tracing::warn!(task = T::ID, run_id = %run_id, depth = seed.scope.depth, "run refused: nested too deep");
+        return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+    }
+
+    let json_run = matches!(input, RunInput::Json(_));
+    let (input_json, typed, captured) = match input {
+        RunInput::Typed(value) => {
+            if schemas.input_has_floats
+                && let Some((path, what)) = json::non_finite(&value)
+            {
+                let error = TaskError::invalid_input(vec![Issue {
+                    path,
+                    message: format!("{what} is not a JSON number"),
+                }]);
+                return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+            }
+            // A child's input leaves out the trampData it shares with its parent (see
+            // `input::capture_tramp`); its scope inherits the parent's copy instead.
+            let (json, captured) = capture_tramp(|| {
+                without_inherited(seed.scope.tramp_data.as_ref(), || {
+                    serde_json::to_value(&value)
+                })
+            });
+            match json {
+                Ok(json) => (json, Some(value), captured),
+                Err(e) => {
+                    let error = invalid_input(format!("input does not serialize to JSON: {e}"));
+                    return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+                }
+            }
+        }
+        RunInput::Json(json) => (json, None, None),
+    };
+    let scope = scope_of(&input_json, seed.scope, captured);
+    let span = tracing::info_span!(
+        "run",
+        task = T::ID,
+        kind = T::KIND.as_str(),
+        run_id = %run_id,
+        tenant_id = scope.tenant_id.as_deref(),
+        project_id = scope.project_id.as_deref(),
+        parent_run_id = scope.parent_run_id.as_ref().map(RunId::as_str),
+        attempt = tracing::field::Empty,
+    );
+    let attempts = Attempts::<T> {
+        exec,
+        run_id: &run_id,
+        input_json: &input_json,
+        typed,
+        json_run,
+        scope: &scope,
+        cancel: &seed.cancel,
+    };
+    let (result, mut report) = attempts.run().instrument(span.clone()).await;
+    report.duration_ms = millis(clock.elapsed());
+    {
+        let _entered = span.enter();
+        let duration_ms = report.duration_ms;
+        match &result {
+            Ok(_) => tracing::info!(duration_ms, attempts = report.attempts, "run succeeded"),
+            Err(error) => tracing::warn!(
+                duration_ms,
+                attempts = report.attempts,
+                kind = error.kind_name(),
+                error = %error,
+                "run failed"
+            ),
+        }
+    }
+    if T::HAS_HOOKS || !exec.hooks.is_empty() {
+        let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
+        run_hooks::<T>(exec, when, &event).instrument(span).await;
+    }
+    Finished {
+        task: T::ID,
+        run_id,
+        started_at,
+        result,
+        report,
+        input: input_json,
+        tramp_data: scope.tramp_data,
+    }
+}
+
+/// What the hooks of a finished run are told.
+fn hook_event<T: Task>(
+    run_id: &RunId,
+    input: &Value,
+    result: &Result<Produced<T::Output>, TaskError>,
+    attempts: u32,
+) -> (When, HookEvent) {
+    let when = if result.is_ok() {
+        When::Success
+    } else {
+        When::Failure
+    };
+    let event = HookEvent {
+        task_name: T::ID,
+        run_id: run_id.clone(),
+        input: input.clone(),
+        output: result
+            .as_ref()
+            .ok()
+            .and_then(|produced| match &produced.json {
+                Some(json) => Some(json.clone()),
+                None => serde_json::to_value(&produced.typed).ok(),
+            }),
+        error: result.as_ref().err().cloned(),
+        attempts,
+    };
+    (when, event)
+}
+
+/// Calls the task's own hook, then the runtime-wide ones, each bounded by the hook timeout.
+async fn run_hooks<T: Task>(exec: &Executor, when: When, event: &HookEvent) {
+    let limit = exec.hook_timeout;
+    if T::HAS_HOOKS {
+        match when {
+            When::Success => guarded("on_success", T::ID, limit, || T::on_success(event)).await,
+            When::Failure => guarded("on_failure", T::ID, limit, || T::on_failure(event)).await,
+        }
+    }
+    for hook in exec.hooks.iter().filter(|hook| hook.when == when) {
+        guarded("runtime", T::ID, limit, || (hook.call)(event)).await;
+    }
+}
+
+/// Tenant, project, trampData and cleanup options from the input, else from the parent.
+fn scope_of(input: &Value, inherited: Scope, captured: Option<TrampData>) -> Scope {
+    let Value::Object(map) = input else {
+        return inherited;
+    };
+    // A child's input usually repeats its parent's values: share the parent's copy then,
+    // rather than allocate another per step or item.
+    let text = |key: &str, inherited: Option<Arc<str>>| match map.get(key) {
+        Some(Value::String(s)) => match inherited {
+            Some(same) if *same == **s => Some(same),
+            _ => Some(Arc::from(s.as_str())),
+        },
+        _ => inherited,
+    };
+    let cleanup_options = match map.get("cleanup") {
+        Some(Value::Null) | None => inherited.cleanup_options,
+        Some(v) => match inherited.cleanup_options {
+            Some(same) if *same == *v => Some(same),
+            _ => Some(Arc::new(v.clone())),
+        },
+    };
+    let tramp_data = match (captured, map.get("trampData")) {
+        (Some(captured), _) => Some(captured),
+        (None, Some(Value::Null) | None) => inherited.tramp_data,
+        (None, Some(v)) => match inherited.tramp_data {
+            Some(same) if *same == *v => Some(same),
+            _ => Some(TrampData::from(v.clone())),
+        },
+    };
+    Scope {
+        tenant_id: text("tenantId", inherited.tenant_id),
+        project_id: text("projectId", inherited.project_id),
+        tramp_data,
+        cleanup_options,
+        ..inherited
+    }
+}
