@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::FutureExt;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::envelope::{BranchRecord, StepRecord};
 use crate::error::TaskError;
@@ -16,6 +17,10 @@ use crate::exec::{self, AttemptState, Executor, Finished, RunInput, Scope, Seed}
 use crate::exec::{seed::Records, seed::lock};
 use crate::id::RunId;
 use crate::task::Task;
+
+/// Every this many levels of nesting, a child run hops onto a tokio task of its own (see
+/// `TaskContext::run_child`).
+const STACK_HOP: u32 = 4;
 
 /// What a cleanup or hook future may return: `()` or `Result<(), E>` with a displayable
 /// error.
@@ -157,12 +162,7 @@ impl TaskContext {
     /// Boxed, so a task may run itself (up to the runtime's nesting limit).
     pub async fn run<T: Task>(&self, _task: T, input: T::Input) -> Result<T::Output, TaskError> {
         let lent = self.lend_slots();
-        let child = Box::pin(exec::execute::<T>(
-            &self.exec,
-            RunInput::Typed(input),
-            Seed::child(self),
-        ))
-        .await;
+        let child = Box::pin(self.run_child::<T>(input)).await;
         if let Some(lent) = lent {
             lent.reclaim(&self.cancel).await;
         }
@@ -170,8 +170,37 @@ impl TaskContext {
     }
 
     /// A child run without giving slots back: for tracks and orchestrators, which hold none.
+    ///
+    /// A child runs inline, inside its parent's future, except at every
+    /// [`STACK_HOP`]th level of nesting, where it runs on a tokio task of its own (owned by
+    /// this attempt like a branch): polling nested runs is recursive, and each level of a
+    /// run's poll takes about 80 KiB of stack in a release build (170 in a debug one), so
+    /// without the hop a few dozen levels would exhaust a worker thread's 2 MiB.
     pub(crate) async fn run_child<T: Task>(&self, input: T::Input) -> Finished<T::Output> {
-        exec::execute::<T>(&self.exec, RunInput::Typed(input), Seed::child(self)).await
+        let seed = Seed::child(self);
+        if seed.scope.depth % STACK_HOP != 0 {
+            return exec::execute::<T>(&self.exec, RunInput::Typed(input), seed).await;
+        }
+        let exec = self.exec.clone();
+        // Dropping this future (its parent was dropped) must stop the hopped child too.
+        let cancel = seed.cancel.child_token();
+        let guard = cancel.clone().drop_guard();
+        let seed = Seed { cancel, ..seed };
+        let task = self.state.children().spawn(
+            async move { exec::execute::<T>(&exec, RunInput::Typed(input), seed).await }
+                .in_current_span(),
+        );
+        let joined = task.await;
+        drop(guard.disarm());
+        match joined {
+            Ok(finished) => finished,
+            // The engine catches the task's panics; this is the tokio runtime going away.
+            Err(join_error) => std::panic::resume_unwind(
+                join_error
+                    .try_into_panic()
+                    .unwrap_or_else(|e| Box::new(format!("child run's task ended: {e}"))),
+            ),
+        }
     }
 
     /// The scope a child of this attempt inherits.

@@ -372,3 +372,237 @@ track! {
         Hooked = |_prev, original: &WorkInput| original.clone(),
     }
 }
+
+orchestrator! {
+    /// `pair` under a 1 s timeout.
+    pub TimedPair("timed_pair", timeout = "1s")(input: WorkInput) {
+        left: Work,
+        right: Work,
+    }
+}
+
+orchestrator! {
+    /// `pair` under a 1 s timeout, three attempts.
+    pub RetriedPair("retried_pair", timeout = "1s", retry(max_attempts = 3, min_delay = "10ms"))(input: WorkInput) {
+        left: Work,
+        right: Work,
+    }
+}
+
+orchestrator! {
+    /// Starts a long branch, then its second branch's mapper panics when the label says so.
+    pub PanickyPair("panicky_pair")(input: WorkInput) {
+        left: Work,
+        right: Work = |input| {
+            if input.label == "panic" {
+                panic!("mapper panicked");
+            }
+            input.clone()
+        },
+    }
+}
+
+track! {
+    /// An orchestrator step under a 1 s track timeout.
+    pub TimedTrack("timed_track", timeout = "1s") {
+        Pair,
+    }
+}
+
+/// Input of the fan-out leaves: work to run `children` times as child runs, all at once.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanInput {
+    #[serde(flatten)]
+    pub work: WorkInput,
+    pub children: u32,
+}
+
+/// A leaf task running `children` copies of `work` as child runs at once (`ctx.run`).
+#[task(id = "fan_leaf")]
+pub async fn fan_leaf(ctx: &TaskContext, input: FanInput) -> Result<Vec<WorkOutput>, TaskError> {
+    let runs = (0..input.children).map(|i| {
+        let mut work = input.work.clone();
+        work.label = format!("{}-{i}", work.label);
+        ctx.run(Work, work)
+    });
+    futures_join_all(runs).await.into_iter().collect()
+}
+
+/// Like `fan_leaf`, but its children are runs of `limited_one`, itself limited to one.
+#[task(id = "limited_one", concurrency = 1)]
+pub async fn limited_one(ctx: &TaskContext, input: FanInput) -> Result<Vec<WorkOutput>, TaskError> {
+    if input.children == 0 {
+        return work_body(ctx, input.work).await.map(|out| vec![out]);
+    }
+    let runs = (0..input.children).map(|i| {
+        let mut child = input.clone();
+        child.children = 0;
+        child.work.label = format!("{}-{i}", child.work.label);
+        ctx.run(LimitedOne, child)
+    });
+    let outs: Result<Vec<Vec<WorkOutput>>, TaskError> =
+        futures_join_all(runs).await.into_iter().collect();
+    Ok(outs?.into_iter().flatten().collect())
+}
+
+/// Runs every future at once and collects their outputs in order (a tiny `join_all`).
+pub async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut pinned: Vec<std::pin::Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (future, output) in pinned.iter_mut().zip(outputs.iter_mut()) {
+            if output.is_none() {
+                match future.as_mut().poll(cx) {
+                    std::task::Poll::Ready(value) => *output = Some(value),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs
+        .into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// A leaf task that runs `work` as one child run and waits for it.
+#[task(id = "wrap")]
+pub async fn wrap(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    ctx.run(Work, input).await
+}
+
+/// A leaf that cancels the token it was handed, then succeeds.
+#[task(id = "cancels_its_token")]
+pub async fn cancels_its_token(
+    ctx: &TaskContext,
+    input: WorkInput,
+) -> Result<WorkOutput, TaskError> {
+    ctx.cancellation_token().cancel();
+    work_body(ctx, input).await
+}
+
+track! {
+    /// A step that cancels its token, then more work.
+    pub TokenTrack("token_track") {
+        CancelsItsToken,
+        Work = |_prev, original: &WorkInput| original.clone(),
+    }
+}
+
+/// Input of `recurse`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DepthInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub depth: u32,
+}
+
+/// Runs itself `depth` times through `ctx.run`.
+#[task(id = "recurse")]
+pub async fn recurse(ctx: &TaskContext, input: DepthInput) -> Result<NumberOutput, TaskError> {
+    if input.depth == 0 {
+        return Ok(NumberOutput { value: 0 });
+    }
+    let next = DepthInput {
+        depth: input.depth - 1,
+        ..input
+    };
+    let inner = ctx.run(Recurse, next).await?;
+    Ok(NumberOutput {
+        value: inner.value + 1,
+    })
+}
+
+/// A hook that never finishes.
+async fn hang_forever(_event: &task_runtime::HookEvent) {
+    std::future::pending::<()>().await
+}
+
+/// Like `work`, with an `on_success` hook that never returns.
+#[task(id = "hanging_hook", on_success = hang_forever)]
+pub async fn hanging_hook(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+/// Output with floats, for the non-finite checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct Scores {
+    pub mean: f64,
+    pub best: Option<f64>,
+}
+
+/// Input of `scores`: what the output's floats should be.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScoresInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    /// `nan`, `inf` or a number.
+    pub mean: String,
+    pub best: Option<String>,
+}
+
+fn float_of(text: &str) -> f64 {
+    match text {
+        "nan" => f64::NAN,
+        "inf" => f64::INFINITY,
+        other => other.parse().unwrap_or(0.0),
+    }
+}
+
+/// Returns the floats its input names.
+#[task(id = "scores", handle = ScoresTask)]
+pub async fn scores(_ctx: &TaskContext, input: ScoresInput) -> Result<Scores, TaskError> {
+    Ok(Scores {
+        mean: float_of(&input.mean),
+        best: input.best.as_deref().map(float_of),
+    })
+}
+
+/// Input of `spread`: `count` items of work, each carrying the input's base.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SpreadInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub probe: String,
+    pub count: u32,
+}
+
+/// Output of `blob_size`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct BlobLength {
+    pub bytes: usize,
+}
+
+/// The length of `trampData.blob` as this run sees it.
+#[task(id = "blob_size")]
+pub async fn blob_size(ctx: &TaskContext, _input: WorkInput) -> Result<BlobLength, TaskError> {
+    let blob = ctx.tramp_data().and_then(|t| t["blob"].as_str());
+    Ok(BlobLength {
+        bytes: blob.map_or(0, str::len),
+    })
+}
+
+orchestrator! {
+    /// `count` runs of `blob_size`, all at once, each given a clone of the input's base.
+    pub Spread("spread")(input: SpreadInput) {
+        items: each(|input| (0..input.count).map(|i| WorkInput {
+            base: input.base.clone(),
+            probe: input.probe.clone(),
+            label: format!("item-{i}"),
+            ..WorkInput::default()
+        }).collect::<Vec<_>>()) => BlobSize,
+    }
+}

@@ -32,6 +32,23 @@ pub enum ExtractError {
         #[source]
         cause: Fatal,
     },
+    /// The path names a directory, a device, a pipe or a socket (symlinks are followed):
+    /// reading it could block or never end.
+    #[error("cannot read '{path}': it is not a regular file ({kind})")]
+    NotAFile {
+        path: String,
+        kind: &'static str,
+        #[source]
+        cause: Fatal,
+    },
+    /// The file is larger than a document may be.
+    #[error("cannot read '{path}': it is larger than the limit of {limit} bytes")]
+    TooLarge {
+        path: String,
+        limit: u64,
+        #[source]
+        cause: Fatal,
+    },
     /// The text could not be saved where `saveTo` asked.
     #[error("cannot save the text to '{path}'")]
     Save {
@@ -78,6 +95,51 @@ pub async fn extract_text(
     Ok(document)
 }
 
+/// The largest document `extract_text` reads: 8 MiB. A file named by a user's input is
+/// never read without bound (a symlink to `/dev/zero` would otherwise fill memory).
+pub const MAX_DOCUMENT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Reads at most [`MAX_DOCUMENT_BYTES`] of a regular file.
+async fn read_bounded(path: &str) -> Result<Vec<u8>, ExtractError> {
+    use tokio::io::AsyncReadExt;
+    let read_error = |source| ExtractError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let metadata = file.metadata().await.map_err(read_error)?;
+    if !metadata.is_file() {
+        let kind = if metadata.is_dir() {
+            "a directory"
+        } else {
+            "a device, pipe or socket"
+        };
+        return Err(ExtractError::NotAFile {
+            path: path.to_owned(),
+            kind,
+            cause: Fatal::new("retrying cannot make it a regular file"),
+        });
+    }
+    let too_large = || ExtractError::TooLarge {
+        path: path.to_owned(),
+        limit: MAX_DOCUMENT_BYTES,
+        cause: Fatal::new("retrying cannot make the file smaller"),
+    };
+    if metadata.len() > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    // The size may change while we read: never take more than the limit and one byte.
+    let mut raw = Vec::with_capacity(metadata.len() as usize);
+    file.take(MAX_DOCUMENT_BYTES + 1)
+        .read_to_end(&mut raw)
+        .await
+        .map_err(read_error)?;
+    if raw.len() as u64 > MAX_DOCUMENT_BYTES {
+        return Err(too_large());
+    }
+    Ok(raw)
+}
+
 /// Reads and extracts one document. The body of `extract_text`, shared with `corpus_stats`
 /// so both see exactly the same text.
 pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
@@ -88,12 +150,7 @@ pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
     // Checked before reading, so an unsupported file is refused without touching the disk.
     let format = DocumentFormat::from_extension(extension)
         .ok_or_else(|| ExtractError::unsupported(path, extension))?;
-    let raw = tokio::fs::read(path)
-        .await
-        .map_err(|source| ExtractError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
+    let raw = read_bounded(path).await?;
     // A stray invalid byte should cost one character, not the whole document.
     let text = extract(format, &String::from_utf8_lossy(&raw));
     Ok(TextOutput {
@@ -174,6 +231,43 @@ mod tests {
             .collect();
         names.sort();
         names
+    }
+
+    #[tokio::test]
+    async fn a_symlink_to_a_device_is_refused_without_reading_it() {
+        let dir = scratch("device");
+        let link = dir.join("zero.txt");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        let path = link.display().to_string();
+        let err = Runtime::new()
+            .run(ExtractText, input(&path))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.error.to_string(),
+            format!("cannot read '{path}': it is not a regular file (a device, pipe or socket)")
+        );
+        assert!(!err.error.is_retryable());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_over_the_limit_is_refused_naming_the_limit() {
+        let dir = scratch("large");
+        let big = dir.join("big.txt");
+        let file = std::fs::File::create(&big).unwrap();
+        file.set_len(MAX_DOCUMENT_BYTES + 1).unwrap();
+        let path = big.display().to_string();
+        let err = Runtime::new()
+            .run(ExtractText, input(&path))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.error.to_string(),
+            format!("cannot read '{path}': it is larger than the limit of 8388608 bytes")
+        );
+        assert!(!err.error.is_retryable());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[tokio::test]
