@@ -178,7 +178,7 @@ impl TaskContext {
     /// without the hop a few dozen levels would exhaust a worker thread's 2 MiB.
     pub(crate) async fn run_child<T: Task>(&self, input: T::Input) -> Finished<T::Output> {
         let seed = Seed::child(self);
-        if seed.scope.depth % STACK_HOP != 0 {
+        if !seed.scope.depth.is_multiple_of(STACK_HOP) {
             return exec::execute::<T>(&self.exec, RunInput::Typed(input), seed).await;
         }
         let exec = self.exec.clone();
