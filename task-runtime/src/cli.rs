@@ -39,10 +39,10 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::catalog;
 use crate::logging::{self, LogFormat};
-use crate::registry::{BranchInfo, TaskDescriptor};
-use crate::task::Kind;
-use crate::{InputError, Limits, Runtime};
+use crate::registry::TaskDescriptor;
+use crate::{InputError, Limits, Runtime, RuntimeBuilder};
 
 /// Exit code: everything worked.
 const SUCCESS: u8 = 0;
@@ -51,19 +51,38 @@ const FAILED: u8 = 1;
 /// Exit code: the command line could not be carried out as given.
 const USAGE: u8 = 2;
 
-/// Runs the CLI with [`std::env::args_os`] and returns the process exit code.
+/// Runs the CLI with [`std::env::args_os`] on a runtime with default settings and returns
+/// the process exit code. See [`main_with`].
+pub fn main() -> ExitCode {
+    main_with(Runtime::builder())
+}
+
+/// Runs the CLI with [`std::env::args_os`] on the runtime `builder` describes (hooks,
+/// limits, defaults, explicitly registered handles) and returns the process exit code.
 ///
 /// Parses the arguments, installs logging on stderr ([`logging::init`]) in the format of
-/// `--log-format`, builds its own multi-thread tokio runtime and a task [`Runtime`] with every
-/// registered task, then runs the subcommand. See the [module docs](self) for exit codes.
-pub fn main() -> ExitCode {
+/// `--log-format`, builds its own multi-thread tokio runtime and the task [`Runtime`], then
+/// runs the subcommand. See the [module docs](self) for exit codes.
+///
+/// ```no_run
+/// use task_runtime::{HookEvent, Runtime};
+///
+/// async fn page_someone(event: &HookEvent) {
+///     tracing::error!(run_id = %event.run_id, "run failed");
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     task_runtime::cli::main_with(Runtime::builder().max_concurrency(8).on_failure(page_someone))
+/// }
+/// ```
+pub fn main_with(builder: RuntimeBuilder) -> ExitCode {
     // Unlocked handles: log lines from worker threads write to stderr while a run is going.
     let (mut out, mut err) = (io::stdout(), io::stderr());
     let cli = match Cli::try_parse_from(std::env::args_os()) {
         Ok(cli) => cli,
         Err(error) => return ExitCode::from(report_parse_error(&error, &mut out, &mut err)),
     };
-    logging::init(cli.log_format);
+    logging::init(cli.log_format.unwrap_or_default());
     let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,7 +93,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let runtime = match Runtime::builder().build() {
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             let _ = writeln!(err, "error: {error}");
@@ -88,7 +107,9 @@ pub fn main() -> ExitCode {
 ///
 /// The listing, schemas and envelope are written to `out`, messages (errors, help on a usage
 /// error) to `err`; `--help` and `--version` go to `out`. Returns the exit code: 0 success,
-/// 1 run failed or input refused, 2 usage error. Does not install logging. Never panics.
+/// 1 run failed or input refused, 2 usage error. Installs no logging, so `--log-format` is a
+/// usage error here (it would have nothing to act on); the program decides its logging.
+/// Never panics.
 pub async fn run_with(
     runtime: &Runtime,
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
@@ -96,6 +117,14 @@ pub async fn run_with(
     err: &mut impl Write,
 ) -> u8 {
     match Cli::try_parse_from(args) {
+        Ok(cli) if cli.log_format.is_some() => {
+            let _ = writeln!(
+                err,
+                "error: --log-format is set by the program embedding this command line \
+                 (it installs no logging); use cli::main or cli::main_with to have it honoured"
+            );
+            USAGE
+        }
         Ok(cli) => execute(runtime, cli, out, err).await,
         Err(error) => report_parse_error(&error, out, err),
     }
@@ -105,16 +134,15 @@ pub async fn run_with(
 #[derive(Debug, Parser)]
 #[command(version, long_about = None)]
 struct Cli {
-    /// Format of the logs written to stderr.
+    /// Format of the logs written to stderr [default: pretty].
     #[arg(
         long,
         global = true,
         value_name = "FORMAT",
-        default_value = "pretty",
         value_parser = PossibleValuesParser::new(["pretty", "json"])
             .try_map(|s| s.parse::<LogFormat>()),
     )]
-    log_format: LogFormat,
+    log_format: Option<LogFormat>,
 
     #[command(subcommand)]
     command: Command,
@@ -176,36 +204,11 @@ fn list(runtime: &Runtime, json: bool, out: &mut impl Write, err: &mut impl Writ
         );
     }
     let written = if json {
-        let listing: Vec<ListEntry<'_>> = entries.iter().map(|d| ListEntry::of(d)).collect();
-        write_json(out, &listing)
+        write_json(out, &catalog::list(&entries))
     } else {
         write_table(out, &entries)
     };
     finish(written, SUCCESS)
-}
-
-/// One element of `list --json`.
-#[derive(Serialize)]
-struct ListEntry<'a> {
-    id: &'a str,
-    kind: Kind,
-    description: &'a str,
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    steps: &'a [&'a str],
-    #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    branches: &'a [BranchInfo],
-}
-
-impl<'a> ListEntry<'a> {
-    fn of(descriptor: &'a TaskDescriptor) -> Self {
-        ListEntry {
-            id: descriptor.id,
-            kind: descriptor.kind,
-            description: descriptor.description.trim(),
-            steps: descriptor.steps,
-            branches: descriptor.branches,
-        }
-    }
 }
 
 fn write_table(out: &mut impl Write, entries: &[&TaskDescriptor]) -> io::Result<()> {
@@ -242,25 +245,7 @@ fn schema(runtime: &Runtime, id: &str, out: &mut impl Write, err: &mut impl Writ
     let Some(descriptor) = runtime.registry().get(id) else {
         return unknown_id(runtime, id, err);
     };
-    let schemas = descriptor.schemas();
-    let document = SchemaDocument {
-        id: descriptor.id,
-        kind: descriptor.kind,
-        description: descriptor.description.trim(),
-        input: &schemas.input,
-        output: &schemas.output,
-    };
-    finish(write_json(out, &document), SUCCESS)
-}
-
-/// What `schema <id>` prints (a struct, so the keys keep this order).
-#[derive(Serialize)]
-struct SchemaDocument<'a> {
-    id: &'a str,
-    kind: Kind,
-    description: &'a str,
-    input: &'a Value,
-    output: &'a Value,
+    finish(write_json(out, &catalog::schema(descriptor)), SUCCESS)
 }
 
 async fn run(
@@ -529,14 +514,14 @@ mod tests {
     #[test]
     fn log_format_is_global() {
         let cli = Cli::try_parse_from(["bin", "list", "--log-format", "json"]).unwrap();
-        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
         assert!(matches!(cli.command, Command::List { json: false }));
 
         let cli = Cli::try_parse_from(["bin", "--log-format", "json", "schema", "x"]).unwrap();
-        assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.log_format, Some(LogFormat::Json));
 
         let cli = Cli::try_parse_from(["bin", "run", "x", "--input", "-"]).unwrap();
-        assert_eq!(cli.log_format, LogFormat::Pretty);
+        assert_eq!(cli.log_format, None);
 
         let error = Cli::try_parse_from(["bin", "list", "--log-format", "yaml"]).unwrap_err();
         assert_eq!(error.exit_code(), 2);
@@ -578,6 +563,16 @@ mod tests {
         let args = ["bin", "run", "no_such_task_anywhere", "--input", "{}"];
         assert_eq!(run_with(&runtime, args, &mut out, &mut err).await, 2);
         assert!(out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn log_format_is_never_silently_ignored() {
+        let runtime = Runtime::builder().build().unwrap();
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let args = ["bin", "--log-format", "json", "list"];
+        assert_eq!(run_with(&runtime, args, &mut out, &mut err).await, USAGE);
+        assert!(out.is_empty());
+        assert!(String::from_utf8_lossy(&err).contains("--log-format is set by the program"));
     }
 
     #[tokio::test]

@@ -43,6 +43,8 @@
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod builder;
+#[cfg(feature = "cli")]
+mod catalog;
 mod compose;
 mod context;
 mod envelope;

@@ -16,3 +16,28 @@ pub mod schemas;
 pub mod tasks;
 pub mod text;
 pub mod tracks;
+
+use task_runtime::{HookEvent, Runtime, RuntimeBuilder};
+
+/// The runtime the binary runs on: at most 8 tasks at once, and every failed run (after its
+/// retries) reported by [`alert`].
+pub fn runtime() -> RuntimeBuilder {
+    Runtime::builder().max_concurrency(8).on_failure(alert)
+}
+
+/// Where an on-call system would be paged: one structured warning per failed run, with the
+/// run, the task and the error's kind and sentence.
+pub async fn alert(event: &HookEvent) {
+    let (kind, error) = match &event.error {
+        Some(error) => (error.kind_name(), error.to_string()),
+        None => ("unknown", String::new()),
+    };
+    tracing::warn!(
+        run_id = %event.run_id,
+        task = event.task_name,
+        kind,
+        error,
+        attempts = event.attempts,
+        "alert: run failed"
+    );
+}

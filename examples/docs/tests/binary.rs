@@ -96,3 +96,37 @@ fn logs_go_to_stderr_as_json_lines_when_asked() {
                 && l["span"]["tenant_id"] == "acme")
     );
 }
+
+#[test]
+fn the_binary_runs_on_its_configured_runtime_with_its_hook_and_json_logs() {
+    let output = Command::new(env!("CARGO_BIN_EXE_docs-pipeline"))
+        .args([
+            "--log-format",
+            "json",
+            "run",
+            "text_track",
+            "--input",
+            "examples/docs/inputs/text_track_empty.json",
+        ])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let run_id = envelope(&output)["job"]["runId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let alerts: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|l| l["fields"]["message"] == "alert: run failed")
+        .collect();
+    let track = alerts
+        .iter()
+        .find(|l| l["fields"]["run_id"] == run_id.as_str())
+        .unwrap_or_else(|| panic!("the hook of main_with's runtime ran: {stderr}"));
+    assert_eq!(track["fields"]["task"], "text_track");
+    assert_eq!(track["fields"]["kind"], "invalidInput");
+}
