@@ -36,3 +36,6 @@ pub fn track(input: TokenStream) -> TokenStream {
 pub fn orchestrator(input: TokenStream) -> TokenStream {
     orchestrator::expand(input.into()).into()
 }
+
+#[cfg(test)]
+mod tests;
