@@ -74,6 +74,9 @@ pub use task::{Kind, Task, TaskInput, TaskOutput};
 
 pub use task_macros::{orchestrator, task, track};
 
+pub use schemars;
+pub use serde_json;
+
 /// Everything a task module needs: `use task_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
