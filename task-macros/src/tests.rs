@@ -13,7 +13,10 @@ fn rustdoc_sees_a_tasks_own_types_and_the_compiler_the_checked_ones() {
     let out = compact(crate::task::expand(
         quote!(id = "extract_text"),
         quote!(
-            pub async fn extract_text(ctx: &TaskContext, input: ExtractInput) -> Result<TextOutput, ExtractError> {
+            pub async fn extract_text(
+                ctx: &TaskContext,
+                input: ExtractInput,
+            ) -> Result<TextOutput, ExtractError> {
                 todo!()
             }
         ),
@@ -36,11 +39,15 @@ fn rustdoc_sees_a_tracks_types_through_the_users_paths() {
     )));
     let task = "::task_runtime::__private::Task";
     assert!(
-        out.contains(&format!("#[cfg(doc)]typeInput=<ExtractTextas{task}>::Input;")),
+        out.contains(&format!(
+            "#[cfg(doc)]typeInput=<ExtractTextas{task}>::Input;"
+        )),
         "{out}"
     );
     assert!(
-        out.contains(&format!("#[cfg(doc)]typeOutput=<tasks::CountWordsas{task}>::Output;")),
+        out.contains(&format!(
+            "#[cfg(doc)]typeOutput=<tasks::CountWordsas{task}>::Output;"
+        )),
         "{out}"
     );
 
@@ -68,5 +75,8 @@ fn rustdoc_sees_an_orchestrators_fields_through_the_users_paths() {
         "{out}"
     );
     assert!(out.contains("#[cfg(doc)]typeInput=DocsInput;"), "{out}");
-    assert!(!out.contains("#[cfg(doc)]typeInput=::task_runtime::__private::Checked"), "{out}");
+    assert!(
+        !out.contains("#[cfg(doc)]typeInput=::task_runtime::__private::Checked"),
+        "{out}"
+    );
 }
