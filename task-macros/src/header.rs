@@ -13,7 +13,7 @@ use crate::errors::Errors;
 use crate::options::{Key, Options};
 use crate::spans::Shown;
 
-/// `#[attrs] vis Name("id", options..)`.
+/// `#[attrs] vis Name("id", options..)`, then `(input: Input)` when written.
 pub struct Header {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,

@@ -14,7 +14,6 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::{Ident, Path};
 
 use crate::errors::display;
-
 use crate::spans::{Range, Shown, checked};
 
 pub struct TaskRef<'a> {
