@@ -143,3 +143,79 @@ async fn a_failing_step_stops_the_track_and_keeps_its_user_error() {
     assert_eq!(probe.count("start"), 1, "later steps never start");
     assert_eq!(probe.count("cleanup"), 1);
 }
+
+#[tokio::test]
+async fn a_track_with_its_own_input_maps_it_for_the_first_step() {
+    let rt = Runtime::new();
+    let input = json!({ "tenantId": "t", "projectId": "p", "lines": ["ab", "cde"], "trampData": { "order": 7 } });
+    let env = rt.trigger_and_wait("order_track", input.clone()).await;
+    assert!(env.job.success, "{:?}", env.job.error);
+    // "ab\ncde" is 6 chars, plus 2 lines from `original`, doubled.
+    assert_eq!(env.results, json!({ "value": 16 }));
+    assert_eq!(
+        env.job.input, input,
+        "the envelope holds the track's input, not the first step's"
+    );
+    let names: Vec<&str> = env
+        .metadata
+        .steps
+        .iter()
+        .map(|s| s.task_name.as_str())
+        .collect();
+    assert_eq!(names, ["length", "double"]);
+    assert_eq!(env.tramp_data, Some(json!({ "order": 7 })));
+
+    // Typed, the track takes and validates an `OrderInput`.
+    let order = OrderInput {
+        base: BaseInput::new("t", "p"),
+        lines: vec!["x".into()],
+    };
+    let out = rt.run(OrderTrack, order).await.unwrap();
+    assert_eq!(out.results.value, 4);
+    let required = &<OrderTrack as Task>::schemas().input["required"];
+    assert!(
+        required.as_array().unwrap().contains(&json!("lines")),
+        "{required}"
+    );
+}
+
+#[tokio::test]
+async fn a_track_validates_its_own_input_and_what_its_first_mapper_builds() {
+    let rt = Runtime::new();
+    // The track's schema is `OrderInput`'s: the first step's `text` is not asked for.
+    let env = rt
+        .trigger_and_wait(
+            "order_track",
+            json!({ "tenantId": "t", "projectId": "p", "text": "x" }),
+        )
+        .await;
+    assert!(!env.job.success);
+    let error = env.job.error_detail.as_ref().unwrap();
+    assert_eq!(error.kind_name(), "invalidInput");
+    assert!(error.location().step.is_none(), "refused before any step");
+    assert!(env.metadata.steps.is_empty());
+
+    // No lines: the mapper builds an empty text, which `length`'s schema refuses.
+    let env = rt
+        .trigger_and_wait(
+            "order_track",
+            json!({ "tenantId": "t", "projectId": "p", "lines": [] }),
+        )
+        .await;
+    assert_eq!(
+        env.job.error.as_deref(),
+        Some("step 1 'length' failed: invalid input: /text: \"\" is shorter than 1 character")
+    );
+}
+
+#[tokio::test]
+async fn a_track_with_its_own_input_converts_it_without_a_mapper() {
+    let rt = Runtime::new();
+    let order = OrderInput {
+        base: BaseInput::new("t", "p"),
+        lines: vec!["ab".into(), "c".into()],
+    };
+    let out = rt.run(OrderLength, order).await.unwrap();
+    assert_eq!(out.results, TextLength { chars: 3 });
+    assert_eq!(out.job.input["lines"], json!(["ab", "c"]));
+}

@@ -97,3 +97,18 @@ fn check_declared(ty: &impl ToTokens, check: TokenStream, value: TokenStream) ->
     let args = paren(respan(value, last), last);
     quote!(#path #ty #close #args)
 }
+
+/// A closure's parameters as written, `a, b` or `||`, for errors about how many there are.
+pub fn params(closure: &ExprClosure) -> TokenStream {
+    let ExprClosure {
+        or1_token,
+        inputs,
+        or2_token,
+        ..
+    } = closure;
+    if inputs.is_empty() {
+        quote!(#or1_token #or2_token)
+    } else {
+        quote!(#inputs)
+    }
+}

@@ -1,16 +1,19 @@
 //! The head both `track!` and `orchestrator!` start with:
-//! `/// docs` `pub Name("id", options..)`, and the handle struct it declares.
+//! `/// docs` `pub Name("id", options..)(input: Input)`, the handle struct it declares, and
+//! the `Task` impl and registration both kinds share. The `(input: Input)` part is an
+//! orchestrator's input, or a track's own input when its first step's input is not it.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
 use syn::parse::ParseStream;
-use syn::{Attribute, Ident, LitStr, Token, Visibility, parenthesized};
+use syn::{Attribute, Ident, LitStr, Token, Type, Visibility, parenthesized, token};
 
 use crate::attrs::description;
 use crate::errors::Errors;
 use crate::options::{Key, Options};
+use crate::spans::Shown;
 
-/// `#[attrs] vis Name("id", options..)`.
+/// `#[attrs] vis Name("id", options..)`, then `(input: Input)` when written.
 pub struct Header {
     pub attrs: Vec<Attribute>,
     pub vis: Visibility,
@@ -18,6 +21,39 @@ pub struct Header {
     pub id: LitStr,
     pub options: Options,
     pub description: String,
+    /// `(input: Input)` after the id, when written.
+    pub input: Option<InputDecl>,
+    /// The parentheses around the id, where a missing `(input: Input)` belongs.
+    pub id_span: Span,
+}
+
+/// `(input: Input)`: the name the declaration's closures may use for the input, and its type.
+pub struct InputDecl {
+    pub name: Ident,
+    pub ty: Type,
+}
+
+impl InputDecl {
+    /// `(name: Type)`, after the id; `what` is "track" or "orchestrator" for messages.
+    fn parse(input: ParseStream, what: &str) -> syn::Result<InputDecl> {
+        let content;
+        parenthesized!(content in input);
+        let expected = |e: syn::Error| {
+            syn::Error::new(
+                e.span(),
+                format!("expected the {what}'s input as `(input: YourInput)`"),
+            )
+        };
+        let name: Ident = content.parse().map_err(expected)?;
+        content.parse::<Token![:]>().map_err(expected)?;
+        let ty: Type = content.parse()?;
+        if !content.is_empty() {
+            return Err(content.error(format!(
+                "a {what} has one input: `(input: YourInput)`; put more data in its fields"
+            )));
+        }
+        Ok(InputDecl { name, ty })
+    }
 }
 
 impl Header {
@@ -37,7 +73,7 @@ impl Header {
             )
         })?;
         let content;
-        parenthesized!(content in input);
+        let parens = parenthesized!(content in input);
         let id: LitStr = content.parse().map_err(|e| {
             syn::Error::new(
                 e.span(),
@@ -59,6 +95,11 @@ impl Header {
             Options::default()
         };
         let description = description(&attrs);
+        let declared = if input.peek(token::Paren) {
+            Some(InputDecl::parse(input, what)?)
+        } else {
+            None
+        };
         Ok(Header {
             attrs,
             vis,
@@ -66,6 +107,8 @@ impl Header {
             id,
             options,
             description,
+            input: declared,
+            id_span: parens.span.join(),
         })
     }
 
@@ -115,8 +158,8 @@ pub struct Composite {
     pub kind: TokenStream,
     /// Items at the impl's scope (the checked aliases of steps and branches).
     pub items: TokenStream,
-    pub input: TokenStream,
-    pub output: TokenStream,
+    pub input: Shown,
+    pub output: Shown,
     /// Statements of the body, ending in `Ok(output)`; `__task_ctx` and `__task_input` are
     /// in scope.
     pub body: TokenStream,
@@ -143,6 +186,8 @@ pub fn composite(header: &Header, composite: Composite) -> TokenStream {
     let policy = header.options.policy();
     let handle_struct = header.handle_struct();
     let registration = registration(handle, &header.description, steps, branches);
+    let input = input.item(|ty| quote!(type Input = #ty;));
+    let output = output.item(|ty| quote!(type Output = #ty;));
     quote! {
         #handle_struct
 
@@ -153,11 +198,12 @@ pub fn composite(header: &Header, composite: Composite) -> TokenStream {
             #[diagnostic::do_not_recommend]
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
-                const KIND: #p::Kind = #p::Kind::#kind;
+                // The public path: rustdoc prints this value as written.
+                const KIND: #p::Kind = ::task_runtime::Kind::#kind;
                 const POLICY: #p::RunPolicy = #policy;
                 #hooks
-                type Input = #input;
-                type Output = #output;
+                #input
+                #output
 
                 fn run(
                     __task_ctx: &#p::TaskContext,

@@ -3,7 +3,9 @@
 //! `::task_runtime::__private`, so users need no other dependency.
 //!
 //! Each macro is split parse -> check -> expand, and on error still emits the user's item
-//! (and the handle) next to the errors, so the rest of the crate keeps type-checking.
+//! (and the handle) next to the errors, so the rest of the crate keeps type-checking. The
+//! macros' reference pages are `docs/*.md`; their examples cannot run in a proc-macro crate,
+//! so each is compiled as a trybuild pass case (`tests/ui/pass/docs-*.rs`).
 
 use proc_macro::TokenStream;
 
@@ -18,21 +20,23 @@ mod task;
 mod task_ref;
 mod track;
 
-/// Turns an `async fn(ctx: &TaskContext, input: In) -> Result<Out, E>` into a registered,
-/// schema-validated task with a handle struct (UpperCamelCase of the fn name).
+#[doc = include_str!("../docs/task.md")]
 #[proc_macro_attribute]
 pub fn task(args: TokenStream, item: TokenStream) -> TokenStream {
     task::expand(args.into(), item.into()).into()
 }
 
-/// Declares a track: steps run in sequence as child runs, with compiler-checked mappers.
+#[doc = include_str!("../docs/track.md")]
 #[proc_macro]
 pub fn track(input: TokenStream) -> TokenStream {
     track::expand(input.into()).into()
 }
 
-/// Declares an orchestrator: branches run in parallel, aggregated into a typed output.
+#[doc = include_str!("../docs/orchestrator.md")]
 #[proc_macro]
 pub fn orchestrator(input: TokenStream) -> TokenStream {
     orchestrator::expand(input.into()).into()
 }
+
+#[cfg(test)]
+mod tests;

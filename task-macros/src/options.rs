@@ -6,10 +6,10 @@
 use proc_macro2::{Span, TokenStream};
 use quote::{ToTokens, quote, quote_spanned};
 use syn::meta::ParseNestedMeta;
-use syn::spanned::Spanned;
 use syn::{Ident, LitBool, LitFloat, LitInt, LitStr, Result};
 
 use crate::errors::Errors;
+use crate::spans::{Range, paren, respan};
 
 /// Which option keys a macro accepts.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -107,12 +107,9 @@ impl Options {
                 .copied()
                 .find(|key| meta.path.is_ident(key.name()))
             else {
-                let expected: Vec<_> = allowed.iter().map(|k| format!("`{}`", k.name())).collect();
-                errors.push(meta.error(format!(
-                    "unknown option `{}`; expected one of: {}",
-                    meta.path.to_token_stream().to_string().replace(' ', ""),
-                    expected.join(", ")
-                )));
+                let written = meta.path.to_token_stream().to_string().replace(' ', "");
+                let names: Vec<&str> = allowed.iter().map(|k| k.name()).collect();
+                errors.push(meta.error(unknown("option", &written, &names)));
                 return skip_value(&meta);
             };
             let span = meta.path.require_ident()?.span();
@@ -191,9 +188,16 @@ impl Options {
         let hook = |name: &str, path: &Option<syn::Path>| {
             let method = Ident::new(name, Span::call_site());
             let body = match path {
-                Some(path) => quote_spanned! {path.span()=>
-                    #p::hook(#name, <Self as #p::Task>::ID, #path(event))
-                },
+                // `call_hook(path, event)` covers the user's path, so a hook of the wrong
+                // signature is reported there, with `call_hook`'s message.
+                Some(path) => {
+                    let range = Range::of(path);
+                    let call = respan(quote!(#p::call_hook), range.first);
+                    let args = paren(quote!(#path, event), range.last);
+                    quote_spanned! {range.first=>
+                        #p::hook(#name, <Self as #p::Task>::ID, #call #args)
+                    }
+                }
                 None => quote!(#p::no_hook()),
             };
             quote! {
@@ -281,10 +285,7 @@ impl Retry {
                 "max_delay" => retry.max_delay = Some(duration(&value.parse()?)?),
                 "jitter" => retry.jitter = Some(value.parse::<LitBool>()?.value),
                 _ => {
-                    errors.push(inner.error(format!(
-                        "unknown retry option `{name}`; expected one of: `max_attempts`, \
-                         `factor`, `min_delay`, `max_delay`, `jitter`"
-                    )));
+                    errors.push(inner.error(unknown("retry option", &name, &RETRY_KEYS)));
                     value.parse::<syn::Expr>()?;
                 }
             }
@@ -336,6 +337,27 @@ impl Retry {
     }
 }
 
+/// The keys of `retry(..)`.
+const RETRY_KEYS: [&str; 5] = ["max_attempts", "factor", "min_delay", "max_delay", "jitter"];
+
+/// "unknown option `retries`; did you mean `retry`? expected one of: ..": the closest key is
+/// suggested when it is near enough to be a typo (at least 0.7 Jaro-Winkler similarity, which
+/// `retries`/`retry` and `on_sucess`/`on_success` pass and unrelated words do not).
+fn unknown(what: &str, written: &str, keys: &[&str]) -> String {
+    let closest = keys
+        .iter()
+        .map(|key| (strsim::jaro_winkler(written, key), key))
+        .filter(|(score, _)| *score >= 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, key)| format!(" did you mean `{key}`?"))
+        .unwrap_or_default();
+    let expected: Vec<String> = keys.iter().map(|key| format!("`{key}`")).collect();
+    format!(
+        "unknown {what} `{written}`;{closest} expected one of: {}",
+        expected.join(", ")
+    )
+}
+
 /// Skips `= value` or `(..)` after a key we refused, so parsing can go on.
 fn skip_value(meta: &ParseNestedMeta) -> Result<()> {
     if meta.input.peek(syn::Token![=]) {
@@ -380,4 +402,41 @@ pub fn check_id(lit: &LitStr) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unknown;
+
+    const TASK_KEYS: [&str; 7] = [
+        "id",
+        "handle",
+        "retry",
+        "timeout",
+        "concurrency",
+        "on_success",
+        "on_failure",
+    ];
+
+    fn suggestion(written: &str) -> Option<String> {
+        let message = unknown("option", written, &TASK_KEYS);
+        let (_, rest) = message.split_once("did you mean `")?;
+        Some(rest.split('`').next()?.to_owned())
+    }
+
+    #[test]
+    fn typos_get_the_closest_key() {
+        assert_eq!(suggestion("retries").as_deref(), Some("retry"));
+        assert_eq!(suggestion("idd").as_deref(), Some("id"));
+        assert_eq!(suggestion("on_sucess").as_deref(), Some("on_success"));
+        assert_eq!(suggestion("timout").as_deref(), Some("timeout"));
+        assert_eq!(suggestion("concurency").as_deref(), Some("concurrency"));
+    }
+
+    #[test]
+    fn unrelated_words_get_no_suggestion() {
+        for written in ["queue", "max_duration", "tags", "x"] {
+            assert_eq!(suggestion(written), None, "{written}");
+        }
+    }
 }

@@ -74,3 +74,43 @@ pub fn checked(ty: &impl ToTokens, check: &str, any_path: bool) -> TokenStream {
     let length = proc_macro2::Group::new(proc_macro2::Delimiter::Brace, call);
     range.wrap(quote!(#p::Checked<), &ty, quote!(, #length>))
 }
+
+/// A type as the compiler checks it and as rustdoc shows it: `Checked<In, { .. }>` or
+/// `<__TaskStep0 as Task>::Input` for the compiler, which reports a failed check once at the
+/// user's tokens, and `In` or `<ExtractText as Task>::Input` in the generated docs, which
+/// name no internal wrapper. Both are the same type whenever the crate compiles.
+pub struct Shown {
+    pub checked: TokenStream,
+    pub plain: TokenStream,
+}
+
+impl Shown {
+    /// `ty` checked by `check` (see [`checked`]), shown as written.
+    pub fn checked(ty: &impl ToTokens, check: &str) -> Shown {
+        Shown {
+            checked: checked(ty, check, false),
+            plain: ty.to_token_stream(),
+        }
+    }
+
+    /// A type that names nothing internal: shown as the compiler sees it.
+    pub fn same(ty: TokenStream) -> Shown {
+        Shown {
+            checked: ty.clone(),
+            plain: ty,
+        }
+    }
+
+    /// The item `item(ty)` twice: with the plain type under `cfg(doc)` (rustdoc documents the
+    /// crate with `--cfg doc`), with the checked type otherwise.
+    pub fn item(&self, item: impl Fn(&TokenStream) -> TokenStream) -> TokenStream {
+        let plain = item(&self.plain);
+        let checked = item(&self.checked);
+        quote! {
+            #[cfg(doc)]
+            #plain
+            #[cfg(not(doc))]
+            #checked
+        }
+    }
+}

@@ -606,3 +606,40 @@ orchestrator! {
         }).collect::<Vec<_>>()) => BlobSize,
     }
 }
+
+/// Input of the `order_*` tracks: not the input of their first step.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub lines: Vec<String>,
+}
+
+/// Lets `order_length` feed its first step without a mapper.
+impl From<OrderInput> for TextInput {
+    fn from(order: OrderInput) -> Self {
+        TextInput {
+            base: order.base,
+            text: order.lines.concat(),
+        }
+    }
+}
+
+track! {
+    /// Measures an order's lines joined by newlines, adds the line count, then doubles it.
+    pub OrderTrack("order_track")(input: OrderInput) {
+        Length = |input| TextInput { base: input.base.clone(), text: input.lines.join("\n") },
+        Double = |prev, original| NumberInput {
+            base: original.base.clone(),
+            value: (prev.chars + original.lines.len()) as i64,
+        },
+    }
+}
+
+track! {
+    /// Measures an order's lines concatenated, converted with `From`.
+    pub OrderLength("order_length")(input: OrderInput) {
+        Length,
+    }
+}

@@ -4,13 +4,28 @@
 use syn::Expr;
 
 use super::parse::{OrchestratorDef, Source};
+use crate::closures::params;
 use crate::errors::Errors;
+use crate::task_ref::check_not_fn;
 
 pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
     if def.branches.is_empty() {
         errors.push(syn::Error::new(
             def.body_span,
             "an orchestrator needs at least one branch: `{ name: Task, .. }`",
+        ));
+    }
+    let header = &def.header;
+    let input_name = header.input.as_ref().map(|input| &input.name);
+    if input_name.is_none() {
+        errors.push(syn::Error::new(
+            header.id_span,
+            format!(
+                "an orchestrator declares its input after the id: `{}(\"{}\")(input: YourInput) \
+                 {{ .. }}`",
+                header.handle,
+                header.id.value()
+            ),
         ));
     }
     for (i, branch) in def.branches.iter().enumerate() {
@@ -24,19 +39,21 @@ pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
                 ),
             ));
         }
-        if branch.name == def.input_name {
+        if let Some(input_name) = input_name
+            && branch.name == *input_name
+        {
             errors.push(syn::Error::new_spanned(
                 &branch.name,
-                format!(
-                    "a branch cannot be named like the input binding `{}`",
-                    def.input_name
-                ),
+                format!("a branch cannot be named like the input binding `{input_name}`"),
             ));
+        }
+        if let Some(error) = check_not_fn(&branch.task, "a branch") {
+            errors.push(error);
         }
         match &branch.source {
             Source::Mapper(Expr::Closure(closure)) if closure.inputs.len() != 1 => {
                 errors.push(syn::Error::new_spanned(
-                    &closure.inputs,
+                    params(closure),
                     format!(
                         "a branch mapper takes 1 parameter, `|input|` (a reference to the \
                          orchestrator's input), found {}",
@@ -53,7 +70,7 @@ pub fn check(def: &OrchestratorDef, errors: &mut Errors) {
                 items: Expr::Closure(closure),
                 ..
             } if closure.inputs.len() != 1 => errors.push(syn::Error::new_spanned(
-                &closure.inputs,
+                params(closure),
                 "`each(|input| ..)` takes 1 parameter: a reference to the orchestrator's input",
             )),
             Source::Each {

@@ -11,9 +11,10 @@ use syn::{Expr, ExprClosure, Ident, Type};
 
 use super::parse::{Branch, OrchestratorDef, Source};
 use crate::closures::{Param, call_mapper, typed};
+use crate::errors::display;
 use crate::header::{Composite, composite};
 use crate::options::Failure;
-use crate::spans::{Range, paren, respan};
+use crate::spans::{Range, Shown, paren, respan};
 use crate::task_ref::TaskRef;
 
 pub fn expand(def: &OrchestratorDef) -> TokenStream {
@@ -24,8 +25,8 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
     let id = &header.id;
     let settle = header.options.failure == Failure::Settle;
     let output = format_ident!("{}Output", handle);
-    let input_name = &def.input_name;
-    let input_type = &def.input_type;
+    let declared = header.input.as_ref().expect("`check` requires the input");
+    let (input_name, input_type) = (&declared.name, &declared.ty);
 
     let refs: Vec<TaskRef> = def
         .branches
@@ -37,29 +38,30 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
 
     let fields = def.branches.iter().zip(&refs).map(|(branch, r)| {
         let (name, task) = (&branch.name, &branch.task);
-        let one = r.checked_assoc("Output");
-        let one = if settle {
-            quote!(#p::Outcome<#one>)
-        } else {
-            one
-        };
-        let ty = match branch.source {
-            Source::Each { .. } => quote!(::std::vec::Vec<#one>),
-            _ => one,
-        };
+        let each = matches!(branch.source, Source::Each { .. });
         let doc = format!(
             "Output of branch `{}` (`{}`){}.",
             name,
-            quote::ToTokens::to_token_stream(task)
-                .to_string()
-                .replace(' ', ""),
-            if matches!(branch.source, Source::Each { .. }) {
+            display(task),
+            if each {
                 ", one per item, in item order"
             } else {
                 ""
             }
         );
-        quote!(#[doc = #doc] pub #name: #ty)
+        r.checked_assoc("Output").item(|one| {
+            let one = if settle {
+                quote!(#p::Outcome<#one>)
+            } else {
+                one.clone()
+            };
+            let ty = if each {
+                quote!(::std::vec::Vec<#one>)
+            } else {
+                one
+            };
+            quote!(#[doc = #doc] pub #name: #ty,)
+        })
     });
 
     let starts = def
@@ -105,7 +107,7 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         #[serde(crate = #serde_crate, rename_all = "camelCase")]
         #[schemars(crate = #schemars_crate)]
         #vis struct #output {
-            #(#fields,)*
+            #(#fields)*
         }
     };
     let composite = composite(
@@ -113,8 +115,8 @@ pub fn expand(def: &OrchestratorDef) -> TokenStream {
         Composite {
             kind: quote!(Orchestrator),
             items: quote!(#(#aliases)*),
-            input: quote!(#input_type),
-            output: quote!(#output),
+            input: Shown::checked(input_type, "input_checks"),
+            output: Shown::same(quote!(#output)),
             body: quote! {
                 let #input_name: &#input_type = &__task_input;
                 let __task_branches = #p::Branches::new(__task_ctx, #policy_value);

@@ -4,18 +4,16 @@
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::{ParseStream, Parser};
-use syn::{Expr, Ident, LitInt, Path, Token, Type, braced, parenthesized};
+use syn::{Expr, Ident, LitInt, Path, Token, braced, parenthesized};
 
 use crate::errors::Errors;
 use crate::header::Header;
 use crate::options::{Key, POLICY_KEYS};
 
-/// An orchestrator as declared.
+/// An orchestrator as declared; its input is the header's `(input: DocsInput)`, which
+/// `check` requires.
 pub struct OrchestratorDef {
     pub header: Header,
-    /// The binding name of the input (`input` in `(input: DocsInput)`).
-    pub input_name: Ident,
-    pub input_type: Type,
     pub branches: Vec<Branch>,
     pub body_span: Span,
 }
@@ -100,11 +98,6 @@ pub fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Orchestrat
             &[&[Key::Failure][..], &POLICY_KEYS[..]].concat(),
             errors,
         )?;
-        let signature;
-        parenthesized!(signature in input);
-        let input_name: Ident = signature.parse()?;
-        signature.parse::<Token![:]>()?;
-        let input_type: Type = signature.parse()?;
         let body;
         let brace = braced!(body in input);
         let mut branches = Vec::new();
@@ -122,8 +115,6 @@ pub fn parse(tokens: TokenStream, errors: &mut Errors) -> syn::Result<Orchestrat
         }
         Ok(OrchestratorDef {
             header,
-            input_name,
-            input_type,
             branches,
             body_span: brace.span.join(),
         })

@@ -4,7 +4,7 @@
 use syn::{FnArg, GenericArgument, PathArguments, ReturnType, Type};
 
 use super::parse::TaskDef;
-use crate::errors::Errors;
+use crate::errors::{Errors, display};
 
 /// The types the expansion needs.
 pub struct Signature {
@@ -117,6 +117,24 @@ fn check_params(def: &TaskDef, errors: &mut Errors) -> Option<Type> {
     });
     let ctx = typed.next().expect("two params");
     let input = typed.next().expect("two params");
+    let input = input.and_then(|ty| match ty {
+        // `type Input = &In` cannot be: rustc would say "missing lifetime in associated type"
+        // and suggest `&&In`. Only this is reported, at the `&`.
+        Type::Reference(reference) => {
+            let name = match params[1] {
+                FnArg::Typed(pat_type) => display(&pat_type.pat),
+                FnArg::Receiver(_) => "input".to_owned(),
+            };
+            Err(syn::Error::new_spanned(
+                reference.and_token,
+                format!(
+                    "a task takes its input by value: `{name}: {}`",
+                    display(&reference.elem)
+                ),
+            ))
+        }
+        ty => Ok(ty),
+    });
     match ctx {
         Ok(ty) => {
             if let Some(message) = ctx_mistake(ty) {

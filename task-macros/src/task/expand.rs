@@ -1,12 +1,13 @@
 //! Generating the handle, its `Task` impl and its registration.
 
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::{quote, quote_spanned};
+use syn::LitStr;
 
 use super::check::Signature;
 use super::parse::TaskDef;
 use crate::header::registration;
-use crate::spans::{Range, checked, respan};
+use crate::spans::{Range, Shown, respan};
 
 pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
     let TaskDef {
@@ -17,15 +18,19 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
         description,
     } = def;
     let fn_name = &item.sig.ident;
+    // Rustdoc prints an associated const as the source text under its span: a default id
+    // spanned at the fn name would read `ID = parse_invoice`, without quotes.
+    let id = LitStr::new(&id.value(), Span::call_site());
     let (input, output, error) = (&sig.input, &sig.output, &sig.error);
     let hooks = options.hooks();
     let policy = options.policy();
     let handle_struct = handle_struct(def);
     let p = quote!(::task_runtime::__private);
 
-    // Derive checks inside the types themselves: see `__private::input_checks`.
-    let input_type = checked(input, "input_checks", false);
-    let output_type = checked(output, "output_checks", false);
+    // Derive checks inside the types themselves: see `__private::input_checks`. Rustdoc
+    // shows the types as written.
+    let input_type = Shown::checked(input, "input_checks").item(|ty| quote!(type Input = #ty;));
+    let output_type = Shown::checked(output, "output_checks").item(|ty| quote!(type Output = #ty;));
     // The error conversion is spanned at the error type, where a non-`Error` type is reported.
     // A closure, not the fn itself: naming the fn would put its bound in the future's type,
     // and the error would be reported a second time, at `#[task]`.
@@ -47,8 +52,8 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
                 const ID: &'static str = #id;
                 const POLICY: #p::RunPolicy = #policy;
                 #hooks
-                type Input = #input_type;
-                type Output = #output_type;
+                #input_type
+                #output_type
 
                 // The conversion closure carries the user's span, so clippy would see it as
                 // the user's code.

@@ -37,7 +37,7 @@ pub fn parse(args: TokenStream, item: ItemFn, errors: &mut Errors) -> TaskDef {
     let id = options
         .id
         .clone()
-        .unwrap_or_else(|| LitStr::new(&name.to_string(), name.span()));
+        .unwrap_or_else(|| LitStr::new(name.to_string().trim_start_matches("r#"), name.span()));
     let handle = options.handle.clone().unwrap_or_else(|| {
         Ident::new(
             &name

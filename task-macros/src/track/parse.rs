@@ -1,4 +1,5 @@
-//! Parsing `track! { /// docs  pub Name("id", options..) { Step, Step = |prev, original| .., } }`.
+//! Parsing `track! { /// docs  pub Name("id", options..) { Step, Step = |prev, original| .., } }`,
+//! or, with the track's own input, `pub Name("id")(input: Input) { Step = |input| .., .. }`.
 
 use proc_macro2::{Span, TokenStream};
 use syn::parse::{ParseStream, Parser};

@@ -64,6 +64,11 @@ pub fn schemas<T: Task>(cell: &'static SchemaCell) -> &'static TaskSchemas {
 // compiler names the missing derive at the user's type (through `input_checks` and
 // `output_checks` below). `do_not_recommend` makes the compiler stop at these traits
 // instead of reporting the serde or schemars trait behind them.
+//
+// A derive that is written but does not implement *our* trait has two other causes, each
+// named in a second note: the crate the derive expands to is missing from the user's
+// Cargo.toml (serde's and schemars' derives name `serde::` / `schemars::` paths of the
+// user's crate), or it is another major version (schemars 0.8's `JsonSchema` is not 1.x's).
 
 macro_rules! derive_check {
     ($(#[$attr:meta])* $name:ident: $($bound:tt)+) => {
@@ -78,48 +83,54 @@ macro_rules! derive_check {
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task input: it does not implement `Deserialize`",
-        label = "add `#[derive(Deserialize)]` to `{Self}`",
-        note = "a task input derives `Serialize, Deserialize, JsonSchema`: JSON input is validated against the schema, then deserialized"
+        label = "`{Self}` needs `#[derive(Deserialize)]`",
+        note = "a task input derives `Serialize, Deserialize, JsonSchema`: JSON input is validated against the schema, then deserialized",
+        note = "if `{Self}` already derives `Deserialize`, add `serde = {{ version = \"1\", features = [\"derive\"] }}` to your Cargo.toml: the derive needs the `serde` crate"
     )]
     InputDeserialize: serde::de::DeserializeOwned
 }
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task input: it does not implement `Serialize`",
-        label = "add `#[derive(Serialize)]` to `{Self}`",
-        note = "a task input derives `Serialize, Deserialize, JsonSchema`: typed inputs are serialized to be validated and echoed in the run envelope"
+        label = "`{Self}` needs `#[derive(Serialize)]`",
+        note = "a task input derives `Serialize, Deserialize, JsonSchema`: typed inputs are serialized to be validated and echoed in the run envelope",
+        note = "if `{Self}` already derives `Serialize`, add `serde = {{ version = \"1\", features = [\"derive\"] }}` to your Cargo.toml: the derive needs the `serde` crate"
     )]
     InputSerialize: serde::Serialize
 }
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task input: it does not implement `JsonSchema`",
-        label = "add `#[derive(JsonSchema)]` to `{Self}`",
-        note = "a task input derives `Serialize, Deserialize, JsonSchema`: every input is validated against its JSON Schema"
+        label = "`{Self}` needs `#[derive(JsonSchema)]`",
+        note = "a task input derives `Serialize, Deserialize, JsonSchema`: every input is validated against its JSON Schema",
+        note = "if `{Self}` already derives `JsonSchema`, add `schemars = \"1\"` to your Cargo.toml: the derive needs the `schemars` crate, in the major version task-runtime uses (1.x; schemars 0.8's `JsonSchema` is another trait)"
     )]
     InputSchema: schemars::JsonSchema
 }
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task output: it does not implement `Serialize`",
-        label = "add `#[derive(Serialize)]` to `{Self}`",
-        note = "a task output derives `Serialize, Deserialize, JsonSchema`: outputs are serialized and validated against the schema"
+        label = "`{Self}` needs `#[derive(Serialize)]`",
+        note = "a task output derives `Serialize, Deserialize, JsonSchema`: outputs are serialized and validated against the schema",
+        note = "if `{Self}` already derives `Serialize`, add `serde = {{ version = \"1\", features = [\"derive\"] }}` to your Cargo.toml: the derive needs the `serde` crate"
     )]
     OutputSerialize: serde::Serialize
 }
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task output: it does not implement `Deserialize`",
-        label = "add `#[derive(Deserialize)]` to `{Self}`",
-        note = "a task output derives `Serialize, Deserialize, JsonSchema`: the outputs of child runs are read back from JSON"
+        label = "`{Self}` needs `#[derive(Deserialize)]`",
+        note = "a task output derives `Serialize, Deserialize, JsonSchema`: the outputs of child runs are read back from JSON",
+        note = "if `{Self}` already derives `Deserialize`, add `serde = {{ version = \"1\", features = [\"derive\"] }}` to your Cargo.toml: the derive needs the `serde` crate"
     )]
     OutputDeserialize: serde::de::DeserializeOwned
 }
 derive_check! {
     #[diagnostic::on_unimplemented(
         message = "`{Self}` cannot be a task output: it does not implement `JsonSchema`",
-        label = "add `#[derive(JsonSchema)]` to `{Self}`",
-        note = "a task output derives `Serialize, Deserialize, JsonSchema`: every output is validated against its JSON Schema"
+        label = "`{Self}` needs `#[derive(JsonSchema)]`",
+        note = "a task output derives `Serialize, Deserialize, JsonSchema`: every output is validated against its JSON Schema",
+        note = "if `{Self}` already derives `JsonSchema`, add `schemars = \"1\"` to your Cargo.toml: the derive needs the `schemars` crate, in the major version task-runtime uses (1.x; schemars 0.8's `JsonSchema` is another trait)"
     )]
     OutputSchema: schemars::JsonSchema
 }
@@ -170,6 +181,40 @@ pub const fn is_task<T: Task>() -> usize {
 }
 
 pub use crate::exec::hooks::HookEvent;
+
+/// Calls a task's own hook with the event: `#[task(on_success = notify)]` expands to
+/// `call_hook(notify, event)`, spanned at `notify`.
+///
+/// The parameter type `P` is inferred from the hook fn itself, whatever it is, so the `Fn`
+/// bound always holds and rustc's "type mismatch in function arguments" (with its
+/// `notify.clone()` suggestion for a by-value `HookEvent`) never fires; `P` is then checked by
+/// [`HookFuture`], whose message says what a hook takes. The check sits on the hook's future
+/// `R`, not on `P`, because rustc would answer an unimplemented trait on `P = HookEvent` with
+/// "consider borrowing here" instead of our label.
+pub fn call_hook<'a, F, P, R>(hook: F, event: &'a HookEvent) -> R
+where
+    F: FnOnce(P) -> R,
+    R: HookFuture<'a, P>,
+{
+    hook(R::event(event))
+}
+
+/// What a hook fn is called with: `&HookEvent`, and nothing else.
+#[diagnostic::on_unimplemented(
+    message = "a hook takes `event: &HookEvent`, but this one takes `{P}`",
+    label = "a hook takes `event: &HookEvent`",
+    note = "declare it as `async fn name(event: &HookEvent)` returning `()` or `Result<(), E: Display>`; the event describes the finished run (id, input, output or error, attempts)"
+)]
+pub trait HookFuture<'a, P> {
+    fn event(event: &'a HookEvent) -> P;
+}
+
+#[diagnostic::do_not_recommend]
+impl<'a, R> HookFuture<'a, &'a HookEvent> for R {
+    fn event(event: &'a HookEvent) -> &'a HookEvent {
+        event
+    }
+}
 
 /// Awaits a task's own hook and logs its error. The engine runs it under the hook timeout
 /// and catches its panics.

@@ -1,5 +1,6 @@
 //! The helpers `orchestrator!` expansions call: result collection and the signatures that
-//! make the compiler check branch mappers and `each(..)` items at the user's tokens.
+//! make the compiler check branch mappers and `each(..)` items at the user's tokens. The
+//! one-parameter mapper helpers also serve a track's first-step mapper, `|input|`.
 
 use crate::compose::orchestrator::Outcome;
 use crate::error::TaskError;
@@ -14,9 +15,10 @@ pub fn settled<O>(results: Vec<Result<O, TaskError>>) -> Vec<Outcome<O>> {
     results.into_iter().map(Outcome::from).collect()
 }
 
-/// Gives a branch mapper its signature, `(Input) -> Next`, before its body is checked: the
-/// expansion passes the types declared on the closure (or `&OrchestratorInput` and the
-/// branch task's input where none are declared).
+/// Gives a one-parameter mapper its signature, `(Input) -> Next`, before its body is
+/// checked: the expansion passes the types declared on the closure (or `&Input`, a reference
+/// to the declared `(input: ..)`, and the task's input where none are declared). Used for
+/// branch mappers and for a track's first-step mapper.
 pub fn mapper<Input, Next, F>(mapper: F) -> F
 where
     F: FnOnce(Input) -> Next,
@@ -24,11 +26,12 @@ where
     mapper
 }
 
-/// A branch mapper's declared `input` type must be a reference to the orchestrator's input.
+/// A one-parameter mapper's declared `input` type must be a reference to the input the
+/// orchestrator (or track) declares.
 #[diagnostic::on_unimplemented(
     message = "this mapper's `input` is declared as `{Declared}`, but it receives `{Self}`",
     label = "expected `{Self}` here",
-    note = "`input` is a reference to the orchestrator's input; its type can also be left out: `|input|`"
+    note = "`input` is a reference to the input declared after the id, `(input: ..)`; its type can also be left out: `|input|`"
 )]
 pub trait InputIs<Declared> {
     fn input_is(self) -> Declared;
@@ -41,7 +44,7 @@ impl<T> InputIs<T> for T {
     }
 }
 
-/// Passes the orchestrator's input to a mapper whose `input` has a declared type.
+/// Passes the declared input to a mapper whose `input` has a declared type.
 pub fn input<Declared>(actual: impl InputIs<Declared>) -> Declared {
     actual.input_is()
 }

@@ -27,6 +27,30 @@ pub fn flow<Prev: FlowsInto<Next>, Next>(output: Prev) -> Next {
     output.flow_into()
 }
 
+/// How a track's declared input (`(input: TrackInput)`) becomes its first step's input when
+/// that step has no mapper.
+#[diagnostic::on_unimplemented(
+    message = "the track's input `{Self}` does not convert into its first step's input `{Next}`",
+    label = "add a mapper: `= |input| ...` returning `{Next}`",
+    note = "a first step without a mapper gets the track's declared input through `Into`: write a mapper, or implement `From<{Self}> for {Next}`"
+)]
+pub trait IntoFirst<Next> {
+    fn into_first(self) -> Next;
+}
+
+// `do_not_recommend`: reported with the message above, not as the `From` bound behind `Into`.
+#[diagnostic::do_not_recommend]
+impl<Input: Into<Next>, Next> IntoFirst<Next> for Input {
+    fn into_first(self) -> Next {
+        self.into()
+    }
+}
+
+/// Converts the track's declared input into the first step's input (no mapper given).
+pub fn first<Input: IntoFirst<Next>, Next>(input: Input) -> Next {
+    input.into_first()
+}
+
 /// Gives a step mapper its signature, `(Prev, Original) -> Next`, before its body is
 /// checked: the expansion passes the types the user declared on the closure (or, where
 /// none are declared, the previous output and `&TrackInput`) and the next step's input.
@@ -63,7 +87,7 @@ pub fn prev<Declared>(actual: impl PrevIs<Declared>) -> Declared {
 #[diagnostic::on_unimplemented(
     message = "this mapper's `original` is declared as `{Declared}`, but it receives `{Self}`",
     label = "expected `{Self}` here",
-    note = "`original` is a reference to the track's input (the first step's input); its type can also be left out: `|prev, original|`"
+    note = "`original` is a reference to the track's input (its declared `(input: ..)`, else the first step's input); its type can also be left out: `|prev, original|`"
 )]
 pub trait OriginalIs<Declared> {
     fn original_is(self) -> Declared;
@@ -107,8 +131,9 @@ pub fn returns<Declared: Returns<Expected>, Expected>(value: Declared) -> Expect
 /// The track's input must be `Clone` when a step has a mapper.
 #[diagnostic::on_unimplemented(
     message = "the track's input `{Self}` must implement `Clone`",
-    label = "this step's input is the track's input: derive `Clone` on `{Self}`",
-    note = "mappers receive `original`, a reference to the track's input, after the first step has consumed it, so the track keeps a clone"
+    label = "this step consumes the track's input: derive `Clone` on `{Self}`",
+    note = "mappers receive `original`, a reference to the track's input, after the first step has consumed it, so the track keeps a clone",
+    note = "a track that declares its input and maps it for the first step borrows it instead: `(input: {Self}) {{ FirstStep = |input| .. }}`"
 )]
 pub trait KeepOriginal {
     fn keep(&self) -> Self;

@@ -1,0 +1,38 @@
+use task_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OrderInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TextInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TextOutput {
+    pub text: String,
+}
+
+#[task(id = "trim")]
+pub async fn trim(_ctx: &TaskContext, input: TextInput) -> Result<TextOutput, TaskError> {
+    Ok(TextOutput {
+        text: input.text.trim().to_owned(),
+    })
+}
+
+// `OrderInput` does not convert into `TextInput`: the first step needs a mapper.
+track! {
+    pub OrderText("order_text")(input: OrderInput) {
+        Trim,
+    }
+}
+
+fn main() {
+    let _ = OrderText;
+}

@@ -1,0 +1,37 @@
+use task_runtime::prelude::*;
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct OrderInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub lines: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TextInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct TextOutput {
+    pub text: String,
+}
+
+#[task(id = "trim")]
+pub async fn trim(_ctx: &TaskContext, input: TextInput) -> Result<TextOutput, TaskError> {
+    Ok(TextOutput {
+        text: input.text.trim().to_owned(),
+    })
+}
+
+// `original` is the track's declared input, not the first step's input.
+track! {
+    pub OrderText("order_text")(input: OrderInput) {
+        Trim = |input| TextInput { base: input.base.clone(), text: input.lines.concat() },
+        Trim = |prev, original: &TextInput| TextInput { base: original.base.clone(), text: prev.text },
+    }
+}
+
+fn main() {}
