@@ -48,7 +48,10 @@ async fn a_typed_background_run_with_options_waits_for_its_typed_output() {
     let typed: WorkOutput = out.results;
     assert_eq!(typed.label, "typed");
     assert_eq!(out.job.run_id, id);
-    assert_eq!(rt.runs().get(&id).unwrap().status.as_str(), "completed");
+    assert_eq!(
+        rt.runs().get(&id).await.unwrap().unwrap().status.as_str(),
+        "completed"
+    );
 
     // With an idempotency key: the second typed run is the first one.
     let key = || TriggerOptions::new().idempotency_key("typed-key");
@@ -75,7 +78,13 @@ async fn a_typed_background_run_with_options_waits_for_its_typed_output() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(29)).await;
     assert_eq!(
-        rt.runs().get(later.run_id()).unwrap().status.as_str(),
+        rt.runs()
+            .get(later.run_id())
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_str(),
         "delayed"
     );
     assert_eq!(probe.count("start work:later"), 0);

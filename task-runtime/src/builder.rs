@@ -13,6 +13,7 @@ use crate::input::{Limits, MAX_DEPTH_LIMIT};
 use crate::policy::{PolicyError, RetryPolicy};
 use crate::registry::{Registry, RegistryError, TaskDescriptor};
 use crate::runtime::Runtime;
+use crate::store::Store;
 use crate::task::Task;
 
 /// Configures a [`Runtime`].
@@ -40,6 +41,7 @@ pub struct RuntimeBuilder {
     max_nesting: u32,
     hook_timeout: Duration,
     hooks: Vec<RuntimeHook>,
+    store: Option<Store>,
 }
 
 /// Why a [`Runtime`] could not be built.
@@ -74,6 +76,7 @@ impl Default for RuntimeBuilder {
             max_nesting: 32,
             hook_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
+            store: None,
         }
     }
 }
@@ -176,6 +179,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Keeps runs in `store`: `trigger` and `start` commit runs there, and workers
+    /// (`rt.worker()`, in any process sharing the store) execute them. Without a store,
+    /// everything runs in this process's memory.
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = Some(store);
+        self
+    }
+
     fn check(&self) -> Result<(), BuildError> {
         self.default_retry.check()?;
         if self.default_timeout == Some(Duration::ZERO) {
@@ -232,6 +243,6 @@ impl RuntimeBuilder {
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
         });
-        Ok(Runtime::from_executor(exec))
+        Ok(Runtime::from_executor(exec, self.store))
     }
 }

@@ -162,7 +162,7 @@ impl TaskContext {
     /// Boxed, so a task may run itself (up to the runtime's nesting limit).
     pub async fn run<T: Task>(&self, _task: T, input: T::Input) -> Result<T::Output, TaskError> {
         let lent = self.lend_slots();
-        let child = Box::pin(self.run_child::<T>(input)).await;
+        let child = Box::pin(self.run_child::<T>(input, None)).await;
         if let Some(lent) = lent {
             lent.reclaim(&self.cancel).await;
         }
@@ -176,8 +176,13 @@ impl TaskContext {
     /// this attempt like a branch): polling nested runs is recursive, and each level of a
     /// run's poll takes about 80 KiB of stack in a release build (170 in a debug one), so
     /// without the hop a few dozen levels would exhaust a worker thread's 2 MiB.
-    pub(crate) async fn run_child<T: Task>(&self, input: T::Input) -> Finished<T::Output> {
-        let seed = Seed::child(self);
+    /// `position` is the child's key in a durable run's journal (`step:1`).
+    pub(crate) async fn run_child<T: Task>(
+        &self,
+        input: T::Input,
+        position: Option<String>,
+    ) -> Finished<T::Output> {
+        let seed = Seed::child(self).at(position);
         if !seed.scope.depth.is_multiple_of(STACK_HOP) {
             return exec::execute::<T>(&self.exec, RunInput::Typed(input), seed).await;
         }
@@ -201,6 +206,11 @@ impl TaskContext {
                     .unwrap_or_else(|e| Box::new(format!("child run's task ended: {e}"))),
             ),
         }
+    }
+
+    /// Whether this run is part of a durable run, whose children are journaled.
+    pub(crate) fn journaled(&self) -> bool {
+        self.scope.journal.is_some()
     }
 
     /// The scope a child of this attempt inherits.

@@ -23,6 +23,8 @@ pub(crate) enum Done<T> {
     Task(JoinHandle<T>),
     /// A run started by an earlier trigger with the same idempotency key.
     Shared(SharedRun),
+    /// A run in the runtime's store, executed by a worker anywhere.
+    Stored(crate::runtime::Runtime),
 }
 
 /// A run started in the background by [`Runtime::trigger`](crate::Runtime::trigger).
@@ -40,9 +42,18 @@ impl RunHandle {
     }
 
     /// Cancels the run: the running attempt and every child run end with `cancelled`,
-    /// their cleanup runs, the remaining steps are skipped.
+    /// their cleanup runs, the remaining steps are skipped. A stored run is cancelled through
+    /// the store (`rt.runs().cancel(id)`, which says what happened).
     pub fn cancel(&self) {
         self.cancel.cancel();
+        if let Done::Stored(rt) = &self.done {
+            let (rt, id) = (rt.clone(), self.run_id.clone());
+            tokio::spawn(async move {
+                if let Err(error) = rt.runs().cancel(&id).await {
+                    tracing::warn!(run_id = %id, %error, "cancel not stored");
+                }
+            });
+        }
     }
 
     /// Waits for the envelope.
@@ -53,7 +64,27 @@ impl RunHandle {
                 Err(join_error) => ended(self.task, self.run_id, &join_error),
             },
             Done::Shared(run) => run.await,
+            Done::Stored(rt) => wait_stored(&rt, self.task, self.run_id).await,
         }
+    }
+}
+
+/// Waits for a stored run; a store that fails is the envelope's error.
+async fn wait_stored(rt: &crate::runtime::Runtime, task: &str, run_id: RunId) -> RunOutput<Value> {
+    match rt.runs().wait(&run_id).await {
+        Ok(Some(envelope)) => envelope,
+        Ok(None) => RunOutput::refused(
+            task,
+            run_id,
+            Value::Null,
+            TaskError::rejected("the run is not in the store"),
+        ),
+        Err(error) => RunOutput::refused(
+            task,
+            run_id,
+            Value::Null,
+            TaskError::rejected(format!("waiting for the run failed: {error}")),
+        ),
     }
 }
 
@@ -96,6 +127,14 @@ impl<O: DeserializeOwned> TypedRunHandle<O> {
     /// Cancels the run (see [`RunHandle::cancel`]).
     pub fn cancel(&self) {
         self.cancel.cancel();
+        if let Done::Stored(rt) = &self.done {
+            let (rt, id) = (rt.clone(), self.run_id.clone());
+            tokio::spawn(async move {
+                if let Err(error) = rt.runs().cancel(&id).await {
+                    tracing::warn!(run_id = %id, %error, "cancel not stored");
+                }
+            });
+        }
     }
 
     /// Waits for the envelope; a failed run is an `Err` holding the failed envelope.
@@ -109,10 +148,14 @@ impl<O: DeserializeOwned> TypedRunHandle<O> {
                     &join_error,
                 ))),
             },
-            // A run shared through an idempotency key keeps its output as JSON (every
-            // trigger with the key sees the same envelope): read it back as `O`.
-            Done::Shared(run) => {
-                let out = run.await;
+            // A run shared through an idempotency key, or a stored one, keeps its output as
+            // JSON: read it back as `O`.
+            Done::Shared(_) | Done::Stored(_) => {
+                let out = match self.done {
+                    Done::Shared(run) => run.await,
+                    Done::Stored(rt) => wait_stored(&rt, self.task, self.run_id.clone()).await,
+                    Done::Task(_) => unreachable!(),
+                };
                 if !out.job.success {
                     return Err(RunError::from_envelope(out));
                 }

@@ -56,9 +56,12 @@ mod input;
 mod json;
 mod policy;
 mod registry;
+mod runs;
 mod runtime;
 mod schema;
+mod store;
 mod task;
+mod worker;
 
 #[cfg(feature = "cli")]
 pub mod cli;
@@ -81,9 +84,12 @@ pub use id::{InvalidRunId, RunId};
 pub use input::{BaseInput, InputError, Limits, MAX_DEPTH_LIMIT, TrampData};
 pub use policy::{PolicyError, RetryPolicy, RunPolicy, next_delay};
 pub use registry::{BranchInfo, Registry, RegistryError, TaskDescriptor};
-pub use runtime::{RunInfo, RunStatus, Runs, Runtime, TriggerOptions};
+pub use runs::{RunInfo, RunStatus, Runs};
+pub use runtime::{Runtime, TriggerOptions};
 pub use schema::TaskSchemas;
+pub use store::{CancelOutcome, LogLine, RunFilter, Store, StoreError, StoreLogLayer};
 pub use task::{Kind, Task, TaskInput, TaskOutput};
+pub use worker::{Worker, WorkerBuilder, WorkerReport};
 
 pub use task_macros::{orchestrator, task, track};
 

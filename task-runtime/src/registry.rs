@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::envelope::RunOutput;
 use crate::exec::{Executor, RunInput, Seed, execute};
+use crate::policy::RunPolicy;
 use crate::schema::TaskSchemas;
 use crate::task::{Kind, Task};
 
@@ -47,8 +49,18 @@ pub struct TaskDescriptor {
     pub steps: &'static [&'static str],
     /// Branches (orchestrators).
     pub branches: &'static [BranchInfo],
+    /// Retry, timeout and concurrency settings.
+    pub policy: RunPolicy,
     schemas: fn() -> &'static TaskSchemas,
     run_json: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
+    run_stored: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, StoredEnd>,
+}
+
+/// How one attempt of a stored run ended: its envelope (`results` is the output as JSON),
+/// and when the attempt failed with retries left, how long until the retry.
+pub(crate) struct StoredEnd {
+    pub(crate) envelope: RunOutput<Value>,
+    pub(crate) retry_in: Option<Duration>,
 }
 
 /// What `inventory` collects: a pointer to the descriptor static each definition generates.
@@ -76,8 +88,10 @@ impl TaskDescriptor {
             line,
             steps,
             branches,
+            policy: T::POLICY,
             schemas: T::schemas,
             run_json: run_json::<T>,
+            run_stored: run_stored::<T>,
         }
     }
 
@@ -95,6 +109,16 @@ impl TaskDescriptor {
         seed: Seed,
     ) -> BoxFuture<'a, RunOutput<Value>> {
         (self.run_json)(exec, input, seed)
+    }
+
+    /// Runs one attempt of a stored run (`seed.attempt` says which).
+    pub(crate) fn run_stored<'a>(
+        &self,
+        exec: &'a Executor,
+        input: Value,
+        seed: Seed,
+    ) -> BoxFuture<'a, StoredEnd> {
+        (self.run_stored)(exec, input, seed)
     }
 
     /// `file:line` of the definition.
@@ -119,6 +143,18 @@ fn run_json<T: Task>(exec: &Executor, input: Value, seed: Seed) -> BoxFuture<'_,
         execute::<T>(exec, RunInput::Json(input), seed)
             .await
             .into_json_envelope()
+    })
+}
+
+/// The entry point of stored runs for handle `T`.
+fn run_stored<T: Task>(exec: &Executor, input: Value, seed: Seed) -> BoxFuture<'_, StoredEnd> {
+    Box::pin(async move {
+        let finished = execute::<T>(exec, RunInput::Json(input), seed).await;
+        let retry_in = finished.retry_in;
+        StoredEnd {
+            envelope: finished.into_json_envelope(),
+            retry_in,
+        }
     })
 }
 

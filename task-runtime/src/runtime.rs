@@ -2,8 +2,12 @@
 //! JSON (`trigger`, `trigger_and_wait`), keeps idempotency keys and the index of background
 //! runs (`runs()`), and shuts down gracefully. Every run it starts goes through the engine
 //! (`exec`), which knows nothing of this facade.
+//!
+//! With a store (`Runtime::builder().store(..)`), `trigger`, `start` and the `*_with` forms
+//! commit the run to the store and return once it is committed; a worker (`rt.worker()`, in
+//! this or any process sharing the store) executes it. `run` always executes in-process.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::builder::RuntimeBuilder;
 use crate::envelope::{RunError, RunOutput};
-use crate::error::{ErrorKind, TaskError};
+use crate::error::{Issue, TaskError};
 use crate::exec::seed::lock;
 use crate::exec::{Executor, RunInput, Seed, execute};
 use crate::handle::{Done, RunHandle, SharedRun, TypedRunHandle};
@@ -24,6 +28,8 @@ use crate::id::RunId;
 use crate::input::{InputError, Limits};
 use crate::json::drop_deep;
 use crate::registry::{Registry, TaskDescriptor};
+use crate::runs::{LiveRuns, RunStatus, Runs, new_info};
+use crate::store::{NewRun, RunStore, Store, later};
 use crate::task::Task;
 
 /// The embedded runtime. Cheap to clone; clones share everything.
@@ -46,6 +52,9 @@ struct Inner {
     accepting: AtomicBool,
     idempotency: Mutex<HashMap<KeyScope, Remembered>>,
     live: Mutex<LiveRuns>,
+    store: Option<Store>,
+    /// Runs this process's workers execute, for a cancel that need not wait for a heartbeat.
+    executing: Mutex<HashMap<RunId, CancellationToken>>,
 }
 
 /// What an idempotency key is unique within: one task and one tenant. The same key used
@@ -164,189 +173,6 @@ impl TriggerOptions {
     }
 }
 
-/// Where a run stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub enum RunStatus {
-    /// Triggered with a delay that has not passed.
-    Delayed,
-    /// Waiting to start.
-    Queued,
-    /// An attempt is running.
-    Executing,
-    /// Waiting for something outside it (a durable wait or child runs).
-    Waiting,
-    /// Finished successfully.
-    Completed,
-    /// Finished with an error, retries exhausted.
-    Failed,
-    /// Cancelled.
-    Cancelled,
-    /// Not started before its time to live ran out.
-    Expired,
-}
-
-impl RunStatus {
-    /// The name used in JSON, the CLI and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Delayed => "delayed",
-            RunStatus::Queued => "queued",
-            RunStatus::Executing => "executing",
-            RunStatus::Waiting => "waiting",
-            RunStatus::Completed => "completed",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Expired => "expired",
-        }
-    }
-
-    /// Whether the run has ended (it keeps its envelope).
-    pub fn is_finished(self) -> bool {
-        matches!(
-            self,
-            RunStatus::Completed | RunStatus::Failed | RunStatus::Cancelled | RunStatus::Expired
-        )
-    }
-
-    /// The status a finished envelope stands for.
-    pub fn of_envelope(envelope: &RunOutput<Value>) -> RunStatus {
-        match envelope.job.error_detail.as_ref().map(TaskError::kind) {
-            None => RunStatus::Completed,
-            Some(ErrorKind::Cancelled { .. }) => RunStatus::Cancelled,
-            Some(ErrorKind::Expired { .. }) => RunStatus::Expired,
-            Some(_) => RunStatus::Failed,
-        }
-    }
-}
-
-impl std::fmt::Display for RunStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A run as `runs()` lists it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-#[non_exhaustive]
-pub struct RunInfo {
-    /// The run's id.
-    pub id: RunId,
-    /// The task's id.
-    pub task: String,
-    /// Where it stands.
-    pub status: RunStatus,
-    /// Its tags.
-    pub tags: Vec<String>,
-    /// The envelope, once finished.
-    pub envelope: Option<RunOutput<Value>>,
-}
-
-/// Background runs of an embedded runtime without a store: the running ones, and the most
-/// recent finished ones (at most [`LiveRuns::RETAINED`]; a store keeps every run).
-#[derive(Default)]
-struct LiveRuns {
-    runs: HashMap<RunId, LiveRun>,
-    finished: VecDeque<RunId>,
-}
-
-struct LiveRun {
-    task: &'static str,
-    status: RunStatus,
-    tags: Vec<String>,
-    cancel: CancellationToken,
-    envelope: Option<RunOutput<Value>>,
-    waiters: Option<Arc<tokio::sync::Notify>>,
-}
-
-impl LiveRuns {
-    const RETAINED: usize = 1024;
-
-    fn finish(&mut self, run_id: &RunId, envelope: &RunOutput<Value>) {
-        let Some(run) = self.runs.get_mut(run_id) else {
-            return;
-        };
-        run.status = RunStatus::of_envelope(envelope);
-        run.envelope = Some(envelope.clone());
-        if let Some(waiters) = run.waiters.take() {
-            waiters.notify_waiters();
-        }
-        self.finished.push_back(run_id.clone());
-        while self.finished.len() > Self::RETAINED {
-            if let Some(old) = self.finished.pop_front() {
-                self.runs.remove(&old);
-            }
-        }
-    }
-}
-
-/// The runs of a runtime: look one up, list, wait for, or cancel.
-#[derive(Debug, Clone, Copy)]
-pub struct Runs<'a> {
-    rt: &'a Runtime,
-}
-
-impl Runs<'_> {
-    /// One run, by id.
-    pub fn get(&self, run_id: &RunId) -> Option<RunInfo> {
-        let live = lock(&self.rt.inner.live);
-        live.runs.get(run_id).map(|run| RunInfo {
-            id: run_id.clone(),
-            task: run.task.to_owned(),
-            status: run.status,
-            tags: run.tags.clone(),
-            envelope: run.envelope.clone(),
-        })
-    }
-
-    /// Every run known, newest first.
-    pub fn list(&self) -> Vec<RunInfo> {
-        let ids: Vec<RunId> = lock(&self.rt.inner.live).runs.keys().cloned().collect();
-        let mut runs: Vec<RunInfo> = ids.iter().filter_map(|id| self.get(id)).collect();
-        runs.sort_by(|a, b| b.id.cmp(&a.id));
-        runs
-    }
-
-    /// Cancels a run: a delayed or queued one at once, an executing one at its next await
-    /// point (its cleanup runs). Returns whether the run was found unfinished.
-    pub fn cancel(&self, run_id: &RunId) -> bool {
-        let live = lock(&self.rt.inner.live);
-        match live.runs.get(run_id) {
-            Some(run) if !run.status.is_finished() => {
-                run.cancel.cancel();
-                true
-            }
-            _ => false,
-        }
-    }
-
-    /// Waits for a run's envelope; `None` for an unknown id.
-    pub async fn wait(&self, run_id: &RunId) -> Option<RunOutput<Value>> {
-        loop {
-            let notify = {
-                let mut live = lock(&self.rt.inner.live);
-                let run = live.runs.get_mut(run_id)?;
-                if let Some(envelope) = &run.envelope {
-                    return Some(envelope.clone());
-                }
-                run.waiters.get_or_insert_with(Default::default).clone()
-            };
-            let notified = notify.notified();
-            // Finished between the check and here: the envelope is in place now.
-            if lock(&self.rt.inner.live)
-                .runs
-                .get(run_id)
-                .is_some_and(|run| run.envelope.is_some())
-            {
-                continue;
-            }
-            notified.await;
-        }
-    }
-}
-
 impl Default for Runtime {
     fn default() -> Self {
         Runtime::new()
@@ -380,14 +206,50 @@ impl Runtime {
         RuntimeBuilder::default()
     }
 
-    pub(crate) fn from_executor(exec: Executor) -> Self {
+    pub(crate) fn from_executor(exec: Executor, store: Option<Store>) -> Self {
         Runtime {
             inner: Arc::new(Inner {
                 exec,
                 accepting: AtomicBool::new(true),
                 idempotency: Mutex::default(),
                 live: Mutex::default(),
+                store,
+                executing: Mutex::default(),
             }),
+        }
+    }
+
+    pub(crate) fn executor(&self) -> &Executor {
+        &self.inner.exec
+    }
+
+    /// The store runs are kept in, when the runtime has one.
+    pub(crate) fn store(&self) -> Option<&Arc<dyn RunStore>> {
+        self.inner.store.as_ref().map(|store| &store.inner)
+    }
+
+    /// The store handle, when the runtime has one.
+    pub fn store_handle(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    pub(crate) fn live(&self) -> &Mutex<LiveRuns> {
+        &self.inner.live
+    }
+
+    /// Registers a run a worker of this process executes.
+    pub(crate) fn executing(&self, run_id: &RunId, cancel: &CancellationToken) {
+        lock(&self.inner.executing).insert(run_id.clone(), cancel.clone());
+    }
+
+    pub(crate) fn executed(&self, run_id: &RunId) {
+        lock(&self.inner.executing).remove(run_id);
+    }
+
+    /// Cancels a run at once when a worker of this process executes it.
+    pub(crate) fn cancel_local(&self, run_id: &RunId) {
+        if let Some(cancel) = lock(&self.inner.executing).get(run_id) {
+            cancel.cancel();
         }
     }
 
@@ -451,7 +313,7 @@ impl Runtime {
         input: T::Input,
         options: TriggerOptions,
     ) -> Result<RunOutput<T::Output>, RunError> {
-        if options.idempotency_key.is_none() && !options.starts_later() {
+        if options.idempotency_key.is_none() && !options.starts_later() && self.store().is_none() {
             return self.run(task, input).await;
         }
         self.start_with(task, input, options).await?.wait().await
@@ -485,10 +347,11 @@ impl Runtime {
             );
             return Err(RunError::from_envelope(envelope));
         }
-        if options.idempotency_key.is_some() {
-            // Every trigger with the key shares one run, whose output is kept as JSON.
+        if options.idempotency_key.is_some() || self.store().is_some() {
+            // Every trigger with the key shares one run, whose output is kept as JSON; a
+            // stored run's input and output are JSON in the store anyway.
             let json = serde_json::to_value(&input).map_err(|e| {
-                let error = TaskError::invalid_input(vec![crate::error::Issue {
+                let error = TaskError::invalid_input(vec![Issue {
                     path: String::new(),
                     message: format!("input does not serialize to JSON: {e}"),
                 }]);
@@ -506,6 +369,7 @@ impl Runtime {
                 cancel: shared.cancel,
                 done: match shared.done {
                     Done::Shared(run) => Done::Shared(run),
+                    Done::Stored(rt) => Done::Stored(rt),
                     Done::Task(task) => Done::Shared(
                         async move {
                             task.await.unwrap_or_else(|e| {
@@ -522,7 +386,7 @@ impl Runtime {
         let exec = self.inner.exec.clone();
         let run_id = Runtime::new_run_id();
         let cancel = exec.root.child_token();
-        self.register_live(&run_id, T::ID, &options, &cancel);
+        self.register_live(&run_id, T::ID, &Value::Null, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
         let task = self.inner.exec.tracker.spawn(async move {
             if let Some(refused) = rt.wait_to_start(T::ID, &id, &options, &seed_cancel).await {
@@ -602,6 +466,9 @@ impl Runtime {
         let (descriptor, input) = self
             .admit(id, input)
             .map_err(|envelope| RunError::from_envelope(*envelope))?;
+        if self.store().is_some() {
+            return self.enqueue(descriptor, input, options, None).await;
+        }
         let Some(key) = options.idempotency_key.clone() else {
             return Ok(self.spawn(descriptor, input, options, None));
         };
@@ -679,6 +546,7 @@ impl Runtime {
         &self,
         run_id: &RunId,
         task: &'static str,
+        input: &Value,
         options: &TriggerOptions,
         cancel: &CancellationToken,
     ) {
@@ -687,27 +555,107 @@ impl Runtime {
         } else {
             RunStatus::Queued
         };
-        lock(&self.inner.live).runs.insert(
-            run_id.clone(),
-            LiveRun {
-                task,
-                status,
-                tags: options.tags.clone(),
-                cancel: cancel.clone(),
-                envelope: None,
-                waiters: None,
-            },
-        );
+        let info = new_info(run_id, task, input, status, &options.tags);
+        lock(&self.inner.live).insert(info, cancel.clone());
     }
 
     fn set_live_status(&self, run_id: &RunId, status: RunStatus) {
-        if let Some(run) = lock(&self.inner.live).runs.get_mut(run_id) {
-            run.status = status;
-        }
+        lock(&self.inner.live).set_status(run_id, status);
     }
 
     fn finish_live(&self, run_id: &RunId, envelope: &RunOutput<Value>) {
         lock(&self.inner.live).finish(run_id, envelope);
+    }
+
+    /// Commits a run to the store: refused there and then if its input breaks the schema
+    /// (nothing is stored), otherwise returned once committed.
+    async fn enqueue(
+        &self,
+        descriptor: &'static TaskDescriptor,
+        input: Value,
+        options: TriggerOptions,
+        replay_of: Option<RunId>,
+    ) -> Result<RunHandle, RunError> {
+        let Some(store) = self.store() else {
+            unreachable!("enqueue is only called with a store")
+        };
+        let run_id = Runtime::new_run_id();
+        let issues = descriptor.schemas().input_issues(&input);
+        if !issues.is_empty() {
+            let error = TaskError::invalid_input(issues);
+            return Err(RunError::from_envelope(RunOutput::refused(
+                descriptor.id,
+                run_id,
+                input,
+                error,
+            )));
+        }
+        let now = SystemTime::now();
+        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
+        let new = NewRun {
+            id: run_id.clone(),
+            task: descriptor.id.to_owned(),
+            tenant_id: text("tenantId"),
+            project_id: text("projectId"),
+            run_at: later(now, options.delay.unwrap_or_default()),
+            expire_at: options.ttl.map(|ttl| later(now, ttl)),
+            idempotency: options.idempotency_key.clone().map(|key| {
+                (
+                    key,
+                    options
+                        .idempotency_ttl
+                        .unwrap_or(Duration::from_secs(24 * 3600)),
+                )
+            }),
+            tags: options.tags.clone(),
+            replay_of,
+            input,
+        };
+        let task = descriptor.id;
+        match store.enqueue(vec![new]).await {
+            Ok(mut enqueued) => {
+                let enqueued = enqueued.pop().expect("one run in, one out");
+                if enqueued.existing {
+                    tracing::info!(task, run_id = %enqueued.id, "idempotency key matched an existing run");
+                }
+                Ok(RunHandle {
+                    run_id: enqueued.id,
+                    task,
+                    cancel: CancellationToken::new(),
+                    done: Done::Stored(self.clone()),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(task, %error, "trigger not committed");
+                let error = TaskError::rejected(format!("the run was not stored: {error}"));
+                Err(RunError::from_envelope(RunOutput::refused(
+                    task,
+                    run_id,
+                    Value::Null,
+                    error,
+                )))
+            }
+        }
+    }
+
+    /// `runs().replay`: the original's task and input as a new run.
+    pub(crate) async fn trigger_replay(
+        &self,
+        task: &str,
+        input: Value,
+        options: TriggerOptions,
+        replay_of: RunId,
+    ) -> Result<RunId, RunError> {
+        let (descriptor, input) = self
+            .admit(task, input)
+            .map_err(|envelope| RunError::from_envelope(*envelope))?;
+        if self.store().is_some() {
+            return Ok(self
+                .enqueue(descriptor, input, options, Some(replay_of))
+                .await?
+                .run_id);
+        }
+        Ok(self.spawn(descriptor, input, options, None).run_id)
     }
 
     /// Waits out the delay; refuses a run cancelled meanwhile or past its TTL.
@@ -751,7 +699,7 @@ impl Runtime {
         let exec = self.inner.exec.clone();
         let cancel = exec.root.child_token();
         let run_id = Runtime::new_run_id();
-        self.register_live(&run_id, descriptor.id, &options, &cancel);
+        self.register_live(&run_id, descriptor.id, &input, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
         let task = self.inner.exec.tracker.spawn(async move {
             let out = match rt

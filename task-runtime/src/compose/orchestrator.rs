@@ -109,7 +109,7 @@ pub struct One<O> {
     name: &'static str,
     task: &'static str,
     started: Instant,
-    handle: JoinHandle<(RunId, Result<O, TaskError>)>,
+    handle: JoinHandle<(RunId, bool, Result<O, TaskError>)>,
 }
 
 /// An `each` branch started by [`Branches::each`].
@@ -134,8 +134,10 @@ struct BranchSeed {
 }
 
 impl BranchSeed {
-    fn seed(&self) -> Seed {
-        Seed::within(self.scope.clone(), self.cancel.clone())
+    /// The seed of the run at `position` (its journal key, in a durable run).
+    fn seed(&self, position: impl FnOnce() -> String) -> Seed {
+        let position = self.scope.journal.is_some().then(position);
+        Seed::within(self.scope.clone(), self.cancel.clone()).at(position)
     }
 }
 
@@ -164,14 +166,15 @@ impl<'a> Branches<'a> {
         let failure = self.failure_slot();
         let handle = self.ctx.state.children().spawn(
             async move {
-                let out = execute::<T>(&seed.exec, RunInput::Typed(input), seed.seed()).await;
-                let run_id = out.run_id.clone();
+                let branch = seed.seed(|| format!("branch:{name}"));
+                let out = execute::<T>(&seed.exec, RunInput::Typed(input), branch).await;
+                let (run_id, replayed) = (out.run_id.clone(), out.replayed);
                 let result = out.into_typed().map_err(|error| {
                     let error = error.in_branch(name, None, T::ID, run_id.as_str());
                     failure.record(&error);
                     error
                 });
-                (run_id, result)
+                (run_id, replayed, result)
             }
             .in_current_span(),
         );
@@ -250,7 +253,8 @@ async fn lane<T: Task>(
             let Some((index, input)) = lock(&queue).next() else {
                 break;
             };
-            let run = execute::<T>(&seed.exec, RunInput::Typed(input), seed.seed());
+            let item = seed.seed(|| format!("item:{name}:{index}"));
+            let run = execute::<T>(&seed.exec, RunInput::Typed(input), item);
             running.push(async move { (index, run.await) });
         }
         let Some((index, out)) = running.next().await else {
@@ -309,14 +313,14 @@ fn join_failed(join_error: tokio::task::JoinError) -> ! {
 impl<O> One<O> {
     /// Waits for the branch and records it in `metadata.branches`.
     pub async fn join(self, branches: &Branches<'_>) -> Result<O, TaskError> {
-        let (run_id, result) = self.handle.await.unwrap_or_else(|e| join_failed(e));
+        let (run_id, replayed, result) = self.handle.await.unwrap_or_else(|e| join_failed(e));
         branches.ctx.push_branch(BranchRecord {
             name: self.name.to_owned(),
             task_name: self.task.to_owned(),
             success: result.is_ok(),
             duration_ms: millis(self.started),
             run_id: Some(run_id),
-            replayed: false,
+            replayed,
             items: None,
         });
         result

@@ -12,7 +12,8 @@ pub async fn step<T: Task>(
     index: usize,
     input: T::Input,
 ) -> Result<T::Output, TaskError> {
-    let mut finished = ctx.run_child::<T>(input).await;
+    let position = ctx.journaled().then(|| format!("step:{index}"));
+    let mut finished = ctx.run_child::<T>(input, position).await;
     let report = &finished.report;
     ctx.push_step(StepRecord {
         task_name: T::ID.to_owned(),
@@ -20,7 +21,7 @@ pub async fn step<T: Task>(
         success: finished.result.is_ok(),
         duration_ms: report.duration_ms,
         attempts: report.attempts,
-        replayed: false,
+        replayed: finished.replayed,
         steps: std::mem::take(&mut finished.report.records.steps),
     });
     let run_id = finished.run_id.clone();

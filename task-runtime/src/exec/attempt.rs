@@ -34,15 +34,28 @@ pub(super) struct Attempts<'a, T: Task> {
     pub json_run: bool,
     pub scope: &'a Scope,
     pub cancel: &'a CancellationToken,
+    /// A durable run: the one attempt to make (the store reschedules a retry).
+    pub durable: Option<u32>,
 }
 
 impl<T: Task> Attempts<'_, T> {
-    pub(crate) async fn run(mut self) -> (Result<Produced<T::Output>, TaskError>, Report) {
+    /// The outcome, the report, and for a durable attempt that failed with retries left,
+    /// how long until the retry.
+    pub(crate) async fn run(
+        mut self,
+    ) -> (
+        Result<Produced<T::Output>, TaskError>,
+        Report,
+        Option<Duration>,
+    ) {
         tracing::info!("run started");
         let mut report = Report::default();
         let issues = T::schemas().input_issues(self.input_json);
         if !issues.is_empty() {
-            return (Err(TaskError::invalid_input(issues)), report);
+            return (Err(TaskError::invalid_input(issues)), report, None);
+        }
+        if let Some(attempt) = self.durable {
+            report.attempts = attempt.saturating_sub(1);
         }
         let retry = T::POLICY.retry.unwrap_or(self.exec.default_retry);
         let timeout = T::POLICY.timeout.or(self.exec.default_timeout);
@@ -60,6 +73,10 @@ impl<T: Task> Attempts<'_, T> {
             else {
                 break Err(error);
             };
+            if self.durable.is_some() {
+                // Durable: a retry is a reschedule, no sleep; any worker takes it up then.
+                return (Err(error), report, Some(delay));
+            }
             tracing::warn!(
                 attempt,
                 kind = error.kind_name(),
@@ -74,7 +91,7 @@ impl<T: Task> Attempts<'_, T> {
                 }
             }
         };
-        (result, report)
+        (result, report, None)
     }
 
     /// One attempt.

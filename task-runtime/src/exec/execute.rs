@@ -18,6 +18,7 @@ use crate::error::{Issue, TaskError};
 use crate::id::RunId;
 use crate::input::{TrampData, capture_tramp, without_inherited};
 use crate::json;
+use crate::store::journal::Recorded;
 use crate::task::Task;
 
 /// How the input arrives.
@@ -55,6 +56,11 @@ pub(crate) struct Finished<O> {
     pub report: Report,
     pub input: Value,
     pub tramp_data: Option<TrampData>,
+    /// The output came from the journal: an earlier attempt of the root completed it.
+    pub replayed: bool,
+    /// A durable attempt that failed with retries left: reschedule after this long (the
+    /// error is `result`'s).
+    pub retry_in: Option<Duration>,
 }
 
 impl<O> Finished<O> {
@@ -67,6 +73,7 @@ impl<O> Finished<O> {
             report,
             input,
             tramp_data,
+            ..
         } = self;
         let head = Head {
             task: task.to_owned(),
@@ -134,6 +141,8 @@ impl<O> Finished<O> {
             report: Report::default(),
             input,
             tramp_data: scope.tramp_data,
+            replayed: false,
+            retry_in: None,
         }
     }
 }
@@ -157,7 +166,50 @@ pub(crate) async fn execute<T: Task>(
 ) -> Finished<T::Output> {
     let started_at = SystemTime::now();
     let clock = Instant::now();
-    let run_id = seed.run_id.unwrap_or_else(|| RunId::new(started_at));
+    let mut run_id = seed.run_id;
+    // A durable run's child at a position: replay what an earlier attempt completed there,
+    // or run again under the id it had.
+    let journal = match (&seed.scope.journal, &seed.scope.parent_run_id) {
+        (Some(journal), Some(parent)) => Some((journal.clone(), parent.clone())),
+        _ => None,
+    };
+    if let (Some((journal, parent)), Some(position)) = (&journal, &seed.position) {
+        match journal.lookup(parent, position) {
+            Recorded::Done(entry) => {
+                match serde_json::from_value::<T::Output>(entry.output.clone().unwrap_or_default())
+                {
+                    Ok(typed) => {
+                        tracing::info!(task = T::ID, run_id = %entry.id, position = %position, "step replayed from the journal");
+                        return Finished {
+                            task: T::ID,
+                            run_id: entry.id.clone(),
+                            started_at,
+                            result: Ok(Produced {
+                                typed,
+                                json: entry.output.clone(),
+                            }),
+                            report: Report {
+                                duration_ms: entry.duration_ms,
+                                attempts: entry.attempts,
+                                ..Report::default()
+                            },
+                            input: Value::Null,
+                            tramp_data: seed.scope.tramp_data,
+                            replayed: true,
+                            retry_in: None,
+                        };
+                    }
+                    Err(error) => {
+                        tracing::warn!(task = T::ID, run_id = %entry.id, %error, "the journal's output no longer reads as this task's output; running the step again");
+                        run_id = Some(entry.id.clone());
+                    }
+                }
+            }
+            Recorded::Started(id) => run_id = Some(id.clone()),
+            Recorded::New => {}
+        }
+    }
+    let run_id = run_id.unwrap_or_else(|| RunId::new(started_at));
     let schemas = T::schemas();
 
     if seed.scope.depth > exec.max_nesting {
@@ -200,6 +252,17 @@ pub(crate) async fn execute<T: Task>(
         RunInput::Json(json) => (json, None, None),
     };
     let scope = scope_of(&input_json, seed.scope, captured);
+    if let Some((journal, parent)) = &journal {
+        journal.start(
+            &run_id,
+            parent,
+            seed.position.as_deref(),
+            T::ID,
+            scope.tenant_id.as_deref(),
+            scope.project_id.as_deref(),
+            &input_json,
+        );
+    }
     let span = tracing::info_span!(
         "run",
         task = T::ID,
@@ -218,14 +281,23 @@ pub(crate) async fn execute<T: Task>(
         json_run,
         scope: &scope,
         cancel: &seed.cancel,
+        durable: seed.attempt,
     };
-    let (result, mut report) = attempts.run().instrument(span.clone()).await;
+    let (result, mut report, retry_in) = attempts.run().instrument(span.clone()).await;
     report.duration_ms = millis(clock.elapsed());
     {
         let _entered = span.enter();
         let duration_ms = report.duration_ms;
         match &result {
             Ok(_) => tracing::info!(duration_ms, attempts = report.attempts, "run succeeded"),
+            Err(error) if retry_in.is_some() => tracing::warn!(
+                duration_ms,
+                attempt = report.attempts,
+                kind = error.kind_name(),
+                error = %error,
+                retry_in_ms = retry_in.map(millis),
+                "attempt failed, rescheduled"
+            ),
             Err(error) => tracing::warn!(
                 duration_ms,
                 attempts = report.attempts,
@@ -235,7 +307,15 @@ pub(crate) async fn execute<T: Task>(
             ),
         }
     }
-    if T::HAS_HOOKS || !exec.hooks.is_empty() {
+    if let Some((journal, _)) = &journal {
+        let output = result.as_ref().map(|produced| match &produced.json {
+            Some(json) => json.clone(),
+            None => serde_json::to_value(&produced.typed).unwrap_or_default(),
+        });
+        journal.finish(&run_id, output, report.attempts);
+    }
+    // Hooks fire once a run is over: not for an attempt that is rescheduled.
+    if retry_in.is_none() && (T::HAS_HOOKS || !exec.hooks.is_empty()) {
         let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
         run_hooks::<T>(exec, when, &event).instrument(span).await;
     }
@@ -247,6 +327,8 @@ pub(crate) async fn execute<T: Task>(
         report,
         input: input_json,
         tramp_data: scope.tramp_data,
+        replayed: false,
+        retry_in,
     }
 }
 

@@ -20,6 +20,7 @@ use super::concurrency::Gate;
 use crate::envelope::{BranchRecord, StepRecord};
 use crate::id::RunId;
 use crate::input::TrampData;
+use crate::store::journal::Journal;
 
 /// What a run inherits from its parent and passes to its children.
 #[derive(Clone, Default)]
@@ -38,6 +39,9 @@ pub(crate) struct Scope {
     /// or was cancelled while inside it) hands it its cleanup, so the parent's attempt runs
     /// it before it ends.
     pub adopt: Option<Arc<AttemptState>>,
+    /// The journal of the durable run this one is part of: children record themselves in it
+    /// and replay what an earlier attempt completed.
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// A composite's per-task permit, held up the chain.
@@ -75,9 +79,15 @@ impl Scope {
 /// What a run starts from.
 pub(crate) struct Seed {
     /// Fixed by the caller (a background trigger returns the id before the run starts).
-    pub run_id: Option<RunId>,
-    pub scope: Scope,
-    pub cancel: CancellationToken,
+    pub(crate) run_id: Option<RunId>,
+    pub(crate) scope: Scope,
+    pub(crate) cancel: CancellationToken,
+    /// Where in its parent the run sits (`step:1`, `branch:stats`, `item:documents:7`):
+    /// its key in the journal.
+    pub(crate) position: Option<String>,
+    /// A durable run claimed by a worker: run this one attempt (1 for the first), and
+    /// reschedule instead of sleeping before a retry.
+    pub(crate) attempt: Option<u32>,
 }
 
 impl Seed {
@@ -87,6 +97,8 @@ impl Seed {
             run_id: None,
             scope: Scope::default(),
             cancel,
+            position: None,
+            attempt: None,
         }
     }
 
@@ -96,11 +108,18 @@ impl Seed {
     }
 
     /// A run inside a parent's scope, cancelled with `cancel`.
+    pub(crate) fn at(mut self, position: Option<String>) -> Self {
+        self.position = position;
+        self
+    }
+
     pub(crate) fn within(scope: Scope, cancel: CancellationToken) -> Self {
         Seed {
             run_id: None,
             scope,
             cancel,
+            position: None,
+            attempt: None,
         }
     }
 }

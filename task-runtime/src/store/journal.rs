@@ -1,0 +1,113 @@
+//! The engine's side of the journal: what a durable run's children recorded in earlier
+//! attempts (loaded once when the run is claimed), and the writes that record them now.
+//!
+//! A child at a position of its parent (`step:1`, `branch:stats`, `item:documents:7`) that
+//! completed returns its recorded output without executing; one that had started runs
+//! again under the same run id; a new one gets a row. Writes are queued to the store, which
+//! commits them before the root's settle, fenced by the root's lease token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use super::{JournalEntry, JournalOp, RunStore};
+use crate::error::TaskError;
+use crate::id::RunId;
+use crate::runs::RunStatus;
+
+/// The journal of one claimed root run.
+pub(crate) struct Journal {
+    store: Arc<dyn RunStore>,
+    root: RunId,
+    token: i64,
+    recorded: HashMap<(RunId, String), JournalEntry>,
+}
+
+/// What the journal knows of a position.
+pub(crate) enum Recorded<'a> {
+    /// Completed earlier: replay this.
+    Done(&'a JournalEntry),
+    /// Started earlier: run again under this id.
+    Started(&'a RunId),
+    /// Never reached.
+    New,
+}
+
+impl Journal {
+    pub(crate) fn new(
+        store: Arc<dyn RunStore>,
+        root: RunId,
+        token: i64,
+        entries: Vec<JournalEntry>,
+    ) -> Self {
+        let recorded = entries
+            .into_iter()
+            .map(|entry| ((entry.parent.clone(), entry.position.clone()), entry))
+            .collect();
+        Journal {
+            store,
+            root,
+            token,
+            recorded,
+        }
+    }
+
+    pub(crate) fn lookup(&self, parent: &RunId, position: &str) -> Recorded<'_> {
+        match self.recorded.get(&(parent.clone(), position.to_owned())) {
+            Some(entry) if entry.output.is_some() => Recorded::Done(entry),
+            Some(entry) => Recorded::Started(&entry.id),
+            None => Recorded::New,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        &self,
+        id: &RunId,
+        parent: &RunId,
+        position: Option<&str>,
+        task: &str,
+        tenant_id: Option<&str>,
+        project_id: Option<&str>,
+        input: &Value,
+    ) {
+        self.store.record(JournalOp::Start {
+            root: self.root.clone(),
+            token: self.token,
+            id: id.clone(),
+            parent: parent.clone(),
+            position: position.map(str::to_owned),
+            task: task.to_owned(),
+            tenant_id: tenant_id.map(str::to_owned),
+            project_id: project_id.map(str::to_owned),
+            input: input.clone(),
+            at: SystemTime::now(),
+        });
+    }
+
+    pub(crate) fn finish(&self, id: &RunId, result: Result<Value, &TaskError>, attempts: u32) {
+        let (status, output, error) = match result {
+            Ok(output) => (RunStatus::Completed, Some(output), None),
+            Err(error) => {
+                let status = if matches!(error.kind(), crate::error::ErrorKind::Cancelled { .. }) {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Failed
+                };
+                (status, None, Some(error.clone()))
+            }
+        };
+        self.store.record(JournalOp::Finish {
+            root: self.root.clone(),
+            token: self.token,
+            id: id.clone(),
+            status,
+            output,
+            error,
+            attempts,
+            at: SystemTime::now(),
+        });
+    }
+}

@@ -1,0 +1,554 @@
+//! Where durable runs live: the [`RunStore`] seam between the engine and a database, and
+//! [`Store`], the handle users connect and give to a `Runtime`.
+//!
+//! A run is a row: its task, tenant, status, input, the envelope once finished, attempts,
+//! lease (owner, expiry, a fencing token that grows on every claim), run-at (delay),
+//! expire-at (TTL), idempotency key, tags, and its place in a tree of runs (parent, root,
+//! position). Every state change names the state it expects (`WHERE id = ? AND lease_token =
+//! ?`), so a worker that lost its lease changes nothing; such a write is a lost race, logged,
+//! never an overwrite.
+//!
+//! Child runs (track steps, orchestrator branches and items, `ctx.run`) are rows too, owned
+//! by their root's lease. A child at a position of its parent (`step:1`, `branch:stats`,
+//! `item:documents:7`) is the journal: when the root is attempted again, a child that had
+//! completed there returns its recorded output instead of executing again.
+//!
+//! SQL lives next to its backend (`sqlite.rs`); nothing above this module names a database.
+
+pub(crate) mod journal;
+#[cfg(feature = "sqlite")]
+pub(crate) mod log_layer;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::envelope::RunOutput;
+use crate::error::TaskError;
+use crate::id::RunId;
+use crate::runs::{RunInfo, RunStatus};
+
+#[cfg(feature = "sqlite")]
+pub use log_layer::StoreLogLayer;
+
+/// A durable store of runs, connected by URL.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use task_runtime::{Runtime, Store};
+/// let store = Store::connect("sqlite://.tasks/runs.db").await?; // runs migrations
+/// let rt = Runtime::builder().store(store).build()?;
+/// let worker = rt.worker().concurrency(16).start();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<dyn RunStore>,
+    url: Arc<str>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating when missing) the store at `url` and brings its schema up to date.
+    ///
+    /// `sqlite://PATH` (relative to the working directory; `sqlite:///abs/path` for an
+    /// absolute one) with optional parameters `synchronous=normal|full` (default `normal`: a
+    /// committed run survives the process being killed, a power cut may lose the last
+    /// commits; `full` survives both, at one disk flush per commit) and `busy_timeout_ms`
+    /// (default 5000).
+    pub async fn connect(url: &str) -> Result<Store, StoreError> {
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        let inner: Arc<dyn RunStore> = match scheme {
+            #[cfg(feature = "sqlite")]
+            Some("sqlite") => Arc::new(sqlite::SqliteStore::connect(url).await?),
+            Some(other) => {
+                return Err(StoreError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: format!(
+                        "unknown scheme `{other}://` (this build knows: {})",
+                        KNOWN_SCHEMES.join(", ")
+                    ),
+                });
+            }
+            None => {
+                return Err(StoreError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "expected a URL such as sqlite://.tasks/runs.db".to_owned(),
+                });
+            }
+        };
+        Ok(Store {
+            inner,
+            url: Arc::from(url),
+        })
+    }
+
+    /// The URL it was connected with.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Log lines of runs dropped because the store could not keep up (the buffer between
+    /// `tracing` and the store is bounded; a full buffer drops, it never blocks a task).
+    pub fn dropped_log_lines(&self) -> u64 {
+        self.inner.dropped_logs()
+    }
+
+    /// A `tracing` layer that writes the events inside each run's span to this store
+    /// (`runs logs <id>`, `GET /api/v1/runs/{id}/logs`). Add it to your subscriber:
+    /// `tracing_subscriber::registry().with(store.log_layer()).with(fmt::layer())`.
+    #[cfg(feature = "sqlite")]
+    pub fn log_layer(&self) -> StoreLogLayer {
+        StoreLogLayer::new(self.inner.clone())
+    }
+}
+
+/// The URL schemes of the stores this build has (cargo features `sqlite`, `postgres`).
+const KNOWN_SCHEMES: &[&str] = &[
+    #[cfg(feature = "sqlite")]
+    "sqlite://",
+];
+
+/// Why the store could not do what was asked. Its `Display` says what and where; the serde
+/// form is `{ "kind": "...", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The URL cannot name a store.
+    #[error("invalid store URL '{url}': {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The file or its directory cannot be opened or created (permissions, a read-only
+    /// directory, a missing parent).
+    #[error("cannot open the store at '{path}': {reason}")]
+    Open {
+        /// The file.
+        path: String,
+        /// The operating system's or database's reason.
+        reason: String,
+    },
+    /// The file exists but is not a store (not SQLite, or corrupt).
+    #[error("'{path}' is not a run store: {reason}")]
+    NotAStore {
+        /// The file.
+        path: String,
+        /// What the database said.
+        reason: String,
+    },
+    /// Another process holds the store's write lock for longer than the busy timeout.
+    #[error("the store at '{path}' is locked by another process (waited {waited_ms} ms)")]
+    Locked {
+        /// The file.
+        path: String,
+        /// How long we waited.
+        waited_ms: u64,
+    },
+    /// The store was migrated by a newer version of this library.
+    #[error(
+        "the store at '{path}' has schema version {found}, newer than this binary knows \
+         (up to {known}): upgrade the binary"
+    )]
+    NewerSchema {
+        /// The file.
+        path: String,
+        /// The store's schema version.
+        found: i64,
+        /// The newest this binary knows.
+        known: i64,
+    },
+    /// The disk (or the store's size limit) is full; nothing of the failed write was kept,
+    /// everything committed before is intact.
+    #[error("the store at '{path}' is full: {reason}")]
+    Full {
+        /// The file.
+        path: String,
+        /// What the database said.
+        reason: String,
+    },
+    /// The store's data is not what this library wrote (a row edited by hand?).
+    #[error("the store holds a run it cannot read ({id}): {reason}")]
+    Corrupt {
+        /// The run.
+        id: String,
+        /// What could not be read.
+        reason: String,
+    },
+    /// Any other failure of the database.
+    #[error("the store failed: {reason}")]
+    Backend {
+        /// What the database said.
+        reason: String,
+    },
+}
+
+/// A run to commit.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRun {
+    pub id: RunId,
+    pub task: String,
+    pub tenant_id: Option<String>,
+    pub project_id: Option<String>,
+    pub input: Value,
+    pub run_at: SystemTime,
+    pub expire_at: Option<SystemTime>,
+    pub idempotency: Option<(String, Duration)>,
+    pub tags: Vec<String>,
+    pub replay_of: Option<RunId>,
+}
+
+/// What `enqueue` did with one run: committed it, or found a live run with its idempotency
+/// key (whose id it gives).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Enqueued {
+    pub id: RunId,
+    pub existing: bool,
+}
+
+/// What a worker asks for.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimRequest {
+    pub owner: String,
+    pub limit: usize,
+    pub lease: Duration,
+    /// Tasks with a concurrency limit: runs beyond it (across every worker of the store)
+    /// are not claimed.
+    pub task_limits: Vec<(String, u32)>,
+}
+
+/// A run a worker now holds.
+#[derive(Debug, Clone)]
+pub(crate) struct ClaimedRun {
+    pub id: RunId,
+    pub task: String,
+    pub input: Value,
+    /// The attempt this claim is (1 for the first).
+    pub attempt: u32,
+    pub token: i64,
+}
+
+/// A lease a worker holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Lease {
+    pub id: RunId,
+    pub token: i64,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct HeartbeatReply {
+    /// Leases that are no longer ours (reclaimed after expiring): stop those runs.
+    pub lost: Vec<RunId>,
+    /// Runs someone asked to cancel.
+    pub cancel: Vec<RunId>,
+}
+
+/// How an attempt ends, as written to the store (each fenced by the lease token).
+#[derive(Debug, Clone)]
+pub(crate) enum Settle {
+    /// Finished: completed, failed or cancelled, with its envelope.
+    Finish {
+        id: RunId,
+        token: i64,
+        envelope: Box<RunOutput<Value>>,
+        /// Reclaiming another worker's lease: only if it still expired before this (a
+        /// stalled worker that heartbeats again keeps its run).
+        expired_before: Option<SystemTime>,
+    },
+    /// Failed with retries left: queued again for `run_at`.
+    Retry {
+        id: RunId,
+        token: i64,
+        run_at: SystemTime,
+        error: TaskError,
+        /// See `Finish`.
+        expired_before: Option<SystemTime>,
+    },
+    /// The worker stops before the run finished: back to the queue, the attempt not
+    /// counted.
+    Release { id: RunId, token: i64 },
+}
+
+impl Settle {
+    pub(crate) fn id(&self) -> &RunId {
+        match self {
+            Settle::Finish { id, .. } | Settle::Retry { id, .. } | Settle::Release { id, .. } => id,
+        }
+    }
+}
+
+/// An executing run whose lease expired (its worker is gone).
+#[derive(Debug, Clone)]
+pub(crate) struct ExpiredLease {
+    pub id: RunId,
+    pub task: String,
+    pub input: Value,
+    pub token: i64,
+    pub attempt: u32,
+    pub owner: String,
+}
+
+/// A run not started before its time to live ran out.
+#[derive(Debug, Clone)]
+pub(crate) struct ExpiredRun {
+    pub id: RunId,
+    pub task: String,
+    pub input: Value,
+    pub expire_at: SystemTime,
+}
+
+/// What the journal recorded at one position of one parent.
+#[derive(Debug, Clone)]
+pub(crate) struct JournalEntry {
+    pub parent: RunId,
+    pub position: String,
+    pub id: RunId,
+    /// The recorded output, when the child completed.
+    pub output: Option<Value>,
+    pub attempts: u32,
+    pub duration_ms: u64,
+}
+
+/// A write of the journal, fenced by the root's lease token.
+#[derive(Debug, Clone)]
+pub(crate) enum JournalOp {
+    /// A child starts (or starts again, with the same id).
+    Start {
+        root: RunId,
+        token: i64,
+        id: RunId,
+        parent: RunId,
+        position: Option<String>,
+        task: String,
+        tenant_id: Option<String>,
+        project_id: Option<String>,
+        input: Value,
+        at: SystemTime,
+    },
+    /// A child ended.
+    Finish {
+        root: RunId,
+        token: i64,
+        id: RunId,
+        status: RunStatus,
+        output: Option<Value>,
+        error: Option<TaskError>,
+        attempts: u32,
+        at: SystemTime,
+    },
+}
+
+/// One log line of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+#[non_exhaustive]
+pub struct LogLine {
+    /// The run the event happened in.
+    pub run_id: RunId,
+    /// When.
+    #[serde(with = "crate::envelope::rfc3339")]
+    pub at: SystemTime,
+    /// `ERROR`, `WARN`, `INFO`, `DEBUG` or `TRACE`.
+    pub level: String,
+    /// The event's message.
+    pub message: String,
+    /// The event's other fields.
+    pub fields: Value,
+}
+
+/// Which runs to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunFilter {
+    /// Only runs in this status.
+    pub status: Option<RunStatus>,
+    /// Only runs of this task.
+    pub task: Option<String>,
+    /// Only runs of this tenant.
+    pub tenant: Option<String>,
+    /// Only runs carrying this tag.
+    pub tag: Option<String>,
+    /// Only runs older than this one (the cursor of the previous page).
+    pub before: Option<RunId>,
+    /// At most this many (default 50, at most 1000).
+    pub limit: Option<usize>,
+}
+
+impl RunFilter {
+    /// Every top-level run, newest first.
+    pub fn new() -> Self {
+        RunFilter::default()
+    }
+
+    /// Only runs in `status`.
+    pub fn status(mut self, status: RunStatus) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Only runs of `task`.
+    pub fn task(mut self, task: impl Into<String>) -> Self {
+        self.task = Some(task.into());
+        self
+    }
+
+    /// Only runs of `tenant`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Only runs tagged `tag`.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tag = Some(tag.into());
+        self
+    }
+
+    /// Only runs older than `cursor`.
+    pub fn before(mut self, cursor: RunId) -> Self {
+        self.before = Some(cursor);
+        self
+    }
+
+    /// At most `limit` runs.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    pub(crate) fn page_size(&self) -> usize {
+        self.limit.unwrap_or(50).clamp(1, 1000)
+    }
+}
+
+/// What cancelling a run did.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CancelOutcome {
+    /// It had not started: it is `cancelled` now.
+    Cancelled,
+    /// It is executing: its worker stops it within a heartbeat.
+    Requested,
+    /// It had already finished, with this status.
+    AlreadyFinished(RunStatus),
+    /// No run has this id.
+    NotFound,
+}
+
+/// The seam between the engine and a database: every read and write of durable runs.
+/// Implemented next to its backend.
+pub(crate) trait RunStore: Send + Sync + 'static {
+    /// Commits `runs` in one transaction; a live run holding the same idempotency key (task,
+    /// tenant, key) is returned instead of committing a second one.
+    fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>>;
+
+    /// Claims due runs (queued, run-at passed, not expired), oldest first, in one statement.
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedRun>, StoreError>>;
+
+    /// Extends the leases still ours; says which are lost and which are asked to cancel.
+    fn heartbeat(
+        &self,
+        owner: String,
+        leases: Vec<Lease>,
+        extend: Duration,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, StoreError>>;
+
+    /// Writes how attempts ended; `false` for a write whose lease token no longer matches.
+    fn settle(&self, outcomes: Vec<Settle>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+
+    /// Executing runs whose lease expired before `now`.
+    fn expired_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredLease>, StoreError>>;
+
+    /// Queued runs whose time to live ran out before `now`.
+    fn expired_runs(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredRun>, StoreError>>;
+
+    /// Ends queued runs that expired, or were cancelled, without running (only while they
+    /// are still queued); `false` for one that started meanwhile.
+    fn end_queued(
+        &self,
+        ends: Vec<(RunId, Box<RunOutput<Value>>)>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+
+    /// One run.
+    fn get(&self, id: RunId) -> BoxFuture<'_, Result<Option<RunInfo>, StoreError>>;
+
+    /// Top-level runs, newest first.
+    fn list(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>>;
+
+    /// The child runs of `parent`, in the order they started.
+    fn children(&self, parent: RunId) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>>;
+
+    /// Asks for a run to be cancelled: one still queued is ended at once with `envelope`.
+    fn cancel(
+        &self,
+        id: RunId,
+        envelope: Box<RunOutput<Value>>,
+    ) -> BoxFuture<'_, Result<CancelOutcome, StoreError>>;
+
+    /// Every journal entry under `root`.
+    fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>>;
+
+    /// Queues journal writes; they are committed in order with the store's other writes,
+    /// before any later settle of the root.
+    fn record(&self, op: JournalOp);
+
+    /// Queues log lines (bounded: beyond the buffer they are dropped and counted).
+    fn log(&self, line: LogLine);
+
+    /// Log lines dropped so far.
+    fn dropped_logs(&self) -> u64;
+
+    /// A run's log lines, in order.
+    fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>>;
+
+    /// Resolves when the store may have changed (a write by this process, or by another
+    /// one seen through polling), or after `within`.
+    fn changed(&self, within: Duration) -> BoxFuture<'_, ()>;
+}
+
+/// Milliseconds since the epoch, as stored.
+pub(crate) fn millis(at: SystemTime) -> i64 {
+    at.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// The time of stored milliseconds.
+pub(crate) fn time(millis: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(millis).unwrap_or(0))
+}
+
+/// `at + by`, saturating far in the future (a TTL of `Duration::MAX` never expires).
+pub(crate) fn later(at: SystemTime, by: Duration) -> SystemTime {
+    at.checked_add(by)
+        .unwrap_or_else(|| SystemTime::UNIX_EPOCH + Duration::from_millis(i64::MAX as u64))
+}

@@ -1,0 +1,1359 @@
+//! `SqliteStore`: the embedded default. One file in WAL mode, shared by every process that
+//! opens it (a `trigger` in one while a `worker` runs in another).
+//!
+//! Writes go through one connection owned by a writer task, which takes whatever writes are
+//! waiting (triggers, claims, settles, journal entries, log lines) and commits them in one
+//! `BEGIN IMMEDIATE` transaction: concurrent triggers share a commit, a worker's finished
+//! runs are settled by one statement, and journal writes are ordered before the root's
+//! settle. Other processes wait for the write lock up to the busy timeout. Reads use a pool
+//! of their own connections, which WAL lets run beside the writer.
+//!
+//! Durability: `synchronous=normal` (the default) commits to the WAL without a disk flush:
+//! a committed run survives the process being killed (`kill -9`), and a power cut can lose
+//! the last commits. `synchronous=full` flushes at every commit.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
+};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+use super::{
+    CancelOutcome, ClaimRequest, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun, HeartbeatReply,
+    JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore, Settle,
+    StoreError, later, millis, time,
+};
+use crate::envelope::RunOutput;
+use crate::id::RunId;
+use crate::runs::RunStatus;
+
+/// The migrations, embedded: version and SQL.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs", include_str!("sqlite/0001_runs.sql"))];
+
+/// Log lines waiting for the writer; beyond this they are dropped and counted.
+const LOG_BUFFER: usize = 16_384;
+
+/// Rows per multi-row statement (SQLite allows 32 766 parameters).
+const CHUNK: usize = 256;
+
+pub(crate) struct SqliteStore {
+    path: String,
+    writes: mpsc::UnboundedSender<Write>,
+    logs: mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+    reads: SqlitePool,
+    /// A connection of its own for `PRAGMA data_version`, which counts commits by other
+    /// connections since this one's last look.
+    watch: Mutex<(SqliteConnection, i64)>,
+    local: Arc<Notify>,
+    poll: Duration,
+}
+
+/// A write for the writer task, with where its result goes.
+enum Write {
+    Enqueue(
+        Vec<NewRun>,
+        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+    ),
+    Claim(
+        ClaimRequest,
+        oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
+    ),
+    Heartbeat(
+        String,
+        Vec<Lease>,
+        Duration,
+        oneshot::Sender<Result<HeartbeatReply, StoreError>>,
+    ),
+    Settle(Vec<Settle>, oneshot::Sender<Result<Vec<bool>, StoreError>>),
+    EndQueued(
+        Vec<(RunId, Box<RunOutput<Value>>)>,
+        oneshot::Sender<Result<Vec<bool>, StoreError>>,
+    ),
+    Cancel(
+        RunId,
+        Box<RunOutput<Value>>,
+        oneshot::Sender<Result<CancelOutcome, StoreError>>,
+    ),
+    Journal(JournalOp),
+    Logs(Vec<LogLine>),
+}
+
+/// The parts of a `sqlite://` URL.
+struct Url {
+    path: String,
+    synchronous: SqliteSynchronous,
+    busy: Duration,
+}
+
+fn parse_url(url: &str) -> Result<Url, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let rest = url
+        .strip_prefix("sqlite://")
+        .ok_or_else(|| invalid("expected sqlite://PATH".to_owned()))?;
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() {
+        return Err(invalid("no file path after sqlite://".to_owned()));
+    }
+    let mut parsed = Url {
+        path: path.to_owned(),
+        synchronous: SqliteSynchronous::Normal,
+        busy: Duration::from_secs(5),
+    };
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "synchronous" => {
+                parsed.synchronous = match value {
+                    "normal" => SqliteSynchronous::Normal,
+                    "full" => SqliteSynchronous::Full,
+                    other => {
+                        return Err(invalid(format!(
+                            "synchronous must be normal or full, got `{other}`"
+                        )));
+                    }
+                }
+            }
+            "busy_timeout_ms" => {
+                let ms: u64 = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "busy_timeout_ms must be a number of milliseconds, got `{value}`"
+                    ))
+                })?;
+                parsed.busy = Duration::from_millis(ms);
+            }
+            other => {
+                return Err(invalid(format!(
+                    "unknown parameter `{other}` (known: synchronous, busy_timeout_ms)"
+                )));
+            }
+        }
+    }
+    Ok(parsed)
+}
+
+/// What a database error means for the user.
+fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
+    if let sqlx::Error::Database(db) = error {
+        let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let reason = db.message().to_owned();
+        return match code & 0xff {
+            5 | 6 => StoreError::Locked {
+                path: path.to_owned(),
+                waited_ms: u64::try_from(busy.as_millis()).unwrap_or(u64::MAX),
+            },
+            13 => StoreError::Full {
+                path: path.to_owned(),
+                reason,
+            },
+            11 | 26 => StoreError::NotAStore {
+                path: path.to_owned(),
+                reason,
+            },
+            8 | 14 | 23 => StoreError::Open {
+                path: path.to_owned(),
+                reason,
+            },
+            _ => StoreError::Backend { reason },
+        };
+    }
+    match error {
+        sqlx::Error::Io(io) => StoreError::Open {
+            path: path.to_owned(),
+            reason: io.to_string(),
+        },
+        other => StoreError::Backend {
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    (*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+impl SqliteStore {
+    pub(crate) async fn connect(url: &str) -> Result<SqliteStore, StoreError> {
+        let Url {
+            path,
+            synchronous,
+            busy,
+        } = parse_url(url)?;
+        let fail = |e: &sqlx::Error| classify(&path, busy, e);
+        if let Some(parent) = std::path::Path::new(&path).parent()
+            && !parent.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: format!("cannot create its directory: {e}"),
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(synchronous)
+            .busy_timeout(busy)
+            .foreign_keys(false);
+        let mut writer = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| fail(&e))?;
+        migrate(&mut writer, &path, busy).await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.clone().create_if_missing(false))
+            .await
+            .map_err(|e| fail(&e))?;
+        let mut watch = SqliteConnection::connect_with(&options)
+            .await
+            .map_err(|e| fail(&e))?;
+        let version = data_version(&mut watch).await.map_err(|e| fail(&e))?;
+        let local = Arc::new(Notify::new());
+        let (writes, write_queue) = mpsc::unbounded_channel();
+        let (logs, log_queue) = mpsc::channel(LOG_BUFFER);
+        tokio::spawn(writer_task(
+            writer,
+            write_queue,
+            local.clone(),
+            path.clone(),
+            busy,
+        ));
+        tokio::spawn(log_task(log_queue, writes.clone()));
+        Ok(SqliteStore {
+            path,
+            writes,
+            logs,
+            dropped: Arc::default(),
+            reads,
+            watch: Mutex::new((watch, version)),
+            local,
+            poll: Duration::from_millis(2),
+        })
+    }
+
+    fn fail(&self, error: &sqlx::Error) -> StoreError {
+        classify(&self.path, Duration::from_secs(5), error)
+    }
+
+    /// Hands a write to the writer task and waits for its result.
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
+    ) -> Result<T, StoreError> {
+        let (reply, result) = oneshot::channel();
+        if self.writes.send(make(reply)).is_err() {
+            return Err(StoreError::Backend {
+                reason: "the store's writer has stopped".to_owned(),
+            });
+        }
+        result.await.unwrap_or_else(|_| {
+            Err(StoreError::Backend {
+                reason: "the store's writer stopped before answering".to_owned(),
+            })
+        })
+    }
+}
+
+async fn data_version(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("PRAGMA data_version")
+        .fetch_one(&mut *conn)
+        .await
+}
+
+/// Runs the migrations. Two processes starting at once may race to apply the same one; the
+/// loser's attempt fails, and its second pass finds it applied.
+async fn migrate(
+    conn: &mut SqliteConnection,
+    path: &str,
+    busy: Duration,
+) -> Result<(), StoreError> {
+    let migrator = migrator();
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    let mut outcome = migrator.run(&mut *conn).await;
+    if outcome.is_err() {
+        outcome = migrator.run(&mut *conn).await;
+    }
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(found)) => Err(StoreError::NewerSchema {
+            path: path.to_owned(),
+            found,
+            known,
+        }),
+        Err(sqlx::migrate::MigrateError::Execute(e)) => Err(classify(path, busy, &e)),
+        Err(other) => Err(StoreError::Backend {
+            reason: format!("migrating the store: {other}"),
+        }),
+    }
+}
+
+/// Forwards buffered log lines to the writer in batches.
+async fn log_task(mut queue: mpsc::Receiver<LogLine>, writes: mpsc::UnboundedSender<Write>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, CHUNK).await > 0 {
+        if writes
+            .send(Write::Logs(std::mem::take(&mut batch)))
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// The writer: takes every waiting write and commits them in one transaction.
+async fn writer_task(
+    mut conn: SqliteConnection,
+    mut queue: mpsc::UnboundedReceiver<Write>,
+    local: Arc<Notify>,
+    path: String,
+    busy: Duration,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 512).await > 0 {
+        let writes = std::mem::take(&mut batch);
+        apply_batch(&mut conn, writes, &path, busy).await;
+        local.notify_waiters();
+    }
+}
+
+/// The result of one write, held until the transaction commits.
+enum Done {
+    Enqueue(
+        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+        Result<Vec<Enqueued>, StoreError>,
+    ),
+    Claim(
+        oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
+        Result<Vec<ClaimedRun>, StoreError>,
+    ),
+    Heartbeat(
+        oneshot::Sender<Result<HeartbeatReply, StoreError>>,
+        Result<HeartbeatReply, StoreError>,
+    ),
+    Bools(
+        oneshot::Sender<Result<Vec<bool>, StoreError>>,
+        Result<Vec<bool>, StoreError>,
+    ),
+    Cancel(
+        oneshot::Sender<Result<CancelOutcome, StoreError>>,
+        Result<CancelOutcome, StoreError>,
+    ),
+}
+
+impl Done {
+    fn send(self, commit: &Result<(), StoreError>) {
+        fn pick<T>(
+            result: Result<T, StoreError>,
+            commit: &Result<(), StoreError>,
+        ) -> Result<T, StoreError> {
+            match commit {
+                Ok(()) => result,
+                Err(e) => Err(e.clone()),
+            }
+        }
+        match self {
+            Done::Enqueue(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Claim(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Heartbeat(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Bools(tx, r) => drop(tx.send(pick(r, commit))),
+            Done::Cancel(tx, r) => drop(tx.send(pick(r, commit))),
+        }
+    }
+}
+
+async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str, busy: Duration) {
+    let fail = |e: &sqlx::Error| classify(path, busy, e);
+    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
+        Ok(tx) => tx,
+        Err(e) => {
+            let error = fail(&e);
+            tracing::warn!(%error, "store write failed");
+            for write in writes {
+                reject(write, &error);
+            }
+            return;
+        }
+    };
+    let mut done = Vec::new();
+    let mut journal = Vec::new();
+    let mut logs = Vec::new();
+    for write in writes {
+        // Journal and log writes are queued fire-and-forget; they keep their order relative
+        // to the writes around them by being flushed before the next write that answers.
+        match write {
+            Write::Journal(op) => {
+                journal.push(op);
+                continue;
+            }
+            Write::Logs(lines) => {
+                logs.extend(lines);
+                continue;
+            }
+            _ => {}
+        }
+        if !journal.is_empty() {
+            flush_journal(&mut tx, std::mem::take(&mut journal), &fail).await;
+        }
+        // Each answered write in a savepoint: one that fails (a full disk, a constraint) is
+        // undone alone and answered with its error; the others still commit.
+        let mut savepoint = match tx.begin().await {
+            Ok(sp) => sp,
+            Err(e) => {
+                reject(write, &fail(&e));
+                continue;
+            }
+        };
+        let outcome = apply_one(&mut savepoint, write, &fail).await;
+        let ok = outcome.is_ok();
+        let finished = if ok {
+            savepoint.commit().await
+        } else {
+            savepoint.rollback().await
+        };
+        match (outcome, finished) {
+            (Ok(d), Ok(())) => done.push(d),
+            (Ok(d), Err(e)) => {
+                let error = fail(&e);
+                done.push(d.failed(error));
+            }
+            (Err(d), _) => done.push(d),
+        }
+    }
+    if !journal.is_empty() {
+        flush_journal(&mut tx, journal, &fail).await;
+    }
+    if !logs.is_empty() {
+        flush_logs(&mut tx, logs, &fail).await;
+    }
+    let commit = tx.commit().await.map_err(|e| fail(&e));
+    if let Err(error) = &commit {
+        tracing::warn!(%error, "store commit failed; nothing of this batch was kept");
+    }
+    for d in done {
+        d.send(&commit);
+    }
+}
+
+impl Done {
+    fn failed(self, error: StoreError) -> Done {
+        match self {
+            Done::Enqueue(tx, _) => Done::Enqueue(tx, Err(error)),
+            Done::Claim(tx, _) => Done::Claim(tx, Err(error)),
+            Done::Heartbeat(tx, _) => Done::Heartbeat(tx, Err(error)),
+            Done::Bools(tx, _) => Done::Bools(tx, Err(error)),
+            Done::Cancel(tx, _) => Done::Cancel(tx, Err(error)),
+        }
+    }
+}
+
+fn reject(write: Write, error: &StoreError) {
+    match write {
+        Write::Enqueue(_, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Claim(_, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Heartbeat(_, _, _, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Settle(_, tx) | Write::EndQueued(_, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Journal(_) | Write::Logs(_) => {}
+    }
+}
+
+type Conn = SqliteConnection;
+
+/// Applies one answered write; `Err` carries the failed answer (to send as is).
+async fn apply_one(
+    conn: &mut Conn,
+    write: Write,
+    fail: &impl Fn(&sqlx::Error) -> StoreError,
+) -> Result<Done, Done> {
+    macro_rules! answer {
+        ($variant:ident, $tx:expr, $result:expr) => {
+            match $result {
+                Ok(v) => Ok(Done::$variant($tx, Ok(v))),
+                Err(e) => Err(Done::$variant($tx, Err(fail(&e)))),
+            }
+        };
+    }
+    match write {
+        Write::Enqueue(runs, tx) => answer!(Enqueue, tx, enqueue(conn, runs).await),
+        Write::Claim(request, tx) => answer!(Claim, tx, claim(conn, request).await),
+        Write::Heartbeat(owner, leases, extend, tx) => {
+            answer!(Heartbeat, tx, heartbeat(conn, &owner, leases, extend).await)
+        }
+        Write::Settle(outcomes, tx) => answer!(Bools, tx, settle(conn, outcomes).await),
+        Write::EndQueued(ends, tx) => answer!(Bools, tx, end_queued(conn, ends).await),
+        Write::Cancel(id, envelope, tx) => answer!(Cancel, tx, cancel(conn, id, envelope).await),
+        Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
+    }
+}
+
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+async fn enqueue(conn: &mut Conn, runs: Vec<NewRun>) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let now = millis(SystemTime::now());
+    let mut out = Vec::with_capacity(runs.len());
+    for run in runs {
+        if let Some((key, _)) = &run.idempotency {
+            // A failed, cancelled or expired holder, or one past its key's TTL, gives the
+            // key up; a live one is the answer.
+            sqlx::query(
+                "UPDATE runs SET idempotency_key = NULL
+                 WHERE task = ?1 AND coalesce(tenant_id, '') = coalesce(?2, '') AND idempotency_key = ?3
+                   AND (status IN ('failed', 'cancelled', 'expired')
+                        OR (idempotency_expires_at IS NOT NULL AND idempotency_expires_at <= ?4))",
+            )
+            .bind(&run.task)
+            .bind(&run.tenant_id)
+            .bind(key)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
+            let existing: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM runs
+                 WHERE task = ?1 AND coalesce(tenant_id, '') = coalesce(?2, '') AND idempotency_key = ?3",
+            )
+            .bind(&run.task)
+            .bind(&run.tenant_id)
+            .bind(key)
+            .fetch_optional(&mut *conn)
+            .await?;
+            if let Some(id) = existing.and_then(|id| id.parse().ok()) {
+                out.push(Enqueued { id, existing: true });
+                continue;
+            }
+        }
+        let delayed = millis(run.run_at) > now;
+        let (key, key_ttl) = match &run.idempotency {
+            Some((key, ttl)) => (
+                Some(key.clone()),
+                Some(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+            ),
+            None => (None, None),
+        };
+        sqlx::query(
+            "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
+                               idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        )
+        .bind(run.id.as_str())
+        .bind(&run.task)
+        .bind(&run.tenant_id)
+        .bind(&run.project_id)
+        .bind(if delayed { "delayed" } else { "queued" })
+        .bind(json_text(&run.input))
+        .bind(millis(run.run_at))
+        .bind(run.expire_at.map(millis))
+        .bind(key)
+        .bind(key_ttl)
+        .bind((!run.tags.is_empty()).then(|| json_text(&run.tags)))
+        .bind(run.replay_of.as_ref().map(RunId::as_str))
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+        out.push(Enqueued {
+            id: run.id,
+            existing: false,
+        });
+    }
+    Ok(out)
+}
+
+fn placeholders(count: usize, first: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("?{i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<ClaimedRun>, sqlx::Error> {
+    let now = SystemTime::now();
+    let lease_until = millis(later(now, request.lease));
+    let now = millis(now);
+    let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
+    let returning = "RETURNING id, task, input, attempts, lease_token";
+    let rows: Vec<SqliteRow> = if request.task_limits.is_empty() {
+        // The common case, one statement: due runs, oldest first.
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
+                    lease_token = lease_token + 1, attempts = attempts + 1,
+                    started_at = coalesce(started_at, ?3)
+             WHERE id IN (SELECT id FROM runs
+                          WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+                            AND run_at <= ?3 AND (expire_at IS NULL OR expire_at > ?3)
+                          ORDER BY run_at, id LIMIT ?4)
+             {returning}"
+        )))
+        .bind(&request.owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *conn)
+        .await?
+    } else {
+        // Tasks with a concurrency limit: count what executes now (in every process), leave
+        // out the tasks at their limit, and take no more of each than its room.
+        let tasks: Vec<&str> = request
+            .task_limits
+            .iter()
+            .map(|(t, _)| t.as_str())
+            .collect();
+        let counts: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT task, count(*) FROM runs
+             WHERE status = 'executing' AND parent_run_id IS NULL AND task IN ({})
+             GROUP BY task",
+            placeholders(tasks.len(), 1)
+        )))
+        .bind_all(&tasks)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut room: std::collections::HashMap<&str, i64> = request
+            .task_limits
+            .iter()
+            .map(|(task, limit)| {
+                let running = counts
+                    .iter()
+                    .find(|(t, _)| t == task)
+                    .map_or(0, |(_, n)| *n);
+                (task.as_str(), i64::from(*limit) - running)
+            })
+            .collect();
+        let full: Vec<&str> = room
+            .iter()
+            .filter(|(_, r)| **r <= 0)
+            .map(|(t, _)| *t)
+            .collect();
+        let exclude = if full.is_empty() {
+            String::new()
+        } else {
+            format!("AND task NOT IN ({})", placeholders(full.len(), 3))
+        };
+        let candidates: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, task FROM runs
+             WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+               AND run_at <= ?1 AND (expire_at IS NULL OR expire_at > ?1) {exclude}
+             ORDER BY run_at, id LIMIT ?2"
+        )))
+        .bind(now)
+        .bind(limit.saturating_mul(4))
+        .bind_all(&full)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut chosen = Vec::new();
+        for (id, task) in candidates {
+            if chosen.len() >= request.limit {
+                break;
+            }
+            if let Some(left) = room.get_mut(task.as_str()) {
+                if *left <= 0 {
+                    continue;
+                }
+                *left -= 1;
+            }
+            chosen.push(id);
+        }
+        if chosen.is_empty() {
+            return Ok(Vec::new());
+        }
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
+                    lease_token = lease_token + 1, attempts = attempts + 1,
+                    started_at = coalesce(started_at, ?3)
+             WHERE status IN ('queued', 'delayed') AND id IN ({})
+             {returning}",
+            placeholders(chosen.len(), 4)
+        )))
+        .bind(&request.owner)
+        .bind(lease_until)
+        .bind(now)
+        .bind_all(&chosen)
+        .fetch_all(&mut *conn)
+        .await?
+    };
+    rows.iter()
+        .map(|row| {
+            let id: String = row.try_get("id")?;
+            let input: String = row.try_get("input")?;
+            Ok(ClaimedRun {
+                id: parse_id(&id)?,
+                task: row.try_get("task")?,
+                input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+                token: row.try_get("lease_token")?,
+            })
+        })
+        .collect()
+}
+
+async fn heartbeat(
+    conn: &mut Conn,
+    owner: &str,
+    leases: Vec<Lease>,
+    extend: Duration,
+) -> Result<HeartbeatReply, sqlx::Error> {
+    let until = millis(later(SystemTime::now(), extend));
+    let mut reply = HeartbeatReply::default();
+    for chunk in leases.chunks(CHUNK) {
+        let pairs = (0..chunk.len())
+            .map(|i| format!("(?{}, ?{})", 3 + 2 * i, 4 + 2 * i))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET lease_expires_at = ?1
+             WHERE lease_owner = ?2 AND status = 'executing' AND (id, lease_token) IN (VALUES {pairs})
+             RETURNING id, cancel_requested"
+        )))
+        .bind(until)
+        .bind(owner);
+        for lease in chunk {
+            query = query.bind(lease.id.as_str()).bind(lease.token);
+        }
+        let kept = query.fetch_all(&mut *conn).await?;
+        let mut seen = std::collections::HashSet::new();
+        for row in kept {
+            let id: String = row.try_get("id")?;
+            let cancel: i64 = row.try_get("cancel_requested")?;
+            if cancel != 0 {
+                reply.cancel.push(parse_id(&id)?);
+            }
+            seen.insert(id);
+        }
+        reply.lost.extend(
+            chunk
+                .iter()
+                .filter(|l| !seen.contains(l.id.as_str()))
+                .map(|l| l.id.clone()),
+        );
+    }
+    Ok(reply)
+}
+
+async fn settle(conn: &mut Conn, outcomes: Vec<Settle>) -> Result<Vec<bool>, sqlx::Error> {
+    let now = millis(SystemTime::now());
+    let mut applied = Vec::with_capacity(outcomes.len());
+    for outcome in outcomes {
+        let result = match &outcome {
+            Settle::Finish {
+                id,
+                token,
+                envelope,
+                expired_before,
+            } => {
+                let status = RunStatus::of_envelope(envelope);
+                let completed = status == RunStatus::Completed;
+                sqlx::query(
+                    "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3,
+                            lease_owner = NULL, lease_expires_at = NULL,
+                            idempotency_key = CASE WHEN ?4 THEN idempotency_key END,
+                            idempotency_expires_at = CASE WHEN ?4 AND idempotency_ttl_ms IS NOT NULL
+                                THEN min(?3 + idempotency_ttl_ms, 9000000000000000000) END
+                     WHERE id = ?5 AND lease_token = ?6 AND status = 'executing'
+                       AND (?7 IS NULL OR lease_expires_at < ?7)",
+                )
+                .bind(status.as_str())
+                .bind(json_text(envelope))
+                .bind(now)
+                .bind(completed)
+                .bind(id.as_str())
+                .bind(token)
+                .bind(expired_before.map(millis))
+                .execute(&mut *conn)
+                .await?
+            }
+            Settle::Retry {
+                id,
+                token,
+                run_at,
+                error,
+                expired_before,
+            } => {
+                sqlx::query(
+                    "UPDATE runs SET status = 'queued', run_at = ?1, lease_owner = NULL, lease_expires_at = NULL,
+                            retried = json_insert(coalesce(retried, '[]'), '$[#]', json(?2))
+                     WHERE id = ?3 AND lease_token = ?4 AND status = 'executing'
+                       AND (?5 IS NULL OR lease_expires_at < ?5)",
+                )
+                .bind(millis(*run_at))
+                .bind(json_text(error))
+                .bind(id.as_str())
+                .bind(token)
+                .bind(expired_before.map(millis))
+                .execute(&mut *conn)
+                .await?
+            }
+            Settle::Release { id, token } => {
+                sqlx::query(
+                    "UPDATE runs SET status = 'queued', attempts = attempts - 1,
+                            lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?1 AND lease_token = ?2 AND status = 'executing'",
+                )
+                .bind(id.as_str())
+                .bind(token)
+                .execute(&mut *conn)
+                .await?
+            }
+        };
+        applied.push(result.rows_affected() == 1);
+    }
+    Ok(applied)
+}
+
+async fn end_queued(
+    conn: &mut Conn,
+    ends: Vec<(RunId, Box<RunOutput<Value>>)>,
+) -> Result<Vec<bool>, sqlx::Error> {
+    let now = millis(SystemTime::now());
+    let mut applied = Vec::with_capacity(ends.len());
+    for (id, envelope) in ends {
+        let result = sqlx::query(
+            "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3, idempotency_key = NULL
+             WHERE id = ?4 AND status IN ('queued', 'delayed')",
+        )
+        .bind(RunStatus::of_envelope(&envelope).as_str())
+        .bind(json_text(&envelope))
+        .bind(now)
+        .bind(id.as_str())
+        .execute(&mut *conn)
+        .await?;
+        applied.push(result.rows_affected() == 1);
+    }
+    Ok(applied)
+}
+
+async fn cancel(
+    conn: &mut Conn,
+    id: RunId,
+    envelope: Box<RunOutput<Value>>,
+) -> Result<CancelOutcome, sqlx::Error> {
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+        .bind(id.as_str())
+        .fetch_optional(&mut *conn)
+        .await?;
+    let Some(status) = status else {
+        return Ok(CancelOutcome::NotFound);
+    };
+    let status = parse_status(&status)?;
+    match status {
+        RunStatus::Queued | RunStatus::Delayed => {
+            end_queued(conn, vec![(id, envelope)]).await?;
+            Ok(CancelOutcome::Cancelled)
+        }
+        RunStatus::Executing | RunStatus::Waiting => {
+            sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = ?1")
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await?;
+            Ok(CancelOutcome::Requested)
+        }
+        finished => Ok(CancelOutcome::AlreadyFinished(finished)),
+    }
+}
+
+/// The root's lease still holds (the writer of a journal entry is its root's owner).
+const ROOT_HELD: &str = "EXISTS (SELECT 1 FROM runs AS root WHERE root.id = ?1 AND root.lease_token = ?2 AND root.status = 'executing')";
+
+async fn flush_journal(
+    conn: &mut Conn,
+    ops: Vec<JournalOp>,
+    fail: &impl Fn(&sqlx::Error) -> StoreError,
+) {
+    for op in ops {
+        let result = match op {
+            JournalOp::Start {
+                root,
+                token,
+                id,
+                parent,
+                position,
+                task,
+                tenant_id,
+                project_id,
+                input,
+                at,
+            } => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO runs (id, task, tenant_id, project_id, status, input, attempts, run_at,
+                                       created_at, started_at, parent_run_id, root_run_id, position)
+                     SELECT ?3, ?4, ?5, ?6, 'executing', ?7, 0, ?8, ?8, ?8, ?9, ?1, ?10 WHERE {ROOT_HELD}
+                     ON CONFLICT (id) DO UPDATE SET status = 'executing', output = NULL, error = NULL,
+                                                    finished_at = NULL"
+                )))
+                .bind(root.as_str())
+                .bind(token)
+                .bind(id.as_str())
+                .bind(task)
+                .bind(tenant_id)
+                .bind(project_id)
+                .bind(json_text(&input))
+                .bind(millis(at))
+                .bind(parent.as_str())
+                .bind(position)
+                .execute(&mut *conn)
+                .await
+            }
+            JournalOp::Finish {
+                root,
+                token,
+                id,
+                status,
+                output,
+                error,
+                attempts,
+                at,
+            } => {
+                sqlx::query(AssertSqlSafe(format!(
+                    "UPDATE runs SET status = ?3, output = ?4, error = ?5, attempts = attempts + ?6, finished_at = ?7
+                     WHERE id = ?8 AND {ROOT_HELD}"
+                )))
+                .bind(root.as_str())
+                .bind(token)
+                .bind(status.as_str())
+                .bind(output.as_ref().map(json_text))
+                .bind(error.as_ref().map(json_text))
+                .bind(i64::from(attempts))
+                .bind(millis(at))
+                .bind(id.as_str())
+                .execute(&mut *conn)
+                .await
+            }
+        };
+        if let Err(e) = result {
+            let error = fail(&e);
+            tracing::warn!(%error, "journal write failed; the step may run again on a retry");
+        }
+    }
+}
+
+async fn flush_logs(
+    conn: &mut Conn,
+    lines: Vec<LogLine>,
+    fail: &impl Fn(&sqlx::Error) -> StoreError,
+) {
+    for chunk in lines.chunks(CHUNK) {
+        let rows = (0..chunk.len())
+            .map(|i| {
+                let b = 1 + 5 * i;
+                format!("(?{b}, ?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO run_logs (run_id, at, level, message, fields) VALUES {rows}"
+        )));
+        for line in chunk {
+            query = query
+                .bind(line.run_id.as_str())
+                .bind(millis(line.at))
+                .bind(&line.level)
+                .bind(&line.message)
+                .bind(json_text(&line.fields));
+        }
+        if let Err(e) = query.execute(&mut *conn).await {
+            let error = fail(&e);
+            tracing::warn!(%error, lines = chunk.len(), "storing log lines failed");
+        }
+    }
+}
+
+trait BindAll<'q> {
+    fn bind_all<T: AsRef<str>>(self, values: &[T]) -> Self;
+}
+
+impl<'q, O> BindAll<'q>
+    for sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>
+{
+    fn bind_all<T: AsRef<str>>(mut self, values: &[T]) -> Self {
+        for value in values {
+            self = self.bind(value.as_ref().to_owned());
+        }
+        self
+    }
+}
+
+impl<'q> BindAll<'q> for sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    fn bind_all<T: AsRef<str>>(mut self, values: &[T]) -> Self {
+        for value in values {
+            self = self.bind(value.as_ref().to_owned());
+        }
+        self
+    }
+}
+
+fn decode(what: &str, error: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(format!("{what}: {error}").into())
+}
+
+fn parse_id(text: &str) -> Result<RunId, sqlx::Error> {
+    text.parse().map_err(|e| decode("id", e))
+}
+
+fn parse_status(text: &str) -> Result<RunStatus, sqlx::Error> {
+    text.parse::<RunStatus>().map_err(|e| decode("status", e))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &SqliteRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| decode(column, e)))
+        .transpose()
+}
+
+fn run_info(row: &SqliteRow) -> Result<RunInfo, sqlx::Error> {
+    let id = |column: &str| -> Result<Option<RunId>, sqlx::Error> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|t| parse_id(&t)).transpose()
+    };
+    let status: String = row.try_get("status")?;
+    Ok(RunInfo {
+        id: id("id")?.ok_or_else(|| decode("id", "missing"))?,
+        task: row.try_get("task")?,
+        status: parse_status(&status)?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+        tags: json_column(row, "tags")?.unwrap_or_default(),
+        parent_run_id: id("parent_run_id")?,
+        root_run_id: id("root_run_id")?,
+        position: row.try_get("position")?,
+        replay_of: id("replay_of")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: time(row.try_get("created_at")?),
+        run_at: time(row.try_get("run_at")?),
+        started_at: row.try_get::<Option<i64>, _>("started_at")?.map(time),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
+        input: json_column(row, "input")?.unwrap_or_default(),
+        envelope: json_column(row, "envelope")?,
+        output: json_column(row, "output")?,
+        error: json_column(row, "error")?,
+        retried: json_column(row, "retried")?.unwrap_or_default(),
+    })
+}
+
+const RUN_COLUMNS: &str =
+    "id, task, status, tenant_id, project_id, attempts, tags, parent_run_id, root_run_id,
+     position, replay_of, idempotency_key, created_at, run_at, started_at, finished_at, input,
+     envelope, output, error, retried";
+
+impl RunStore for SqliteStore {
+    fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>> {
+        Box::pin(self.write(|tx| Write::Enqueue(runs, tx)))
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedRun>, StoreError>> {
+        Box::pin(self.write(|tx| Write::Claim(request, tx)))
+    }
+
+    fn heartbeat(
+        &self,
+        owner: String,
+        leases: Vec<Lease>,
+        extend: Duration,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, StoreError>> {
+        Box::pin(self.write(move |tx| Write::Heartbeat(owner, leases, extend, tx)))
+    }
+
+    fn settle(&self, outcomes: Vec<Settle>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        Box::pin(self.write(|tx| Write::Settle(outcomes, tx)))
+    }
+
+    fn expired_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredLease>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, task, input, lease_token, attempts, lease_owner FROM runs
+                 WHERE status = 'executing' AND parent_run_id IS NULL AND lease_expires_at < ?1
+                 LIMIT ?2",
+            )
+            .bind(millis(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let input: String = row.try_get("input")?;
+                    Ok(ExpiredLease {
+                        id: parse_id(&id)?,
+                        task: row.try_get("task")?,
+                        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                        token: row.try_get("lease_token")?,
+                        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                        owner: row
+                            .try_get::<Option<String>, _>("lease_owner")?
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    fn expired_runs(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredRun>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, task, input, expire_at FROM runs
+                 WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+                   AND expire_at IS NOT NULL AND expire_at <= ?1
+                 LIMIT ?2",
+            )
+            .bind(millis(now))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let input: String = row.try_get("input")?;
+                    Ok(ExpiredRun {
+                        id: parse_id(&id)?,
+                        task: row.try_get("task")?,
+                        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                        expire_at: time(row.try_get("expire_at")?),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    fn end_queued(
+        &self,
+        ends: Vec<(RunId, Box<RunOutput<Value>>)>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        Box::pin(self.write(|tx| Write::EndQueued(ends, tx)))
+    }
+
+    fn get(&self, id: RunId) -> BoxFuture<'_, Result<Option<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"
+            )))
+            .bind(id.as_str())
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            row.as_ref()
+                .map(run_info)
+                .transpose()
+                .map_err(|e| corrupt(&id, e))
+        })
+    }
+
+    fn list(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let mut clauses = vec!["parent_run_id IS NULL".to_owned()];
+            let mut binds: Vec<String> = Vec::new();
+            let mut bind = |clause: &str, value: String| {
+                binds.push(value);
+                clauses.push(clause.replace('?', &format!("?{}", binds.len())));
+            };
+            if let Some(status) = filter.status {
+                bind("status = ?", status.as_str().to_owned());
+            }
+            if let Some(task) = &filter.task {
+                bind("task = ?", task.clone());
+            }
+            if let Some(tenant) = &filter.tenant {
+                bind("tenant_id = ?", tenant.clone());
+            }
+            if let Some(tag) = &filter.tag {
+                bind(
+                    "EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE json_each.value = ?)",
+                    tag.clone(),
+                );
+            }
+            if let Some(before) = &filter.before {
+                bind("id < ?", before.to_string());
+            }
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE {} ORDER BY id DESC LIMIT {}",
+                clauses.join(" AND "),
+                filter.page_size()
+            );
+            let rows = sqlx::query(AssertSqlSafe(sql))
+                .bind_all(&binds)
+                .fetch_all(&self.reads)
+                .await
+                .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(run_info)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    fn children(&self, parent: RunId) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY id"
+            )))
+            .bind(parent.as_str())
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(run_info)
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt(&parent, e))
+        })
+    }
+
+    fn cancel(
+        &self,
+        id: RunId,
+        envelope: Box<RunOutput<Value>>,
+    ) -> BoxFuture<'_, Result<CancelOutcome, StoreError>> {
+        Box::pin(self.write(|tx| Write::Cancel(id, envelope, tx)))
+    }
+
+    fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, parent_run_id, position, status, output, attempts, started_at, finished_at
+                 FROM runs WHERE root_run_id = ?1 AND position IS NOT NULL",
+            )
+            .bind(root.as_str())
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let parent: String = row.try_get("parent_run_id")?;
+                    let status: String = row.try_get("status")?;
+                    let output = if status == "completed" {
+                        Some(json_column::<Value>(row, "output")?.unwrap_or_default())
+                    } else {
+                        None
+                    };
+                    let started: Option<i64> = row.try_get("started_at")?;
+                    let finished: Option<i64> = row.try_get("finished_at")?;
+                    Ok(JournalEntry {
+                        parent: parse_id(&parent)?,
+                        position: row.try_get("position")?,
+                        id: parse_id(&id)?,
+                        output,
+                        attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
+                        duration_ms: match (started, finished) {
+                            (Some(s), Some(f)) => u64::try_from(f - s).unwrap_or(0),
+                            _ => 0,
+                        },
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| corrupt(&root, e))
+        })
+    }
+
+    fn record(&self, op: JournalOp) {
+        let _ = self.writes.send(Write::Journal(op));
+    }
+
+    fn log(&self, line: LogLine) {
+        if self.logs.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dropped_logs(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>> {
+        Box::pin(async move {
+            // The run's own lines and those of every run below it.
+            let rows = sqlx::query(
+                "SELECT run_id, at, level, message, fields FROM run_logs
+                 WHERE run_id = ?1 OR run_id IN (SELECT id FROM runs WHERE root_run_id = ?1)
+                 ORDER BY seq",
+            )
+            .bind(id.as_str())
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(|row| {
+                    let run_id: String = row.try_get("run_id")?;
+                    Ok(LogLine {
+                        run_id: parse_id(&run_id)?,
+                        at: time(row.try_get("at")?),
+                        level: row.try_get("level")?,
+                        message: row.try_get("message")?,
+                        fields: json_column(row, "fields")?.unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| corrupt(&id, e))
+        })
+    }
+
+    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let local = self.local.notified();
+            let others = async {
+                loop {
+                    tokio::time::sleep(self.poll).await;
+                    let mut watch = self.watch.lock().await;
+                    let (conn, seen) = &mut *watch;
+                    match data_version(conn).await {
+                        Ok(version) if version != *seen => {
+                            *seen = version;
+                            return;
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            tracing::debug!(error = %self.fail(&error), "polling the store for changes failed");
+                        }
+                    }
+                }
+            };
+            tokio::select! {
+                _ = local => {}
+                _ = others => {}
+                _ = tokio::time::sleep(within) => {}
+            }
+        })
+    }
+}
+
+fn corrupt(id: &RunId, error: sqlx::Error) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: error.to_string(),
+    }
+}

@@ -1,0 +1,575 @@
+//! The worker: claims due runs from the runtime's store and executes them through the same
+//! engine as every other run.
+//!
+//! - **Claims** take up to the worker's free slots at once (one statement), each with a
+//!   lease: an owner, an expiry and a fencing token that grows on every claim. Per-task
+//!   `concurrency` limits hold across every worker of the store.
+//! - **Heartbeats** extend the leases every third of the lease; the reply names leases that
+//!   are no longer ours (the run is stopped) and runs someone asked to cancel (their token is
+//!   cancelled: the attempt ends `cancelled` within a heartbeat).
+//! - **Settles** write how attempts ended, in batches, each fenced by its token: a worker
+//!   that lost its lease changes nothing. A failed attempt with retries left is rescheduled
+//!   (`next_delay`), never slept on.
+//! - **Reclaims**: an executing run whose lease expired (its worker crashed or was stopped)
+//!   ends its attempt as `workerLost` and is retried per its task's policy. Runs past their
+//!   time to live end `expired`.
+//! - **Shutdown** stops claiming, waits up to the grace period for what runs, then stops
+//!   the rest and hands them back to the queue (the attempt not counted).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::envelope::RunOutput;
+use crate::error::TaskError;
+use crate::exec::Seed;
+use crate::exec::seed::lock;
+use crate::id::RunId;
+use crate::policy::next_delay;
+use crate::runtime::Runtime;
+use crate::store::journal::Journal;
+use crate::store::{ClaimRequest, ClaimedRun, Lease, RunStore, Settle, later};
+
+/// Configures a [`Worker`]: `rt.worker().concurrency(16).start()`.
+#[derive(Debug, Clone)]
+pub struct WorkerBuilder {
+    rt: Runtime,
+    concurrency: usize,
+    lease: Duration,
+    idle_poll: Duration,
+}
+
+impl Runtime {
+    /// A worker for this runtime's store (see [`Worker`]).
+    pub fn worker(&self) -> WorkerBuilder {
+        WorkerBuilder {
+            rt: self.clone(),
+            concurrency: 16,
+            lease: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+impl WorkerBuilder {
+    /// Runs executing at once (default 16).
+    pub fn concurrency(mut self, runs: usize) -> Self {
+        self.concurrency = runs.max(1);
+        self
+    }
+
+    /// How long a claim holds a run without a heartbeat (default 30 s): after a crash, its
+    /// runs are retried by other workers this much later.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease.max(Duration::from_millis(30));
+        self
+    }
+
+    /// Starts claiming and executing. A runtime without a store has nothing to claim: the
+    /// worker logs that and stops at once.
+    pub fn start(self) -> Worker {
+        let owner = format!(
+            "{}:{}:{}",
+            hostname(),
+            std::process::id(),
+            RunId::new(SystemTime::now())
+                .as_str()
+                .get(4..)
+                .unwrap_or_default()
+        );
+        let stop = CancellationToken::new();
+        let shared = Arc::new(Shared {
+            rt: self.rt.clone(),
+            owner: owner.clone(),
+            held: Mutex::default(),
+            lease: self.lease,
+            stats: Stats::default(),
+        });
+        let task = match self.rt.store().cloned() {
+            Some(store) => {
+                let span = tracing::info_span!("worker", worker = %owner);
+                tokio::spawn(
+                    work(
+                        shared.clone(),
+                        store,
+                        self.concurrency,
+                        self.idle_poll,
+                        stop.clone(),
+                    )
+                    .instrument(span),
+                )
+            }
+            None => {
+                tracing::error!(
+                    "a worker needs a runtime with a store: Runtime::builder().store(..)"
+                );
+                tokio::spawn(async {})
+            }
+        };
+        Worker {
+            owner,
+            stop,
+            task,
+            shared,
+        }
+    }
+}
+
+/// A running worker. Stop it with [`Worker::shutdown`].
+#[derive(Debug)]
+pub struct Worker {
+    owner: String,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    shared: Arc<Shared>,
+}
+
+/// What a worker did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerReport {
+    /// Attempts it executed to an end (completed, failed, cancelled, rescheduled).
+    pub executed: u64,
+    /// Runs it handed back to the queue at shutdown.
+    pub released: u64,
+    /// Writes rejected because the lease was no longer ours.
+    pub lost: u64,
+    /// Expired leases of other workers it reclaimed.
+    pub reclaimed: u64,
+}
+
+impl Worker {
+    /// This worker's lease owner name (`host:pid:id`).
+    pub fn id(&self) -> &str {
+        &self.owner
+    }
+
+    /// What it did so far.
+    pub fn report(&self) -> WorkerReport {
+        self.shared.stats.report()
+    }
+
+    /// Stops claiming, waits up to `grace` for the runs it executes, then stops the rest and
+    /// hands them back to the queue; returns what it did.
+    pub async fn shutdown(self, grace: Duration) -> WorkerReport {
+        let deadline = tokio::time::Instant::now() + grace;
+        self.stop.cancel();
+        let shared = self.shared.clone();
+        let releaser = tokio::spawn(async move {
+            tokio::time::sleep_until(deadline).await;
+            shared.release_all();
+        });
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "worker task ended abnormally");
+        }
+        releaser.abort();
+        self.shared.stats.report()
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    executed: AtomicU64,
+    released: AtomicU64,
+    lost: AtomicU64,
+    reclaimed: AtomicU64,
+}
+
+impl Stats {
+    fn report(&self) -> WorkerReport {
+        WorkerReport {
+            executed: self.executed.load(Ordering::Relaxed),
+            released: self.released.load(Ordering::Relaxed),
+            lost: self.lost.load(Ordering::Relaxed),
+            reclaimed: self.reclaimed.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// A run this worker holds.
+#[derive(Debug)]
+struct Held {
+    token: i64,
+    cancel: CancellationToken,
+    /// Stopped by shutdown: hand it back instead of recording how it ended.
+    released: Arc<AtomicBool>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    rt: Runtime,
+    owner: String,
+    held: Mutex<HashMap<RunId, Held>>,
+    lease: Duration,
+    stats: Stats,
+}
+
+impl Shared {
+    fn leases(&self) -> Vec<Lease> {
+        lock(&self.held)
+            .iter()
+            .map(|(id, held)| Lease {
+                id: id.clone(),
+                token: held.token,
+            })
+            .collect()
+    }
+
+    fn release_all(&self) {
+        for (id, held) in lock(&self.held).iter() {
+            tracing::info!(run_id = %id, "stopping the run to hand it back");
+            held.released.store(true, Ordering::Release);
+            held.cancel.cancel();
+        }
+    }
+
+    /// Tasks with a concurrency limit, for claims.
+    fn task_limits(&self) -> Vec<(String, u32)> {
+        self.rt
+            .registry()
+            .entries()
+            .iter()
+            .filter_map(|d| d.policy.concurrency.map(|n| (d.id.to_owned(), n)))
+            .collect()
+    }
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The claim loop.
+async fn work(
+    shared: Arc<Shared>,
+    store: Arc<dyn RunStore>,
+    concurrency: usize,
+    idle_poll: Duration,
+    stop: CancellationToken,
+) {
+    tracing::info!(
+        concurrency,
+        lease_ms = u64::try_from(shared.lease.as_millis()).unwrap_or(u64::MAX),
+        "worker started"
+    );
+    let keeper =
+        tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
+    let task_limits = shared.task_limits();
+    let mut running: JoinSet<Settle> = JoinSet::new();
+    let mut settles = Vec::new();
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        while let Some(done) = running.try_join_next() {
+            match done {
+                Ok(settle) => settles.push(settle),
+                Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
+            }
+        }
+        if !settles.is_empty() {
+            write_settles(&shared, &store, std::mem::take(&mut settles)).await;
+        }
+        if stop.is_cancelled() {
+            match running.join_next().await {
+                Some(Ok(settle)) => settles.push(settle),
+                Some(Err(error)) => tracing::error!(%error, "a run's task ended abnormally"),
+                None => break,
+            }
+            continue;
+        }
+        let room = concurrency.saturating_sub(running.len());
+        let mut claimed = Vec::new();
+        if room > 0 {
+            let request = ClaimRequest {
+                owner: shared.owner.clone(),
+                limit: room.min(64),
+                lease: shared.lease,
+                task_limits: task_limits.clone(),
+            };
+            match store.claim(request).await {
+                Ok(runs) => {
+                    claimed = runs;
+                    backoff = Duration::from_millis(10);
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(0), "claiming failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        }
+        let got = claimed.len();
+        for run in claimed {
+            let (shared, store) = (shared.clone(), store.clone());
+            running.spawn(execute_claimed(shared, store, run).in_current_span());
+        }
+        if got > 0 && got == room.min(64) {
+            continue; // more may be due
+        }
+        tokio::select! {
+            biased;
+            _ = stop.cancelled() => {}
+            Some(done) = running.join_next(), if !running.is_empty() => match done {
+                Ok(settle) => settles.push(settle),
+                Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
+            },
+            _ = store.changed(idle_poll), if room > got => {}
+        }
+    }
+    keeper.abort();
+    let report = shared.stats.report();
+    tracing::info!(
+        executed = report.executed,
+        released = report.released,
+        lost = report.lost,
+        "worker stopped"
+    );
+}
+
+async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<Settle>) {
+    let ids: Vec<RunId> = settles.iter().map(|s| s.id().clone()).collect();
+    // A store that fails now keeps the leases (and the runs) until they expire: another
+    // attempt then redoes the work, nothing is lost.
+    let mut attempts = 0;
+    let applied = loop {
+        attempts += 1;
+        match store.settle(settles.clone()).await {
+            Ok(applied) => break applied,
+            Err(error) if attempts < 5 => {
+                tracing::warn!(%error, attempts, "settling runs failed, retrying");
+                tokio::time::sleep(Duration::from_millis(50 * attempts)).await;
+            }
+            Err(error) => {
+                tracing::error!(%error, runs = settles.len(), "settling runs failed; their leases will expire and they will run again");
+                break vec![false; settles.len()];
+            }
+        }
+    };
+    let mut held = lock(&shared.held);
+    for ((id, settle), applied) in ids.iter().zip(&settles).zip(applied) {
+        held.remove(id);
+        shared.rt.executed(id);
+        if !applied {
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(run_id = %id, "the run's lease was no longer ours: its outcome was not recorded");
+        } else if matches!(settle, Settle::Release { .. }) {
+            shared.stats.released.fetch_add(1, Ordering::Relaxed);
+        } else {
+            shared.stats.executed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Executes one claimed attempt and says how to settle it.
+async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: ClaimedRun) -> Settle {
+    let ClaimedRun {
+        id,
+        task,
+        input,
+        attempt,
+        token,
+    } = run;
+    let cancel = shared.rt.executor().root.child_token();
+    let released = Arc::new(AtomicBool::new(false));
+    lock(&shared.held).insert(
+        id.clone(),
+        Held {
+            token,
+            cancel: cancel.clone(),
+            released: released.clone(),
+        },
+    );
+    shared.rt.executing(&id, &cancel);
+    let Some(descriptor) = shared.rt.registry().get(&task) else {
+        let error = TaskError::not_found(&task, shared.rt.registry().suggest(&task)).into_fatal();
+        tracing::error!(run_id = %id, task, "no task with this id in this worker's binary");
+        let envelope = RunOutput::refused(&task, id.clone(), input, error);
+        return Settle::Finish {
+            id,
+            token,
+            envelope: Box::new(envelope),
+            expired_before: None,
+        };
+    };
+    // A run attempted before may have children that completed: load what they recorded.
+    let entries = if attempt > 1 {
+        match store.journal(id.clone()).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                tracing::warn!(run_id = %id, %error, "reading the journal failed; every step runs again");
+                Vec::new()
+            }
+        }
+    } else {
+        Vec::new()
+    };
+    let journal = Arc::new(Journal::new(store.clone(), id.clone(), token, entries));
+    let mut seed = Seed::root(cancel);
+    seed.run_id = Some(id.clone());
+    seed.attempt = Some(attempt);
+    seed.scope.journal = Some(journal);
+    let end = descriptor
+        .run_stored(shared.rt.executor(), input, seed)
+        .await;
+    if released.load(Ordering::Acquire) {
+        return Settle::Release { id, token };
+    }
+    match (end.retry_in, end.envelope.job.error_detail.clone()) {
+        (Some(delay), Some(error)) => Settle::Retry {
+            id,
+            token,
+            run_at: later(SystemTime::now(), delay),
+            error,
+            expired_before: None,
+        },
+        _ => Settle::Finish {
+            id,
+            token,
+            envelope: Box::new(end.envelope),
+            expired_before: None,
+        },
+    }
+}
+
+/// Heartbeats, and the upkeep any worker does for the whole store: reclaiming expired
+/// leases and expiring runs past their time to live.
+async fn keep_leases(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: CancellationToken) {
+    let every = (shared.lease / 3).max(Duration::from_millis(10));
+    let mut upkeep_due = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            // After stop, leases still need extending while runs finish within the grace.
+            _ = stop.cancelled(), if !stop.is_cancelled() => continue,
+        }
+        let leases = shared.leases();
+        if !leases.is_empty() {
+            match store
+                .heartbeat(shared.owner.clone(), leases, shared.lease)
+                .await
+            {
+                Ok(reply) => {
+                    let held = lock(&shared.held);
+                    for id in &reply.lost {
+                        if let Some(run) = held.get(id) {
+                            tracing::warn!(run_id = %id, "lease lost (it expired and was reclaimed): stopping the run");
+                            run.cancel.cancel();
+                        }
+                    }
+                    for id in &reply.cancel {
+                        if let Some(run) = held.get(id) {
+                            tracing::info!(run_id = %id, "cancel requested");
+                            run.cancel.cancel();
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "heartbeat failed; leases run out unless the next one succeeds")
+                }
+            }
+        }
+        if !stop.is_cancelled() && tokio::time::Instant::now() >= upkeep_due {
+            upkeep_due = tokio::time::Instant::now() + every.max(Duration::from_millis(250));
+            reclaim(&shared, &store).await;
+            expire(&store).await;
+        }
+    }
+}
+
+/// Ends the attempts whose worker stopped heartbeating, as `workerLost`, and reschedules or
+/// fails each run per its task's retry policy.
+async fn reclaim(shared: &Shared, store: &Arc<dyn RunStore>) {
+    let now = SystemTime::now();
+    let expired = match store.expired_leases(now, 256).await {
+        Ok(expired) => expired,
+        Err(error) => {
+            tracing::warn!(%error, "looking for expired leases failed");
+            return;
+        }
+    };
+    let mut settles = Vec::new();
+    for lease in expired {
+        let error = TaskError::worker_lost(format!(
+            "worker {} stopped heartbeating; its lease on attempt {} expired",
+            lease.owner, lease.attempt
+        ));
+        let retry = shared
+            .rt
+            .registry()
+            .get(&lease.task)
+            .and_then(|d| d.policy.retry)
+            .unwrap_or(shared.rt.executor().default_retry);
+        tracing::warn!(run_id = %lease.id, task = lease.task, owner = lease.owner, attempt = lease.attempt, "reclaiming an expired lease");
+        settles.push(match next_delay(&retry, lease.attempt, &error) {
+            Some(delay) => Settle::Retry {
+                id: lease.id,
+                token: lease.token,
+                run_at: later(now, delay),
+                error,
+                expired_before: Some(now),
+            },
+            None => {
+                let mut envelope =
+                    RunOutput::refused(&lease.task, lease.id.clone(), lease.input, error);
+                envelope.metadata.attempts = lease.attempt;
+                Settle::Finish {
+                    id: lease.id,
+                    token: lease.token,
+                    envelope: Box::new(envelope),
+                    expired_before: Some(now),
+                }
+            }
+        });
+    }
+    if settles.is_empty() {
+        return;
+    }
+    match store.settle(settles).await {
+        Ok(applied) => {
+            let n = applied.iter().filter(|a| **a).count() as u64;
+            shared.stats.reclaimed.fetch_add(n, Ordering::Relaxed);
+        }
+        Err(error) => tracing::warn!(%error, "reclaiming expired leases failed"),
+    }
+}
+
+/// Ends queued runs whose time to live ran out.
+async fn expire(store: &Arc<dyn RunStore>) {
+    let now = SystemTime::now();
+    let expired = match store.expired_runs(now, 256).await {
+        Ok(expired) => expired,
+        Err(error) => {
+            tracing::warn!(%error, "looking for expired runs failed");
+            return;
+        }
+    };
+    if expired.is_empty() {
+        return;
+    }
+    let ends = expired
+        .into_iter()
+        .map(|run| {
+            let error = TaskError::expired(format!(
+                "not started before its time to live ended at {}",
+                humantime::format_rfc3339_millis(run.expire_at)
+            ));
+            let envelope = RunOutput::refused(&run.task, run.id.clone(), run.input, error);
+            (run.id, Box::new(envelope))
+        })
+        .collect();
+    if let Err(error) = store.end_queued(ends).await {
+        tracing::warn!(%error, "expiring runs failed");
+    }
+}
