@@ -42,7 +42,7 @@ async fn cli(args: &[&str]) -> Outcome {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut argv = vec!["docs-pipeline"];
     argv.extend_from_slice(args);
-    let code = run_with(&Runtime::new(), argv, &mut out, &mut err).await;
+    let code = run_with(Runtime::builder(), argv, &mut out, &mut err).await;
     Outcome {
         code,
         out: String::from_utf8(out).unwrap(),

@@ -122,7 +122,7 @@ proptest! {
         paused().block_on(async {
             for id in ids() {
                 let (mut out, mut err) = (Vec::new(), Vec::new());
-                let code = run_with(&rt, ["docs-pipeline", "run", id, "--input", &text], &mut out, &mut err).await;
+                let code = run_with(Runtime::builder(), ["docs-pipeline", "run", id, "--input", &text], &mut out, &mut err).await;
                 prop_assert!(code <= 2, "exit code {}", code);
                 if code < 2 {
                     let env: Value = serde_json::from_slice(&out).expect("stdout holds the envelope");

@@ -30,6 +30,61 @@ impl FromStr for LogFormat {
     }
 }
 
+/// Where the CLI attaches its store's log layer once the store is open.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreSlot {
+    #[cfg(feature = "sqlite")]
+    layer: crate::store::StoreLogLayer,
+}
+
+impl StoreSlot {
+    /// Starts keeping runs' events in `store`.
+    pub(crate) fn attach(&self, store: &crate::Store) {
+        #[cfg(feature = "sqlite")]
+        self.layer.attach(store);
+        #[cfg(not(feature = "sqlite"))]
+        let _ = store;
+    }
+}
+
+/// [`init`], plus a layer that keeps runs' events in the store the CLI opens later.
+/// `None` when a subscriber was already set.
+pub(crate) fn init_with_store(format: LogFormat) -> Option<StoreSlot> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::stderr().is_terminal();
+    let slot = StoreSlot {
+        #[cfg(feature = "sqlite")]
+        layer: crate::store::StoreLogLayer::unattached(),
+    };
+    #[cfg(feature = "sqlite")]
+    let store = Some(slot.layer.clone());
+    #[cfg(not(feature = "sqlite"))]
+    let store: Option<tracing_subscriber::layer::Identity> = None;
+    let registry = tracing_subscriber::registry().with(filter).with(store);
+    let installed = match format {
+        LogFormat::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(ansi),
+            )
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false),
+            )
+            .try_init(),
+    };
+    installed.is_ok().then_some(slot)
+}
+
 /// Installs a global subscriber writing to stderr. Returns `false` when one was already set
 /// (it is left in place).
 pub fn init(format: LogFormat) -> bool {

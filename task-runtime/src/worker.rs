@@ -287,6 +287,7 @@ async fn work(
         }
         let room = concurrency.saturating_sub(running.len());
         let mut claimed = Vec::new();
+        let mut wait = idle_poll;
         if room > 0 {
             let request = ClaimRequest {
                 owner: shared.owner.clone(),
@@ -295,8 +296,13 @@ async fn work(
                 task_limits: task_limits.clone(),
             };
             match store.claim(request).await {
-                Ok(runs) => {
-                    claimed = runs;
+                Ok(batch) => {
+                    claimed = batch.runs;
+                    // Sleep no longer than until the next delayed or retried run is due.
+                    if let Some(due) = batch.next_due {
+                        let until = due.duration_since(SystemTime::now()).unwrap_or_default();
+                        wait = wait.min(until + Duration::from_millis(1));
+                    }
                     backoff = Duration::from_millis(10);
                 }
                 Err(error) => {
@@ -325,7 +331,7 @@ async fn work(
                 Ok(settle) => settles.push(settle),
                 Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
             },
-            _ = store.changed(idle_poll), if room > got => {}
+            _ = store.changed(wait), if room > got => {}
         }
     }
     keeper.abort();

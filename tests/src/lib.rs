@@ -643,3 +643,24 @@ track! {
         Length,
     }
 }
+
+/// Like `work`, but fails the first time it runs for its label (counted by its probe), however
+/// many attempts its parents make.
+#[task(id = "flaky_step")]
+pub async fn flaky_step(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    let probe = Probe::get(&input.probe);
+    let label = format!("{}:{}", ctx.task_id(), input.label);
+    let first = probe.count(&format!("start {label} ")) == 0;
+    let mut input = input;
+    input.fail_attempts = if first { u32::MAX } else { 0 };
+    work_body(ctx, input).await
+}
+
+track! {
+    /// Three steps, the last failing the first time; two attempts.
+    pub RetriedSteps("retried_steps", retry(max_attempts = 2, min_delay = "10ms"))(input: WorkInput) {
+        Work = |input| WorkInput { label: format!("{}-1", input.label), ..input.clone() },
+        Work = |_prev, original| WorkInput { label: format!("{}-2", original.label), ..original.clone() },
+        FlakyStep = |_prev, original| WorkInput { label: format!("{}-3", original.label), ..original.clone() },
+    }
+}

@@ -4,7 +4,7 @@
 //! line; it never blocks the task), and the store's writer commits lines in batches.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -20,7 +20,8 @@ use crate::id::RunId;
 /// Writes the events of runs to a store; see [`Store::log_layer`](super::Store::log_layer).
 #[derive(Clone)]
 pub struct StoreLogLayer {
-    store: Arc<dyn RunStore>,
+    /// Set once the store is connected: a binary installs its subscriber before it has one.
+    store: Arc<OnceLock<Arc<dyn RunStore>>>,
 }
 
 impl fmt::Debug for StoreLogLayer {
@@ -31,7 +32,21 @@ impl fmt::Debug for StoreLogLayer {
 
 impl StoreLogLayer {
     pub(crate) fn new(store: Arc<dyn RunStore>) -> Self {
-        StoreLogLayer { store }
+        let layer = StoreLogLayer::unattached();
+        let _ = layer.store.set(store);
+        layer
+    }
+
+    /// A layer that writes nothing until [`attach`](Self::attach)ed to a store.
+    pub(crate) fn unattached() -> Self {
+        StoreLogLayer {
+            store: Arc::default(),
+        }
+    }
+
+    /// Starts writing to `store` (the first store attached stays).
+    pub(crate) fn attach(&self, store: &super::Store) {
+        let _ = self.store.set(store.inner.clone());
     }
 }
 
@@ -120,6 +135,9 @@ where
     }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
         let Some(scope) = ctx.event_scope(event) else {
             return;
         };
@@ -132,7 +150,7 @@ where
         };
         let mut fields = Fields::default();
         event.record(&mut fields);
-        self.store.log(LogLine {
+        store.log(LogLine {
             run_id,
             at: SystemTime::now(),
             level: event.metadata().level().to_string(),

@@ -248,6 +248,13 @@ pub(crate) struct ClaimedRun {
     pub token: i64,
 }
 
+/// What a claim took, and when the next queued run is due (`None`: nothing queued).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Claimed {
+    pub runs: Vec<ClaimedRun>,
+    pub next_due: Option<SystemTime>,
+}
+
 /// A lease a worker holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Lease {
@@ -463,8 +470,9 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     /// tenant, key) is returned instead of committing a second one.
     fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>>;
 
-    /// Claims due runs (queued, run-at passed, not expired), oldest first, in one statement.
-    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedRun>, StoreError>>;
+    /// Claims due runs (queued, run-at passed, not expired), oldest first, in one statement;
+    /// says when the next queued run is due.
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>>;
 
     /// Extends the leases still ours; says which are lost and which are asked to cancel.
     fn heartbeat(

@@ -27,9 +27,9 @@ use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
 use super::{
-    CancelOutcome, ClaimRequest, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun, HeartbeatReply,
-    JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore, Settle,
-    StoreError, later, millis, time,
+    CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
+    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
+    Settle, StoreError, later, millis, time,
 };
 use crate::envelope::RunOutput;
 use crate::id::RunId;
@@ -63,10 +63,7 @@ enum Write {
         Vec<NewRun>,
         oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
     ),
-    Claim(
-        ClaimRequest,
-        oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
-    ),
+    Claim(ClaimRequest, oneshot::Sender<Result<Claimed, StoreError>>),
     Heartbeat(
         String,
         Vec<Lease>,
@@ -347,8 +344,8 @@ enum Done {
         Result<Vec<Enqueued>, StoreError>,
     ),
     Claim(
-        oneshot::Sender<Result<Vec<ClaimedRun>, StoreError>>,
-        Result<Vec<ClaimedRun>, StoreError>,
+        oneshot::Sender<Result<Claimed, StoreError>>,
+        Result<Claimed, StoreError>,
     ),
     Heartbeat(
         oneshot::Sender<Result<HeartbeatReply, StoreError>>,
@@ -590,7 +587,27 @@ fn placeholders(count: usize, first: usize) -> String {
         .join(", ")
 }
 
-async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<ClaimedRun>, sqlx::Error> {
+async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Claimed, sqlx::Error> {
+    let limit = request.limit;
+    let runs = claim_runs(conn, request).await?;
+    let next_due = if runs.len() < limit {
+        let due: Option<i64> = sqlx::query_scalar(
+            "SELECT min(run_at) FROM runs
+             WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL",
+        )
+        .fetch_one(&mut *conn)
+        .await?;
+        due.map(time)
+    } else {
+        None
+    };
+    Ok(Claimed { runs, next_due })
+}
+
+async fn claim_runs(
+    conn: &mut Conn,
+    request: ClaimRequest,
+) -> Result<Vec<ClaimedRun>, sqlx::Error> {
     let now = SystemTime::now();
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
@@ -679,6 +696,7 @@ async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Vec<ClaimedRun>
         if chosen.is_empty() {
             return Ok(Vec::new());
         }
+
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
                     lease_token = lease_token + 1, attempts = attempts + 1,
@@ -1065,7 +1083,7 @@ impl RunStore for SqliteStore {
         Box::pin(self.write(|tx| Write::Enqueue(runs, tx)))
     }
 
-    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Vec<ClaimedRun>, StoreError>> {
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>> {
         Box::pin(self.write(|tx| Write::Claim(request, tx)))
     }
 

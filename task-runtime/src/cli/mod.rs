@@ -30,19 +30,22 @@
 //! | 2 | usage error: bad arguments, unknown id, unreadable input file, malformed JSON |
 
 use std::ffi::{OsStr, OsString};
-use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::io::{self, Write};
 use std::process::ExitCode;
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
-use serde_json::Value;
+
+mod durable;
+mod input;
+
+use input::{InputFailure, InputSource, read_input};
 
 use crate::catalog;
 use crate::logging::{self, LogFormat};
 use crate::registry::TaskDescriptor;
-use crate::{InputError, Limits, Runtime, RuntimeBuilder};
+use crate::{Runtime, RuntimeBuilder, Store};
 
 /// Exit code: everything worked.
 const SUCCESS: u8 = 0;
@@ -50,6 +53,9 @@ const SUCCESS: u8 = 0;
 const FAILED: u8 = 1;
 /// Exit code: the command line could not be carried out as given.
 const USAGE: u8 = 2;
+
+/// The store `--store` names when neither it nor `TASK_STORE` is given.
+pub const DEFAULT_STORE: &str = "sqlite://.tasks/runs.db";
 
 /// Runs the CLI with [`std::env::args_os`] on a runtime with default settings and returns
 /// the process exit code. See [`main_with`].
@@ -61,8 +67,10 @@ pub fn main() -> ExitCode {
 /// limits, defaults, explicitly registered handles) and returns the process exit code.
 ///
 /// Parses the arguments, installs logging on stderr ([`logging::init`]) in the format of
-/// `--log-format`, builds its own multi-thread tokio runtime and the task [`Runtime`], then
-/// runs the subcommand. See the [module docs](self) for exit codes.
+/// `--log-format` (and, for the commands that open the store, the store's log layer, so
+/// runs' events are kept for `runs logs`), builds its own multi-thread tokio runtime and
+/// the task [`Runtime`], then runs the subcommand. See the [module docs](self) for exit
+/// codes.
 ///
 /// ```no_run
 /// use task_runtime::{HookEvent, Runtime};
@@ -82,7 +90,7 @@ pub fn main_with(builder: RuntimeBuilder) -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return ExitCode::from(report_parse_error(&error, &mut out, &mut err)),
     };
-    logging::init(cli.log_format.unwrap_or_default());
+    let logs = logging::init_with_store(cli.log_format.unwrap_or_default());
     let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,25 +101,19 @@ pub fn main_with(builder: RuntimeBuilder) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    let runtime = match builder.build() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            let _ = writeln!(err, "error: {error}");
-            return ExitCode::from(USAGE);
-        }
-    };
-    ExitCode::from(tokio.block_on(execute(&runtime, cli, &mut out, &mut err)))
+    ExitCode::from(tokio.block_on(execute(builder, cli, &mut out, &mut err, logs)))
 }
 
-/// Runs the CLI with explicit `args` (the first is the binary name) against `runtime`.
+/// Runs the CLI with explicit `args` (the first is the binary name) on the runtime
+/// `builder` describes.
 ///
-/// The listing, schemas and envelope are written to `out`, messages (errors, help on a usage
-/// error) to `err`; `--help` and `--version` go to `out`. Returns the exit code: 0 success,
-/// 1 run failed or input refused, 2 usage error. Installs no logging, so `--log-format` is a
-/// usage error here (it would have nothing to act on); the program decides its logging.
-/// Never panics.
+/// The listing, schemas, envelopes and run listings are written to `out`, messages (errors,
+/// help on a usage error) to `err`; `--help` and `--version` go to `out`. Returns the exit
+/// code (see the [module docs](self)). Installs no logging, so `--log-format` is a usage
+/// error here (it would have nothing to act on); the program decides its logging. Never
+/// panics.
 pub async fn run_with(
-    runtime: &Runtime,
+    builder: RuntimeBuilder,
     args: impl IntoIterator<Item = impl Into<OsString> + Clone>,
     out: &mut impl Write,
     err: &mut impl Write,
@@ -125,12 +127,13 @@ pub async fn run_with(
             );
             USAGE
         }
-        Ok(cli) => execute(runtime, cli, out, err).await,
+        Ok(cli) => execute(builder, cli, out, err, None).await,
         Err(error) => report_parse_error(&error, out, err),
     }
 }
 
-/// List, inspect and run the registered tasks, tracks and orchestrators.
+/// List, inspect and run the registered tasks, tracks and orchestrators; trigger durable
+/// runs, execute them with a worker, and look at them afterwards.
 #[derive(Debug, Parser)]
 #[command(version, long_about = None)]
 struct Cli {
@@ -143,6 +146,10 @@ struct Cli {
             .try_map(|s| s.parse::<LogFormat>()),
     )]
     log_format: Option<LogFormat>,
+
+    /// Where durable runs are kept (`trigger`, `worker`, `runs`).
+    #[arg(long, global = true, value_name = "URL", env = "TASK_STORE", default_value = DEFAULT_STORE)]
+    store: String,
 
     #[command(subcommand)]
     command: Command,
@@ -161,7 +168,7 @@ enum Command {
         /// Id of the task, track or orchestrator (see `list`).
         id: String,
     },
-    /// Run a task and print its run envelope as JSON.
+    /// Run a task in this process and print its run envelope as JSON.
     Run {
         /// Id of the task, track or orchestrator (see `list`).
         id: String,
@@ -169,6 +176,15 @@ enum Command {
         #[arg(long, short, value_name = "FILE|-|JSON")]
         input: OsString,
     },
+    /// Commit a run to the store for a worker to execute; print its id (or, with `--wait`,
+    /// its envelope once it finished).
+    Trigger(durable::TriggerArgs),
+    /// Claim and execute the store's runs until Ctrl-C or SIGTERM (then finish, or hand
+    /// back, what runs).
+    Worker(durable::WorkerArgs),
+    /// Look at, cancel or replay the store's runs.
+    #[command(subcommand)]
+    Runs(durable::RunsCommand),
 }
 
 /// Prints clap's message (help and version to `out`, errors to `err`) and returns its code.
@@ -185,12 +201,49 @@ fn report_parse_error(error: &clap::Error, out: &mut impl Write, err: &mut impl 
     }
 }
 
-/// Carries out a parsed command line.
-async fn execute(runtime: &Runtime, cli: Cli, out: &mut impl Write, err: &mut impl Write) -> u8 {
-    match cli.command {
-        Command::List { json } => list(runtime, json, out, err),
-        Command::Schema { id } => schema(runtime, &id, out, err),
-        Command::Run { id, input } => run(runtime, &id, &input, out, err).await,
+/// Builds the runtime a command needs and carries the command out.
+async fn execute(
+    builder: RuntimeBuilder,
+    cli: Cli,
+    out: &mut impl Write,
+    err: &mut impl Write,
+    logs: Option<logging::StoreSlot>,
+) -> u8 {
+    let Cli { store, command, .. } = cli;
+    let needs_store = matches!(
+        command,
+        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_)
+    );
+    let builder = if needs_store {
+        match Store::connect(&store).await {
+            Ok(store) => {
+                if let Some(logs) = &logs {
+                    logs.attach(&store);
+                }
+                builder.store(store)
+            }
+            Err(error) => {
+                let _ = writeln!(err, "error: {error}");
+                return USAGE;
+            }
+        }
+    } else {
+        builder
+    };
+    let runtime = match builder.build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            let _ = writeln!(err, "error: {error}");
+            return USAGE;
+        }
+    };
+    match command {
+        Command::List { json } => list(&runtime, json, out, err),
+        Command::Schema { id } => schema(&runtime, &id, out, err),
+        Command::Run { id, input } => run(&runtime, &id, &input, out, err).await,
+        Command::Trigger(args) => durable::trigger(&runtime, args, out, err).await,
+        Command::Worker(args) => durable::worker(&runtime, args, err).await,
+        Command::Runs(command) => durable::runs(&runtime, command, out, err).await,
     }
 }
 
@@ -306,210 +359,9 @@ fn finish(written: io::Result<()>, code: u8) -> u8 {
     }
 }
 
-/// Where `run --input` takes its JSON from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum InputSource {
-    /// `-`
-    Stdin,
-    /// The argument itself, when its first non-whitespace character is `{` or `[`.
-    Inline(Vec<u8>),
-    /// Anything else.
-    File(PathBuf),
-}
-
-impl InputSource {
-    fn classify(arg: &OsStr) -> Self {
-        let bytes = arg.as_encoded_bytes();
-        if bytes == b"-" {
-            return InputSource::Stdin;
-        }
-        match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
-            Some(b'{' | b'[') => InputSource::Inline(bytes.to_vec()),
-            _ => InputSource::File(PathBuf::from(arg)),
-        }
-    }
-
-    /// Names the source in messages.
-    fn describe(&self) -> String {
-        match self {
-            InputSource::Stdin => "stdin".to_owned(),
-            InputSource::Inline(_) => "inline".to_owned(),
-            InputSource::File(path) => format!("file '{}'", path.display()),
-        }
-    }
-}
-
-/// Why no JSON value came out of the input.
-#[derive(Debug)]
-enum InputFailure {
-    /// The command line is at fault (unreadable file, malformed JSON): a message, exit 2.
-    Usage(String),
-    /// Well-formed but refused by the limits: reported as an envelope, exit 1.
-    Refused(InputError),
-}
-
-/// Reads and parses the input, enforcing the runtime's limits; never buffers more than the
-/// size limit (plus one byte).
-async fn read_input(source: InputSource, limits: Limits) -> Result<Value, InputFailure> {
-    let bytes = match &source {
-        InputSource::Inline(bytes) => Ok(bytes.clone()),
-        InputSource::Stdin => {
-            blocking(move || read_capped(io::stdin().lock(), limits.max_input_bytes))
-                .await
-                .map_err(|e| InputFailure::Usage(format!("cannot read input from stdin: {e}")))?
-        }
-        InputSource::File(path) => {
-            let path = path.clone();
-            let shown = path.display().to_string();
-            blocking(move || read_file(&path, limits.max_input_bytes))
-                .await
-                .map_err(|e| {
-                    InputFailure::Usage(format!("cannot read input file '{shown}': {e}"))
-                })?
-        }
-    };
-    let bytes = bytes.map_err(InputFailure::Refused)?;
-    limits.parse(&bytes).map_err(|error| match error {
-        InputError::Malformed {
-            line,
-            column,
-            message,
-        } => InputFailure::Usage(format!(
-            "input is not valid JSON ({}): line {line} column {column}: {message}",
-            source.describe()
-        )),
-        refused => InputFailure::Refused(refused),
-    })
-}
-
-/// Runs blocking I/O off the async workers.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .unwrap_or_else(|join| Err(io::Error::other(join)))
-}
-
-fn read_file(path: &std::path::Path, limit: usize) -> io::Result<Result<Vec<u8>, InputError>> {
-    let file = std::fs::File::open(path)?;
-    let metadata = file.metadata()?;
-    if metadata.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "it is a directory",
-        ));
-    }
-    let size = usize::try_from(metadata.len()).unwrap_or(usize::MAX);
-    if metadata.is_file() && size > limit {
-        return Ok(Err(InputError::TooLarge { size, limit }));
-    }
-    read_capped(file, limit)
-}
-
-/// Reads at most `limit + 1` bytes; past the limit, counts the rest without keeping it.
-fn read_capped(mut reader: impl Read, limit: usize) -> io::Result<Result<Vec<u8>, InputError>> {
-    let mut bytes = Vec::new();
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    (&mut reader).take(cap).read_to_end(&mut bytes)?;
-    if bytes.len() <= limit {
-        return Ok(Ok(bytes));
-    }
-    let rest = io::copy(&mut reader, &mut io::sink())?;
-    let size = bytes
-        .len()
-        .saturating_add(usize::try_from(rest).unwrap_or(usize::MAX));
-    Ok(Err(InputError::TooLarge { size, limit }))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn source(arg: &str) -> InputSource {
-        InputSource::classify(OsStr::new(arg))
-    }
-
-    #[test]
-    fn input_sources_are_classified() {
-        assert_eq!(source("-"), InputSource::Stdin);
-        assert_eq!(
-            source(r#"{"a": 1}"#),
-            InputSource::Inline(br#"{"a": 1}"#.to_vec())
-        );
-        assert_eq!(
-            source("  \n[1, 2]"),
-            InputSource::Inline(b"  \n[1, 2]".to_vec())
-        );
-        assert_eq!(
-            source("input.json"),
-            InputSource::File(PathBuf::from("input.json"))
-        );
-        assert_eq!(source("-x"), InputSource::File(PathBuf::from("-x")));
-        assert_eq!(source(""), InputSource::File(PathBuf::new()));
-    }
-
-    #[tokio::test]
-    async fn malformed_json_names_source_line_and_column() {
-        let failure = read_input(source("{\n  \"a\": ,\n}"), Limits::default())
-            .await
-            .unwrap_err();
-        match failure {
-            InputFailure::Usage(message) => {
-                assert!(message.contains("(inline)"), "{message}");
-                assert!(message.contains("line 2 column 8"), "{message}");
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn limits_refuse_instead_of_usage_error() {
-        let limits = Limits {
-            max_input_bytes: 4,
-            ..Limits::default()
-        };
-        let failure = read_input(source("[1, 2, 3]"), limits).await.unwrap_err();
-        assert!(matches!(
-            failure,
-            InputFailure::Refused(InputError::TooLarge { size: 9, limit: 4 })
-        ));
-        let deep = "[".repeat(1000) + &"]".repeat(1000);
-        let failure = read_input(source(&deep), Limits::default())
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            failure,
-            InputFailure::Refused(InputError::TooDeepAt { .. })
-        ));
-    }
-
-    #[tokio::test]
-    async fn missing_file_is_a_usage_error() {
-        let failure = read_input(source("/definitely/not/here.json"), Limits::default())
-            .await
-            .unwrap_err();
-        match failure {
-            InputFailure::Usage(message) => assert!(
-                message.starts_with("cannot read input file '/definitely/not/here.json': "),
-                "{message}"
-            ),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[test]
-    fn capped_read_counts_oversized_input() {
-        let data = vec![b' '; 100];
-        assert_eq!(
-            read_capped(&data[..], 10).unwrap(),
-            Err(InputError::TooLarge {
-                size: 100,
-                limit: 10
-            })
-        );
-        assert_eq!(read_capped(&data[..], 100).unwrap(), Ok(data.clone()));
-    }
 
     #[test]
     fn log_format_is_global() {
@@ -535,22 +387,22 @@ mod tests {
 
     #[tokio::test]
     async fn usage_errors_exit_2_and_help_exits_0() {
-        let runtime = Runtime::builder().build().unwrap();
+        let runtime = Runtime::builder();
         let (mut out, mut err) = (Vec::new(), Vec::new());
 
-        let code = run_with(&runtime, ["bin", "--help"], &mut out, &mut err).await;
+        let code = run_with(runtime.clone(), ["bin", "--help"], &mut out, &mut err).await;
         assert_eq!(code, 0);
         assert!(String::from_utf8_lossy(&out).contains("Usage"));
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_with(&runtime, ["bin", "frobnicate"], &mut out, &mut err).await;
+        let code = run_with(runtime.clone(), ["bin", "frobnicate"], &mut out, &mut err).await;
         assert_eq!(code, 2);
         assert!(out.is_empty());
         assert!(!err.is_empty());
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let args = ["bin", "schema", "no_such_task_anywhere"];
-        let code = run_with(&runtime, args, &mut out, &mut err).await;
+        let code = run_with(runtime.clone(), args, &mut out, &mut err).await;
         assert_eq!(code, 2);
         let message = String::from_utf8_lossy(&err);
         assert!(
@@ -561,31 +413,40 @@ mod tests {
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let args = ["bin", "run", "no_such_task_anywhere", "--input", "{}"];
-        assert_eq!(run_with(&runtime, args, &mut out, &mut err).await, 2);
+        assert_eq!(run_with(runtime.clone(), args, &mut out, &mut err).await, 2);
         assert!(out.is_empty());
     }
 
     #[tokio::test]
     async fn log_format_is_never_silently_ignored() {
-        let runtime = Runtime::builder().build().unwrap();
+        let runtime = Runtime::builder();
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let args = ["bin", "--log-format", "json", "list"];
-        assert_eq!(run_with(&runtime, args, &mut out, &mut err).await, USAGE);
+        assert_eq!(
+            run_with(runtime.clone(), args, &mut out, &mut err).await,
+            USAGE
+        );
         assert!(out.is_empty());
         assert!(String::from_utf8_lossy(&err).contains("--log-format is set by the program"));
     }
 
     #[tokio::test]
     async fn list_json_is_an_array() {
-        let runtime = Runtime::builder().build().unwrap();
+        let runtime = Runtime::builder();
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_with(&runtime, ["bin", "list", "--json"], &mut out, &mut err).await;
+        let code = run_with(
+            runtime.clone(),
+            ["bin", "list", "--json"],
+            &mut out,
+            &mut err,
+        )
+        .await;
         assert_eq!(code, 0);
-        let listing: Value = serde_json::from_slice(&out).unwrap();
+        let listing: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert!(listing.is_array());
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
-        let code = run_with(&runtime, ["bin", "list"], &mut out, &mut err).await;
+        let code = run_with(runtime.clone(), ["bin", "list"], &mut out, &mut err).await;
         assert_eq!(code, 0);
         assert!(String::from_utf8_lossy(&out).starts_with("ID  "));
     }

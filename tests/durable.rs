@@ -1,0 +1,251 @@
+//! Durable runs on a real SQLite file, executed by a worker in this process: statuses,
+//! the journal (a retried track executes only the step that failed), idempotency across
+//! runtimes sharing the file, delay, TTL, cancel, replay, stored logs, bad store URLs and
+//! files. Process-level crash tests are in `crash.rs`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use task_runtime::prelude::*;
+use task_runtime::{CancelOutcome, RunFilter, RunStatus, Store, StoreError, TriggerOptions};
+use task_tests::probe::Probe;
+use task_tests::*;
+
+/// A fresh directory for one test's store files.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("durable-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}/runs.db", dir.display())
+}
+
+async fn durable(dir: &std::path::Path) -> (Runtime, Store) {
+    let store = Store::connect(&url(dir)).await.expect("store opens");
+    let rt = Runtime::builder().store(store.clone()).build().unwrap();
+    (rt, store)
+}
+
+fn json_of<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triggered_run_is_stored_executed_by_a_worker_and_kept() {
+    let dir = scratch("basic");
+    let (rt, _store) = durable(&dir).await;
+    let input = json!({ "tenantId": "acme", "projectId": "docs", "value": 21 });
+    let handle = rt.trigger("double", input.clone()).await.unwrap();
+    let id = handle.run_id().clone();
+    let queued = rt.runs().get(&id).await.unwrap().unwrap();
+    assert_eq!(queued.status, RunStatus::Queued);
+    assert_eq!(queued.input, input);
+
+    let worker = rt.worker().concurrency(4).start();
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.results, json!({ "value": 42 }));
+    assert_eq!(envelope.job.run_id, id);
+    let done = rt.runs().get(&id).await.unwrap().unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(done.attempts, 1);
+    assert_eq!(done.envelope.unwrap(), envelope);
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.executed, 1);
+
+    // Another runtime on the same file sees it.
+    let (other, _) = durable(&dir).await;
+    let listed = other
+        .runs()
+        .list(RunFilter::new().tenant("acme"))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_input_is_refused_at_trigger_and_nothing_is_stored() {
+    let dir = scratch("invalid");
+    let (rt, _store) = durable(&dir).await;
+    let refused = rt
+        .trigger(
+            "double",
+            json!({ "tenantId": "acme", "projectId": "docs", "value": "x" }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.error.kind_name(), "invalidInput");
+    assert!(rt.runs().list(RunFilter::new()).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_track_executes_only_the_step_that_failed() {
+    let dir = scratch("journal");
+    let (rt, _store) = durable(&dir).await;
+    let probe = Probe::new();
+    // `retried_steps`: step 3 fails the first time it runs; the track retries.
+    let input = WorkInput::new(&probe, "j", 0);
+    let handle = rt.trigger("retried_steps", json_of(&input)).await.unwrap();
+    let worker = rt.worker().start();
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.metadata.attempts, 2);
+    // Steps 1 and 2 ran once; step 3 twice (failed, then succeeded).
+    assert_eq!(probe.count("start work:j-1"), 1, "{:?}", probe.events());
+    assert_eq!(probe.count("start work:j-2"), 1, "{:?}", probe.events());
+    assert_eq!(
+        probe.count("start flaky_step:j-3"),
+        2,
+        "{:?}",
+        probe.events()
+    );
+    let steps = &envelope.metadata.steps;
+    assert_eq!(steps.len(), 3);
+    assert!(
+        steps[0].replayed && steps[1].replayed && !steps[2].replayed,
+        "{steps:?}"
+    );
+    // The children are rows of the tree.
+    let children = rt.runs().children(handle_id(&envelope)).await.unwrap();
+    let positions: Vec<_> = children
+        .iter()
+        .map(|c| c.position.clone().unwrap())
+        .collect();
+    assert_eq!(positions, ["step:0", "step:1", "step:2"]);
+    assert!(children.iter().all(|c| c.status == RunStatus::Completed));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+fn handle_id(envelope: &RunOutput<Value>) -> &task_runtime::RunId {
+    &envelope.job.run_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_hold_across_runtimes_sharing_the_file() {
+    let dir = scratch("idempotency");
+    let (a, _) = durable(&dir).await;
+    let (b, _) = durable(&dir).await;
+    let input = json!({ "tenantId": "acme", "projectId": "docs", "value": 1 });
+    let key = || TriggerOptions::new().idempotency_key("order-42");
+    let first = a
+        .trigger_with("double", input.clone(), key())
+        .await
+        .unwrap();
+    let second = b
+        .trigger_with("double", input.clone(), key())
+        .await
+        .unwrap();
+    assert_eq!(first.run_id(), second.run_id());
+    let other_tenant = json!({ "tenantId": "globex", "projectId": "docs", "value": 1 });
+    let third = b.trigger_with("double", other_tenant, key()).await.unwrap();
+    assert_ne!(third.run_id(), first.run_id());
+    assert_eq!(a.runs().list(RunFilter::new()).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delays_ttls_cancels_and_replays() {
+    let dir = scratch("options");
+    let (rt, _store) = durable(&dir).await;
+    let input = json!({ "tenantId": "acme", "projectId": "docs", "value": 2 });
+    let delayed = rt
+        .trigger_with(
+            "double",
+            input.clone(),
+            TriggerOptions::new().delay(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    let expiring = rt
+        .trigger_with(
+            "double",
+            input.clone(),
+            TriggerOptions::new()
+                .delay(Duration::from_millis(300))
+                .ttl(Duration::from_millis(100)),
+        )
+        .await
+        .unwrap();
+    let worker = rt.worker().lease(Duration::from_millis(300)).start();
+    let expired = expiring.wait().await;
+    assert_eq!(expired.error().unwrap().kind_name(), "expired");
+    let info = rt.runs().get(delayed.run_id()).await.unwrap().unwrap();
+    assert_eq!(
+        info.status,
+        RunStatus::Delayed,
+        "an hour's delay does not start early"
+    );
+
+    // Cancel a queued run: at once, never executed.
+    assert_eq!(
+        rt.runs().cancel(delayed.run_id()).await.unwrap(),
+        CancelOutcome::Cancelled
+    );
+    let cancelled = delayed.wait().await;
+    assert_eq!(cancelled.error().unwrap().kind_name(), "cancelled");
+    assert_eq!(cancelled.metadata.attempts, 0);
+
+    // Cancel an executing run: cooperatively, its cleanup runs.
+    let probe = Probe::new();
+    let long = rt
+        .trigger("work", json_of(&WorkInput::new(&probe, "long", 60_000)))
+        .await
+        .unwrap();
+    while probe.count("start") == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        rt.runs().cancel(long.run_id()).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    let stopped = long.wait().await;
+    assert_eq!(stopped.error().unwrap().kind_name(), "cancelled");
+    assert_eq!(probe.count("cleanup"), 1);
+
+    // Replay: a new run with the same input, linked to the original.
+    let replayed = rt.runs().replay(&expired.job.run_id).await.unwrap();
+    let replay = rt.runs().wait(&replayed).await.unwrap().unwrap();
+    assert!(replay.job.success);
+    assert_eq!(replay.results, json!({ "value": 4 }));
+    let info = rt.runs().get(&replayed).await.unwrap().unwrap();
+    assert_eq!(info.replay_of.as_ref(), Some(&expired.job.run_id));
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_urls_and_files_are_clear_errors() {
+    for (url, expected) in [
+        ("postgres2://x", "unknown scheme"),
+        ("runs.db", "expected a URL"),
+        ("sqlite://", "no file path"),
+        (
+            "sqlite://x.db?synchronous=sometimes",
+            "synchronous must be normal or full",
+        ),
+        ("sqlite://x.db?cache=big", "unknown parameter `cache`"),
+    ] {
+        let error = Store::connect(url).await.unwrap_err();
+        assert!(
+            matches!(error, StoreError::InvalidUrl { .. }),
+            "{url}: {error}"
+        );
+        assert!(error.to_string().contains(expected), "{url}: {error}");
+    }
+    let dir = scratch("files");
+    let garbage = dir.join("garbage.db");
+    std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
+    let error = Store::connect(&format!("sqlite://{}", garbage.display()))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NotAStore { .. }), "{error}");
+    assert!(error.to_string().contains("garbage.db"), "{error}");
+    assert_eq!(
+        std::fs::read(&garbage).unwrap(),
+        vec![b'x'; 8192],
+        "the file is left as it was"
+    );
+}
