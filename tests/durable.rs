@@ -249,3 +249,133 @@ async fn bad_urls_and_files_are_clear_errors() {
         "the file is left as it was"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_that_cannot_be_written_is_a_clear_error() {
+    // Even root cannot create files under /proc.
+    let error = Store::connect("sqlite:///proc/task-runtime-test/runs.db")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::Open { .. }), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("/proc/task-runtime-test/runs.db"),
+        "{error}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_store_refuses_new_runs_and_keeps_the_committed_ones() {
+    let dir = scratch("full");
+    // 64 pages of 4 KiB: the schema and a few runs fit, a large input does not.
+    let store = Store::connect(&format!("{}?max_pages=64", url(&dir)))
+        .await
+        .unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let small = json!({ "tenantId": "acme", "projectId": "docs", "value": 1 });
+    let kept = rt.trigger("double", small.clone()).await.unwrap();
+    let mut refused = None;
+    for i in 0..400 {
+        let big = json!({ "tenantId": "acme", "projectId": "docs", "value": 1, "trampData": { "pad": "x".repeat(2000 + i) } });
+        match rt.trigger("double", big).await {
+            Ok(_) => continue,
+            Err(error) => {
+                refused = Some(error);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("the store filled up");
+    assert_eq!(refused.error.kind_name(), "rejected");
+    assert!(
+        refused.error.to_string().contains("is full"),
+        "{}",
+        refused.error
+    );
+    // What was committed before is intact and readable, by this process and another one.
+    let info = rt.runs().get(kept.run_id()).await.unwrap().unwrap();
+    assert_eq!(info.input, small);
+    assert_eq!(info.status, RunStatus::Queued);
+    let (other, _) = durable(&dir).await;
+    let listed = other
+        .runs()
+        .list(RunFilter::new().limit(1000))
+        .await
+        .unwrap();
+    assert!(listed.iter().any(|run| &run.id == kept.run_id()));
+    assert!(listed.iter().all(|run| run.status == RunStatus::Queued));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_migrated_by_a_newer_binary_is_refused() {
+    let dir = scratch("newer");
+    drop(Store::connect(&url(&dir)).await.unwrap());
+    // What a newer binary would have recorded: a migration this one does not know.
+    let db = dir.join("runs.db");
+    {
+        use sqlx::Connection;
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+             VALUES (999, 'from the future', 1, x'00', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let error = Store::connect(&url(&dir)).await.unwrap_err();
+    assert!(
+        matches!(error, StoreError::NewerSchema { found: 999, .. }),
+        "{error}"
+    );
+    assert!(error.to_string().contains("upgrade the binary"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_locked_past_the_busy_timeout_is_a_clear_error_and_loses_nothing() {
+    let dir = scratch("locked");
+    let store = Store::connect(&format!("{}?busy_timeout_ms=200", url(&dir)))
+        .await
+        .unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let first = rt
+        .trigger(
+            "double",
+            json!({ "tenantId": "a", "projectId": "p", "value": 1 }),
+        )
+        .await
+        .unwrap();
+    use sqlx::Connection;
+    let mut holder =
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}/runs.db", dir.display()))
+            .await
+            .unwrap();
+    let tx = holder.begin_with("BEGIN EXCLUSIVE").await.unwrap();
+    let refused = rt
+        .trigger(
+            "double",
+            json!({ "tenantId": "a", "projectId": "p", "value": 2 }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .error
+            .to_string()
+            .contains("is locked by another process"),
+        "{}",
+        refused.error
+    );
+    tx.rollback().await.unwrap();
+    let again = rt
+        .trigger(
+            "double",
+            json!({ "tenantId": "a", "projectId": "p", "value": 2 }),
+        )
+        .await;
+    assert!(again.is_ok(), "the lock is gone");
+    assert!(rt.runs().get(first.run_id()).await.unwrap().is_some());
+}

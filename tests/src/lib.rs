@@ -7,6 +7,7 @@ use serde_json::Value;
 use task_runtime::prelude::*;
 
 pub mod probe;
+pub mod recorder;
 
 use probe::Probe;
 

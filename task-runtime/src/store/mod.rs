@@ -67,8 +67,10 @@ impl Store {
     /// `sqlite://PATH` (relative to the working directory; `sqlite:///abs/path` for an
     /// absolute one) with optional parameters `synchronous=normal|full` (default `normal`: a
     /// committed run survives the process being killed, a power cut may lose the last
-    /// commits; `full` survives both, at one disk flush per commit) and `busy_timeout_ms`
-    /// (default 5000).
+    /// commits; `full` survives both, at one disk flush per commit), `busy_timeout_ms`
+    /// (default 5000: how long to wait for another process's write lock) and `max_pages`
+    /// (cap the file at this many pages of 4 KiB; writes beyond fail with
+    /// [`StoreError::Full`], and what was committed before stays intact).
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         let inner: Arc<dyn RunStore> = match scheme {

@@ -89,6 +89,7 @@ struct Url {
     path: String,
     synchronous: SqliteSynchronous,
     busy: Duration,
+    max_pages: Option<u64>,
 }
 
 fn parse_url(url: &str) -> Result<Url, StoreError> {
@@ -107,6 +108,7 @@ fn parse_url(url: &str) -> Result<Url, StoreError> {
         path: path.to_owned(),
         synchronous: SqliteSynchronous::Normal,
         busy: Duration::from_secs(5),
+        max_pages: None,
     };
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -130,9 +132,17 @@ fn parse_url(url: &str) -> Result<Url, StoreError> {
                 })?;
                 parsed.busy = Duration::from_millis(ms);
             }
+            "max_pages" => {
+                let pages: u64 = value.parse().map_err(|_| {
+                    invalid(format!(
+                        "max_pages must be a number of pages, got `{value}`"
+                    ))
+                })?;
+                parsed.max_pages = Some(pages);
+            }
             other => {
                 return Err(invalid(format!(
-                    "unknown parameter `{other}` (known: synchronous, busy_timeout_ms)"
+                    "unknown parameter `{other}` (known: synchronous, busy_timeout_ms, max_pages)"
                 )));
             }
         }
@@ -199,6 +209,7 @@ impl SqliteStore {
             path,
             synchronous,
             busy,
+            max_pages,
         } = parse_url(url)?;
         let fail = |e: &sqlx::Error| classify(&path, busy, e);
         if let Some(parent) = std::path::Path::new(&path).parent()
@@ -209,13 +220,16 @@ impl SqliteStore {
                 reason: format!("cannot create its directory: {e}"),
             })?;
         }
-        let options = SqliteConnectOptions::new()
+        let mut options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(synchronous)
             .busy_timeout(busy)
             .foreign_keys(false);
+        if let Some(pages) = max_pages {
+            options = options.pragma("max_page_count", pages.to_string());
+        }
         let mut writer = SqliteConnection::connect_with(&options)
             .await
             .map_err(|e| fail(&e))?;
@@ -382,23 +396,29 @@ impl Done {
     }
 }
 
+async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+}
+
+/// Applies `writes` in one transaction. Each answered write runs in a savepoint: one that
+/// fails (a constraint, a full disk) is undone alone and answered with its error, the others
+/// commit. When SQLite itself has rolled the whole transaction back (it may on a full disk),
+/// every write answered so far is answered with that error and the rest go to a new batch.
 async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str, busy: Duration) {
     let fail = |e: &sqlx::Error| classify(path, busy, e);
-    let mut tx = match conn.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(e) => {
-            let error = fail(&e);
-            tracing::warn!(%error, "store write failed");
-            for write in writes {
-                reject(write, &error);
-            }
-            return;
+    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
+        let error = fail(&e);
+        tracing::warn!(%error, "store write failed");
+        for write in writes {
+            reject(write, &error);
         }
-    };
+        return;
+    }
     let mut done = Vec::new();
     let mut journal = Vec::new();
     let mut logs = Vec::new();
-    for write in writes {
+    let mut writes = writes.into_iter();
+    while let Some(write) = writes.next() {
         // Journal and log writes are queued fire-and-forget; they keep their order relative
         // to the writes around them by being flushed before the next write that answers.
         match write {
@@ -413,42 +433,57 @@ async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str
             _ => {}
         }
         if !journal.is_empty() {
-            flush_journal(&mut tx, std::mem::take(&mut journal), &fail).await;
+            flush_journal(conn, std::mem::take(&mut journal), &fail).await;
         }
-        // Each answered write in a savepoint: one that fails (a full disk, a constraint) is
-        // undone alone and answered with its error; the others still commit.
-        let mut savepoint = match tx.begin().await {
-            Ok(sp) => sp,
-            Err(e) => {
-                reject(write, &fail(&e));
-                continue;
+        if let Err(e) = exec(conn, "SAVEPOINT write").await {
+            reject(write, &fail(&e));
+            continue;
+        }
+        match apply_one(conn, write, &fail).await {
+            Ok(d) => match exec(conn, "RELEASE write").await {
+                Ok(()) => done.push(d),
+                Err(e) => done.push(d.failed(fail(&e))),
+            },
+            Err(d) => {
+                let undone = exec(conn, "ROLLBACK TO write").await.is_ok()
+                    && exec(conn, "RELEASE write").await.is_ok();
+                if undone {
+                    done.push(d);
+                    continue;
+                }
+                // The transaction is gone: nothing of this batch was kept.
+                let error = d.error().unwrap_or_else(|| StoreError::Backend {
+                    reason: "the transaction was rolled back".to_owned(),
+                });
+                tracing::warn!(%error, "store transaction rolled back; retrying the writes after it");
+                let _ = exec(conn, "ROLLBACK").await;
+                d.send(&Ok(()));
+                for earlier in done {
+                    earlier.failed(error.clone()).send(&Ok(()));
+                }
+                let rest: Vec<Write> = journal
+                    .into_iter()
+                    .map(Write::Journal)
+                    .chain((!logs.is_empty()).then(|| Write::Logs(logs)))
+                    .chain(writes)
+                    .collect();
+                if !rest.is_empty() {
+                    Box::pin(apply_batch(conn, rest, path, busy)).await;
+                }
+                return;
             }
-        };
-        let outcome = apply_one(&mut savepoint, write, &fail).await;
-        let ok = outcome.is_ok();
-        let finished = if ok {
-            savepoint.commit().await
-        } else {
-            savepoint.rollback().await
-        };
-        match (outcome, finished) {
-            (Ok(d), Ok(())) => done.push(d),
-            (Ok(d), Err(e)) => {
-                let error = fail(&e);
-                done.push(d.failed(error));
-            }
-            (Err(d), _) => done.push(d),
         }
     }
     if !journal.is_empty() {
-        flush_journal(&mut tx, journal, &fail).await;
+        flush_journal(conn, journal, &fail).await;
     }
     if !logs.is_empty() {
-        flush_logs(&mut tx, logs, &fail).await;
+        flush_logs(conn, logs, &fail).await;
     }
-    let commit = tx.commit().await.map_err(|e| fail(&e));
+    let commit = exec(conn, "COMMIT").await.map_err(|e| fail(&e));
     if let Err(error) = &commit {
         tracing::warn!(%error, "store commit failed; nothing of this batch was kept");
+        let _ = exec(conn, "ROLLBACK").await;
     }
     for d in done {
         d.send(&commit);
@@ -456,6 +491,18 @@ async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str
 }
 
 impl Done {
+    /// The error this write is answered with, if it failed.
+    fn error(&self) -> Option<StoreError> {
+        match self {
+            Done::Enqueue(_, Err(e))
+            | Done::Claim(_, Err(e))
+            | Done::Heartbeat(_, Err(e))
+            | Done::Bools(_, Err(e))
+            | Done::Cancel(_, Err(e)) => Some(e.clone()),
+            _ => None,
+        }
+    }
+
     fn failed(self, error: StoreError) -> Done {
         match self {
             Done::Enqueue(tx, _) => Done::Enqueue(tx, Err(error)),

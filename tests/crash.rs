@@ -1,0 +1,294 @@
+//! Crash safety with real processes: workers of `fixture-app` (the CLI over tasks that log
+//! every execution to a shared file) are killed with `kill -9` mid-flight and stopped with
+//! `SIGSTOP` past their lease, while this process triggers runs into the same SQLite file.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use task_runtime::{RunFilter, RunId, RunStatus, Runtime, Store};
+// The recorder tasks are registered in this process too, so it can trigger them.
+use task_tests as _;
+
+const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
+
+struct Scene {
+    dir: PathBuf,
+    url: String,
+    log: PathBuf,
+}
+
+impl Scene {
+    fn new(name: &str) -> Scene {
+        let dir = std::env::temp_dir().join(format!("crash-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scene {
+            url: format!("sqlite://{}/runs.db", dir.display()),
+            log: dir.join("executions.log"),
+            dir,
+        }
+    }
+
+    fn worker(&self, name: &str, lease: &str, concurrency: u32) -> Child {
+        let stderr = std::fs::File::create(self.dir.join(format!("{name}.stderr"))).unwrap();
+        Command::new(APP)
+            .args([
+                "--store",
+                &self.url,
+                "worker",
+                "--concurrency",
+                &concurrency.to_string(),
+                "--lease",
+                lease,
+                "--grace",
+                "5s",
+            ])
+            .env("FIXTURE_LOG", &self.log)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the worker starts")
+    }
+
+    fn stderr(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.stderr"))).unwrap_or_default()
+    }
+
+    /// Every execution line: (run id, task, label, pid, attempt).
+    fn executions(&self) -> Vec<(String, String, String, u32, u32)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let parts: Vec<&str> = line.split(' ').collect();
+                (
+                    parts[0].to_owned(),
+                    parts[1].to_owned(),
+                    parts[2].to_owned(),
+                    parts[3].parse().unwrap(),
+                    parts[4].parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{signal}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{signal}");
+}
+
+fn kill9(child: &mut Child) {
+    signal(child, "KILL");
+    child.wait().unwrap();
+}
+
+fn stop_gracefully(mut child: Child) {
+    signal(&child, "TERM");
+    child.wait().unwrap();
+}
+
+/// Waits (polling, bounded) until `done` holds.
+async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn all_runs(rt: &Runtime) -> Vec<task_runtime::RunInfo> {
+    let mut runs = Vec::new();
+    let mut filter = RunFilter::new().limit(1000);
+    loop {
+        let page = rt.runs().list(filter.clone()).await.unwrap();
+        let Some(last) = page.last() else { break };
+        filter = filter.before(last.id.clone());
+        runs.extend(page);
+    }
+    runs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_and_re_execute_only_what_was_in_flight() {
+    let scene = Scene::new("kill9");
+    let store = Store::connect(&scene.url).await.unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let mut worker = scene.worker("w1", "1s", 8);
+
+    // 400 single runs and 100 three-step tracks, triggered while the worker runs.
+    let mut ids: Vec<(RunId, &str)> = Vec::new();
+    let mut kills = 0;
+    for i in 0..500 {
+        let (task, millis) = if i % 5 == 4 {
+            ("record_track", 10)
+        } else {
+            ("record", 20)
+        };
+        let input = json!({ "tenantId": "t", "projectId": "p", "label": format!("r{i}"), "millis": millis });
+        let handle = rt.trigger(task, input).await.expect("committed");
+        ids.push((handle.run_id().clone(), task));
+        // Kill the worker twice mid-flight, restarting it each time.
+        let executed = scene.executions().len();
+        if (kills == 0 && executed >= 100) || (kills == 1 && executed >= 300) {
+            kill9(&mut worker);
+            kills += 1;
+            worker = scene.worker(&format!("w{}", kills + 1), "1s", 8);
+        }
+        if i % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+    while kills < 2 {
+        let executed = scene.executions().len();
+        if (kills == 0 && executed >= 100) || (kills == 1 && executed >= 300) {
+            kill9(&mut worker);
+            kills += 1;
+            worker = scene.worker(&format!("w{}", kills + 1), "1s", 8);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eventually(
+        "every run to complete",
+        Duration::from_secs(120),
+        async || {
+            all_runs(&rt)
+                .await
+                .iter()
+                .filter(|r| r.status == RunStatus::Completed)
+                .count()
+                == 500
+        },
+    )
+    .await;
+    stop_gracefully(worker);
+
+    let runs: HashMap<RunId, task_runtime::RunInfo> = all_runs(&rt)
+        .await
+        .into_iter()
+        .map(|r| (r.id.clone(), r))
+        .collect();
+    assert_eq!(runs.len(), 500, "none lost, none duplicated");
+    let executions = scene.executions();
+    let mut per_label: HashMap<(String, String), usize> = HashMap::new();
+    for (run, _, label, _, _) in &executions {
+        *per_label.entry((run.clone(), label.clone())).or_default() += 1;
+    }
+    let mut lost_attempts = 0;
+    for (id, task) in &ids {
+        let run = &runs[id];
+        assert_eq!(run.status, RunStatus::Completed, "{id}");
+        let envelope = run
+            .envelope
+            .as_ref()
+            .expect("a completed run keeps its envelope");
+        assert!(envelope.job.success);
+        assert_eq!(
+            envelope.metadata.attempts, run.attempts,
+            "completed once, by its last attempt"
+        );
+        // Every attempt but the last ended because its worker was killed.
+        assert_eq!(
+            run.retried.len() as u32,
+            run.attempts - 1,
+            "{id}: {:?}",
+            run.retried
+        );
+        for error in &run.retried {
+            assert_eq!(error.kind_name(), "workerLost", "{id}: {error}");
+        }
+        lost_attempts += run.retried.len();
+        let labels: Vec<String> = match *task {
+            "record" => vec![run.input["label"].as_str().unwrap().to_owned()],
+            _ => (1..=3)
+                .map(|s| format!("{}/{s}", run.input["label"].as_str().unwrap()))
+                .collect(),
+        };
+        for label in labels {
+            let n = per_label
+                .get(&(id.to_string(), label.clone()))
+                .copied()
+                .unwrap_or(0);
+            assert!(n >= 1, "{id} {label} executed");
+            // A step executes again only when an attempt of its run was lost while it ran.
+            assert!(
+                n <= 1 + run.retried.len(),
+                "{id} {label}: {n} executions, {} lost attempts",
+                run.retried.len()
+            );
+        }
+    }
+    // Only attempts in flight at a kill ran again: at most a worker's concurrency per kill.
+    assert!(lost_attempts >= 1, "the kills hit runs in flight");
+    assert!(
+        lost_attempts <= 2 * 8,
+        "{lost_attempts} lost attempts for 2 kills of 8"
+    );
+    let total_executions: usize = per_label.values().sum();
+    assert_eq!(total_executions, executions.len());
+    let expected_steps = 400 + 100 * 3;
+    assert!(
+        total_executions <= expected_steps + lost_attempts * 3,
+        "{total_executions} executions for {expected_steps} steps and {lost_attempts} lost attempts"
+    );
+    std::fs::remove_dir_all(&scene.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_past_its_lease_changes_nothing_when_it_comes_back() {
+    let scene = Scene::new("sigstop");
+    let store = Store::connect(&scene.url).await.unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let stalled = scene.worker("a", "500ms", 1);
+    let input = json!({ "tenantId": "t", "projectId": "p", "label": "slow", "millis": 1500 });
+    let handle = rt.trigger("record", input).await.unwrap();
+    let id = handle.run_id().clone();
+    eventually(
+        "worker a to start the run",
+        Duration::from_secs(30),
+        async || !scene.executions().is_empty(),
+    )
+    .await;
+    signal(&stalled, "STOP");
+
+    let rescuer = scene.worker("b", "500ms", 1);
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(
+        envelope.results["pid"],
+        rescuer.id(),
+        "worker b completed it"
+    );
+    assert_eq!(envelope.results["attempt"], 2);
+
+    // Worker a wakes up: its attempt ends (its sleep is long over), its write is fenced off.
+    signal(&stalled, "CONT");
+    eventually("worker a to notice", Duration::from_secs(30), async || {
+        let stderr = scene.stderr("a");
+        stderr.contains("lease lost") || stderr.contains("no longer ours")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = rt.runs().get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.status, RunStatus::Completed);
+    assert_eq!(
+        stored.envelope.unwrap(),
+        envelope,
+        "the stored envelope is worker b's"
+    );
+    assert_eq!(stored.attempts, 2);
+    assert_eq!(stored.retried.len(), 1);
+    assert_eq!(stored.retried[0].kind_name(), "workerLost");
+    let pids: Vec<u32> = scene.executions().iter().map(|e| e.3).collect();
+    assert_eq!(pids, [stalled.id(), rescuer.id()]);
+    stop_gracefully(stalled);
+    stop_gracefully(rescuer);
+    std::fs::remove_dir_all(&scene.dir).ok();
+}

@@ -1,0 +1,69 @@
+//! Tasks that record every execution in a shared file (`FIXTURE_LOG`), for process-level
+//! tests: a test that kills workers with `kill -9` counts what ran, where and how often.
+//! Each execution appends one line `<run_id> <task> <label> <pid> <attempt>` with one
+//! `write` (`O_APPEND`), so lines from several processes never interleave. The run id is the
+//! track's for a track step.
+
+use std::io::Write;
+use std::time::Duration;
+
+use task_runtime::prelude::*;
+
+/// What to record and how long to take.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub label: String,
+    #[serde(default)]
+    pub millis: u64,
+}
+
+/// What `record` saw.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct Recorded {
+    pub label: String,
+    pub pid: u32,
+    pub attempt: u32,
+}
+
+fn log_execution(ctx: &TaskContext, label: &str) -> Result<(), TaskError> {
+    let path =
+        std::env::var("FIXTURE_LOG").map_err(|_| TaskError::fatal("FIXTURE_LOG is not set"))?;
+    let line = format!(
+        "{} {} {} {} {}\n",
+        ctx.parent_run_id().unwrap_or(ctx.run_id()),
+        ctx.task_id(),
+        label,
+        std::process::id(),
+        ctx.attempt()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .or_failed()?;
+    file.write_all(line.as_bytes()).or_failed()
+}
+
+/// Records its execution, then takes `millis`.
+#[task(id = "record", retry(max_attempts = 5, min_delay = "10ms"))]
+pub async fn record(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, TaskError> {
+    log_execution(ctx, &input.label)?;
+    tokio::time::sleep(Duration::from_millis(input.millis)).await;
+    Ok(Recorded {
+        label: input.label,
+        pid: std::process::id(),
+        attempt: ctx.attempt(),
+    })
+}
+
+track! {
+    /// Three recorded steps.
+    pub RecordTrack("record_track", retry(max_attempts = 5, min_delay = "10ms"))(input: RecordInput) {
+        Record = |input| RecordInput { label: format!("{}/1", input.label), ..input.clone() },
+        Record = |_prev, original| RecordInput { label: format!("{}/2", original.label), ..original.clone() },
+        Record = |_prev, original| RecordInput { label: format!("{}/3", original.label), ..original.clone() },
+    }
+}
