@@ -97,7 +97,7 @@ proptest! {
         paused().block_on(async {
             for id in ids() {
                 let env = rt.trigger_and_wait(id, value.clone()).await;
-                prop_assert_eq!(env.job.task_name.as_str(), id);
+                prop_assert_eq!(env.job.task_name.as_ref(), id);
                 prop_assert!(env.job.run_id.starts_with("run_"));
                 prop_assert_eq!(env.job.success, env.job.error_detail.is_none());
                 prop_assert_eq!(env.job.success, !env.results.is_null());

@@ -27,7 +27,12 @@ async fn typed_run_returns_a_full_envelope() {
     assert_eq!(out.results, NumberOutput { value: 42 });
     assert_eq!(out.metadata.attempts, 1);
     assert!(out.metadata.finished_at >= out.metadata.started_at);
-    assert_eq!(out.tramp_data, Some(json!({ "requestId": "r-1" })));
+    assert_eq!(
+        out.tramp_data
+            .clone()
+            .map(task_runtime::TrampData::into_value),
+        Some(json!({ "requestId": "r-1" }))
+    );
 
     let json = serde_json::to_value(&out).unwrap();
     for key in ["job", "results", "metadata", "trampData"] {
@@ -85,7 +90,12 @@ async fn every_violation_is_reported_with_its_path() {
     );
     let text = env.job.error.as_deref().unwrap();
     assert!(text.starts_with("invalid input: "), "{text}");
-    assert_eq!(env.tramp_data, Some(json!({ "keep": true })));
+    assert_eq!(
+        env.tramp_data
+            .clone()
+            .map(task_runtime::TrampData::into_value),
+        Some(json!({ "keep": true }))
+    );
     assert_eq!(
         env.job.input["value"], "ten",
         "the input is echoed as given"
@@ -135,7 +145,9 @@ async fn oversized_payload_is_refused_with_the_limit() {
         "{message}"
     );
     assert_eq!(
-        env.tramp_data,
+        env.tramp_data
+            .clone()
+            .map(task_runtime::TrampData::into_value),
         Some(json!({ "id": 7 })),
         "trampData survives"
     );

@@ -1,5 +1,6 @@
 //! The run envelope `RunOutput<T>`: the seed's "Task Output Structure" in camelCase JSON.
 
+use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
@@ -7,6 +8,7 @@ use serde_json::Value;
 
 use crate::error::TaskError;
 use crate::id::RunId;
+use crate::input::TrampData;
 
 /// What one run produced: `job` (who ran, did it work), `results`, `metadata` (timing,
 /// attempts, steps, branches) and the caller's `trampData`, echoed on success and failure.
@@ -23,8 +25,8 @@ pub struct RunOutput<T> {
     pub results: T,
     /// Timing, attempts, steps and branches.
     pub metadata: Metadata,
-    /// Copied unchanged from the input's `trampData`.
-    pub tramp_data: Option<Value>,
+    /// The input's `trampData`, unchanged (shared with the run, not copied).
+    pub tramp_data: Option<TrampData>,
 }
 
 /// Identity and outcome of a run.
@@ -35,7 +37,7 @@ pub struct Job {
     /// Whether the run succeeded.
     pub success: bool,
     /// The id of the task, track or orchestrator.
-    pub task_name: String,
+    pub task_name: Cow<'static, str>,
     /// The run's id.
     pub run_id: RunId,
     /// The input as given (JSON), so a failed run loses nothing.
@@ -159,10 +161,10 @@ pub struct ItemRun {
 
 /// The parts every envelope is built from, whatever ended the run.
 pub(crate) struct Head {
-    pub task: String,
+    pub task: Cow<'static, str>,
     pub run_id: RunId,
     pub input: Value,
-    pub tramp_data: Option<Value>,
+    pub tramp_data: Option<TrampData>,
     pub started_at: SystemTime,
     pub duration_ms: u64,
     pub attempts: u32,
@@ -175,11 +177,15 @@ impl Head {
     /// A run that ended before it started: refused, not found, shut down.
     pub(crate) fn refused(task: &str, run_id: RunId, input: Value) -> Self {
         let tramp_data = match &input {
-            Value::Object(map) => map.get("trampData").filter(|v| !v.is_null()).cloned(),
+            Value::Object(map) => map
+                .get("trampData")
+                .filter(|v| !v.is_null())
+                .cloned()
+                .map(TrampData::from),
             _ => None,
         };
         Head {
-            task: task.to_owned(),
+            task: Cow::Owned(task.to_owned()),
             started_at: SystemTime::now(),
             run_id,
             input,

@@ -1,8 +1,8 @@
-//! `RunId`: `run_` + a ULID, so ids sort by creation time. Cheap to clone (one shared
-//! string), parsed and checked wherever an id comes from outside (CLI, API, store).
+//! `RunId`: `run_` + a ULID, so ids sort by creation time. Thirty bytes held inline (no
+//! allocation, cheap to clone), parsed and checked wherever an id comes from outside (CLI,
+//! API, store).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -16,7 +16,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// assert!("job_1".parse::<RunId>().is_err());
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RunId(Arc<str>);
+pub struct RunId([u8; RUN_ID_LEN]);
+
+/// `run_` and 26 ULID characters.
+const RUN_ID_LEN: usize = 4 + ulid::ULID_LEN;
 
 /// Why a string is not a run id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,22 +41,21 @@ impl RunId {
             .with(|g| g.borrow_mut().generate_from_datetime(at))
             .unwrap_or_else(|_| ulid::Ulid::from_datetime(at));
         let mut text = [0u8; ulid::ULID_LEN];
-        let mut buf = [0u8; 4 + ulid::ULID_LEN];
+        let mut buf = [0u8; RUN_ID_LEN];
         buf[..4].copy_from_slice(b"run_");
         buf[4..].copy_from_slice(ulid.array_to_str(&mut text).as_bytes());
-        RunId(Arc::from(
-            std::str::from_utf8(&buf).expect("ULIDs are ASCII"),
-        ))
+        RunId(buf)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Only ever built from `run_` and the ASCII of a ULID (`new`, `from_str`).
+        std::str::from_utf8(&self.0).unwrap_or_default()
     }
 
     /// When the id was made (the ULID's millisecond timestamp).
     pub fn created_at(&self) -> SystemTime {
-        ulid::Ulid::from_string(&self.0[4..])
+        ulid::Ulid::from_string(&self.as_str()[4..])
             .map(|u| u.datetime())
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
@@ -67,7 +69,9 @@ impl std::str::FromStr for RunId {
             rest.len() == ulid::ULID_LEN && ulid::Ulid::from_string(rest).is_ok()
         });
         if valid {
-            Ok(RunId(Arc::from(text)))
+            let mut buf = [0u8; RUN_ID_LEN];
+            buf.copy_from_slice(text.as_bytes());
+            Ok(RunId(buf))
         } else {
             Err(InvalidRunId {
                 text: text.chars().take(64).collect(),
@@ -78,13 +82,13 @@ impl std::str::FromStr for RunId {
 
 impl fmt::Display for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for RunId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -92,49 +96,49 @@ impl std::ops::Deref for RunId {
     type Target = str;
 
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl PartialEq<RunId> for str {
     fn eq(&self, other: &RunId) -> bool {
-        self == &*other.0
+        self == other.as_str()
     }
 }
 
 impl PartialEq<RunId> for String {
     fn eq(&self, other: &RunId) -> bool {
-        self.as_str() == &*other.0
+        self.as_str() == other.as_str()
     }
 }
 
 impl PartialEq<String> for RunId {
     fn eq(&self, other: &String) -> bool {
-        &*self.0 == other.as_str()
+        self.as_str() == other.as_str()
     }
 }
 
 impl AsRef<str> for RunId {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl PartialEq<str> for RunId {
     fn eq(&self, other: &str) -> bool {
-        &*self.0 == other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for RunId {
     fn eq(&self, other: &&str) -> bool {
-        &*self.0 == *other
+        self.as_str() == *other
     }
 }
 
 impl Serialize for RunId {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str(self.as_str())
     }
 }
 

@@ -4,7 +4,6 @@
 //! included) touches a document.
 
 use std::cell::{Cell, RefCell};
-use std::io;
 use std::sync::Arc;
 
 use schemars::JsonSchema;
@@ -340,19 +339,11 @@ impl Limits {
                 limit: self.max_depth,
             });
         }
-        let mut counter = Counter {
-            count: 0,
-            limit: Some(self.max_input_bytes),
-        };
-        if serde_json::to_writer(&mut counter, value).is_err() {
+        if json::json_len(value, self.max_input_bytes).is_err() {
             // Over the limit: count the rest too, so the error says how large it is.
-            let mut full = Counter {
-                count: 0,
-                limit: None,
-            };
-            let _ = serde_json::to_writer(&mut full, value);
+            let size = json::json_len(value, usize::MAX).unwrap_or_else(|n| n);
             return Err(InputError::TooLarge {
-                size: full.count,
+                size,
                 limit: self.max_input_bytes,
             });
         }
@@ -395,26 +386,6 @@ fn strip_position(message: &str) -> String {
     match message.rfind(" at line ") {
         Some(i) => message[..i].to_owned(),
         None => message.to_owned(),
-    }
-}
-
-/// Counts serialized bytes, failing as soon as the limit (if any) is passed.
-struct Counter {
-    count: usize,
-    limit: Option<usize>,
-}
-
-impl io::Write for Counter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.count += buf.len();
-        match self.limit {
-            Some(limit) if self.count > limit => Err(io::Error::other("over the limit")),
-            _ => Ok(buf.len()),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

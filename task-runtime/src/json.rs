@@ -181,6 +181,100 @@ pub(crate) fn depth_exceeds(value: &Value, limit: usize) -> bool {
     false
 }
 
+/// The length of `value` as compact JSON (what `serde_json::to_vec` writes), counted without
+/// writing it and without recursion, stopping as soon as it passes `limit`: `Err(counted so
+/// far)` then. A run by id checks this on every input, so it walks the tree once and
+/// scans strings for the few bytes JSON escapes, instead of serializing them.
+pub(crate) fn json_len(value: &Value, limit: usize) -> Result<usize, usize> {
+    fn string_len(s: &str) -> usize {
+        // Quotes, plus what `format_escaped_str` adds: `\"`, `\\` and the short escapes
+        // are two bytes, other control characters six (`\u00XX`). Most strings have none:
+        // a branch-free count first (it vectorizes), the byte-by-byte weights only then.
+        let bytes = s.as_bytes();
+        if !needs_escape(bytes) {
+            return s.len() + 2;
+        }
+        let extra: usize = bytes
+            .iter()
+            .map(|b| match b {
+                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+                0..=0x1f => 5,
+                _ => 0,
+            })
+            .sum();
+        s.len() + 2 + extra
+    }
+    fn number_len(n: &serde_json::Number) -> usize {
+        let mut counter = LenCounter(0);
+        // A number's own formatting (itoa/ryu), a handful of bytes.
+        let _ = serde_json::to_writer(&mut counter, n);
+        counter.0
+    }
+    let mut total = 0usize;
+    let mut stack = Vec::with_capacity(16);
+    stack.push(value);
+    while let Some(value) = stack.pop() {
+        total += match value {
+            Value::Null => 4,
+            Value::Bool(true) => 4,
+            Value::Bool(false) => 5,
+            Value::Number(n) => number_len(n),
+            Value::String(s) => string_len(s),
+            Value::Array(items) => {
+                stack.extend(items);
+                2 + items.len().saturating_sub(1)
+            }
+            Value::Object(map) => {
+                stack.extend(map.values());
+                // Braces, commas, and per entry its key and a colon.
+                2 + map.len().saturating_sub(1)
+                    + map.keys().map(|k| string_len(k) + 1).sum::<usize>()
+            }
+        };
+        if total > limit {
+            return Err(total);
+        }
+    }
+    Ok(total)
+}
+
+/// Whether any byte is one JSON escapes (a control character, `"` or `\\`), eight bytes at
+/// a time: `x - 0x20..` borrows into a byte's high bit only where the byte was below `0x20`,
+/// and `"` and `\\` are found the same way after an XOR that zeroes them.
+fn needs_escape(bytes: &[u8]) -> bool {
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below = |x: u64, n: u64| x.wrapping_sub(LOW * n) & !x & HIGH;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+        if below(x, 0x20)
+            | below(x ^ (LOW * u64::from(b'"')), 1)
+            | below(x ^ (LOW * u64::from(b'\\')), 1)
+            != 0
+        {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| b < 0x20 || b == b'"' || b == b'\\')
+}
+
+struct LenCounter(usize);
+
+impl std::io::Write for LenCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Drops a value of any depth without recursion (serde_json's `Drop` recurses and would
 /// overflow the stack on a 100 000-level document).
 pub(crate) fn drop_deep(value: Value) {
@@ -546,6 +640,38 @@ mod tests {
             serde_json::json!({"a": 1, "b": [1, 2.5, "x", null, true]})
         );
         assert!(matches!(parse_strict(b"{} x"), Err(StrictError::Syntax(_))));
+    }
+
+    #[test]
+    fn escapes_are_found_anywhere_in_a_string() {
+        for len in 0..24 {
+            let plain = "a".repeat(len);
+            assert!(!needs_escape(plain.as_bytes()));
+            for at in 0..len {
+                for special in [b'"', b'\\', b'\n', 0x00, 0x1f] {
+                    let mut bytes = plain.clone().into_bytes();
+                    bytes[at] = special;
+                    assert!(needs_escape(&bytes), "{len} {at} {special}");
+                }
+                let mut high = plain.clone().into_bytes();
+                high[at] = 0xff; // bytes of UTF-8 above ASCII are not escaped
+                assert!(!needs_escape(&high));
+            }
+        }
+    }
+
+    #[test]
+    fn json_len_is_the_serialized_length() {
+        let values = [
+            serde_json::json!(null),
+            serde_json::json!({ "a": [1, -2.5, true, false, null], "b\"c": "x\u{1}y\n\\", "é": {} }),
+            serde_json::json!([[], {}, "", 1e300, u64::MAX, i64::MIN]),
+        ];
+        for value in values {
+            let len = serde_json::to_vec(&value).unwrap().len();
+            assert_eq!(json_len(&value, usize::MAX), Ok(len), "{value}");
+            assert!(json_len(&value, len - 1).is_err());
+        }
     }
 
     #[test]

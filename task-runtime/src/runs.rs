@@ -329,7 +329,7 @@ impl Runs<'_> {
             let envelope = match current {
                 Some(info) => {
                     let mut envelope = envelope;
-                    envelope.job.task_name = info.task;
+                    envelope.job.task_name = info.task.into();
                     envelope.job.input = info.input;
                     Box::new(envelope)
                 }

@@ -301,8 +301,11 @@ impl Runtime {
             return Err(RunError::from_envelope(envelope));
         }
         let exec = &self.inner.exec;
-        let run = execute::<T>(exec, RunInput::Typed(input), Seed::root(exec.root.clone()));
-        exec.tracker.track_future(run).await.into_typed_envelope()
+        // Counted by the tracker (shutdown waits for it) without wrapping the run's future.
+        let _running = exec.tracker.token();
+        execute::<T>(exec, RunInput::Typed(input), Seed::root(exec.root.clone()))
+            .await
+            .into_typed_envelope()
     }
 
     /// [`run`](Self::run) with options: an idempotency key (a second call with the key gets
@@ -440,8 +443,10 @@ impl Runtime {
         match self.admit(id, input) {
             Ok((descriptor, input)) => {
                 let exec = &self.inner.exec;
-                let run = descriptor.run_json(exec, input, Seed::root(exec.root.clone()));
-                exec.tracker.track_future(run).await
+                let _running = exec.tracker.token();
+                descriptor
+                    .run_json(exec, input, Seed::root(exec.root.clone()))
+                    .await
             }
             Err(refused) => *refused,
         }

@@ -30,6 +30,11 @@ pub struct TaskSchemas {
     pub(crate) input_has_floats: bool,
     /// The output may hold floats.
     pub(crate) output_has_floats: bool,
+    /// The input schema asserts more than its type guarantees (a length, a range, a
+    /// pattern, ...): a typed input must be validated. See [`asserts`].
+    pub(crate) input_asserts: bool,
+    /// The same for the output schema.
+    pub(crate) output_asserts: bool,
 }
 
 impl std::fmt::Debug for TaskSchemas {
@@ -158,6 +163,107 @@ fn has_floats(schema: &Value) -> bool {
     false
 }
 
+/// Keywords that constrain a value beyond what its Rust type guarantees once serde has
+/// serialized it: a value of the type can break them, so it must be validated.
+const ASSERTIONS: &[&str] = &[
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "minProperties",
+    "maxProperties",
+    "patternProperties",
+    "propertyNames",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "if",
+    "not",
+    "const",
+    "enum",
+    "format",
+];
+
+/// The range schemars states for an integer type, which the type itself guarantees.
+fn integer_range(format: &str) -> Option<(f64, f64)> {
+    Some(match format {
+        "uint8" => (0.0, f64::from(u8::MAX)),
+        "uint16" => (0.0, f64::from(u16::MAX)),
+        "uint32" => (0.0, f64::from(u32::MAX)),
+        "uint64" | "uint" => (0.0, u64::MAX as f64),
+        "int8" => (f64::from(i8::MIN), f64::from(i8::MAX)),
+        "int16" => (f64::from(i16::MIN), f64::from(i16::MAX)),
+        "int32" => (f64::from(i32::MIN), f64::from(i32::MAX)),
+        "int64" | "int" => (i64::MIN as f64, i64::MAX as f64),
+        _ => return None,
+    })
+}
+
+/// Formats schemars writes for number types: annotations the type guarantees.
+const TYPE_FORMATS: &[&str] = &[
+    "uint8", "uint16", "uint32", "uint64", "uint", "int8", "int16", "int32", "int64", "int",
+    "float", "double",
+];
+
+/// Whether any part of `schema` asserts more than the types it describes guarantee.
+///
+/// A typed value serialized by serde always has the shape its derived schema describes
+/// (types, required fields, properties, enum variants as serde writes them are covered by
+/// `type`/`oneOf` and need no check), but not the refinements: lengths, ranges, patterns,
+/// formats, enumerations written by hand. When a schema has none, validating a typed value
+/// against it can never fail, and typed runs skip it (a JSON input is always validated). An
+/// integer type's own range (`format: "uint32"` with `minimum: 0`) is not a refinement.
+pub(crate) fn asserts(schema: &Value) -> bool {
+    let mut stack = vec![schema];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                let format = map.get("format").and_then(Value::as_str);
+                let range = format.and_then(integer_range);
+                for keyword in ASSERTIONS {
+                    let Some(value) = map.get(*keyword) else {
+                        continue;
+                    };
+                    let implied = match *keyword {
+                        "format" => format.is_some_and(|f| TYPE_FORMATS.contains(&f)),
+                        "minimum" => range.is_some_and(|(min, _)| value.as_f64() == Some(min)),
+                        "maximum" => range.is_some_and(|(_, max)| value.as_f64() == Some(max)),
+                        // `properties` and `$defs` hold schemas keyed by name: a property
+                        // named like a keyword is not one.
+                        _ => false,
+                    };
+                    if !implied {
+                        return true;
+                    }
+                }
+                for (key, child) in map {
+                    match key.as_str() {
+                        "properties" | "$defs" | "definitions" => {
+                            if let Value::Object(named) = child {
+                                stack.extend(named.values());
+                            }
+                        }
+                        _ => stack.push(child),
+                    }
+                }
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    false
+}
+
 const COMPOSITIONS: [&str; 3] = ["allOf", "oneOf", "anyOf"];
 
 /// Closes every struct-shaped object schema (see the module docs). Schemas that are direct
@@ -216,6 +322,8 @@ impl TaskSchemas {
             output_validator: Compiled::new(&output),
             input_has_floats: has_floats(&input),
             output_has_floats: has_floats(&output),
+            input_asserts: asserts(&input),
+            output_asserts: asserts(&output),
             input,
             output,
         }
@@ -304,6 +412,34 @@ mod tests {
             "{messages:?}"
         );
         assert!(schemas.input_has_floats);
+    }
+
+    #[derive(serde::Serialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Plain {
+        count: u32,
+        small: u8,
+        ratio: f64,
+        name: String,
+        items: Vec<i64>,
+        maybe: Option<u16>,
+    }
+
+    #[derive(serde::Serialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Refined {
+        #[schemars(length(min = 1))]
+        name: String,
+    }
+
+    #[test]
+    fn only_refinements_make_a_schema_assert() {
+        assert!(!TaskSchemas::build::<(), Plain>().output_asserts);
+        assert!(TaskSchemas::build::<(), Refined>().output_asserts);
+        assert!(
+            TaskSchemas::build::<Invoice, ()>().input_asserts,
+            "BaseInput's ids are non-empty"
+        );
     }
 
     #[test]

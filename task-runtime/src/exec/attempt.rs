@@ -5,17 +5,16 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
-use super::Executor;
 use super::execute::{Produced, Report, millis};
 use super::seed::{AttemptState, Scope, Slots};
+use super::{Executor, in_span};
 use crate::context::{TaskContext, panic_message};
 use crate::error::{Issue, TaskError};
 use crate::id::RunId;
@@ -50,7 +49,14 @@ impl<T: Task> Attempts<'_, T> {
     ) {
         tracing::info!("run started");
         let mut report = Report::default();
-        let issues = T::schemas().input_issues(self.input_json);
+        let schemas = T::schemas();
+        // A typed input whose schema asserts nothing its type does not guarantee cannot fail
+        // validation (`schema::asserts`); a JSON input always could.
+        let issues = if self.typed.is_some() && !schemas.input_asserts {
+            Vec::new()
+        } else {
+            schemas.input_issues(self.input_json)
+        };
         if !issues.is_empty() {
             return (Err(TaskError::invalid_input(issues)), report, None);
         }
@@ -166,9 +172,7 @@ impl<T: Task> Attempts<'_, T> {
             Arc::new(AttemptState::new(slots)),
         );
         let span = tracing::info_span!("attempt", attempt);
-        let outcome = run_guarded::<T>(&ctx, input, timeout, leaf)
-            .instrument(span)
-            .await;
+        let outcome = in_span!(span, run_guarded::<T>(&ctx, input, timeout, leaf));
         report.cleanup_errors.extend(ctx.settle().await);
         report.records = ctx.take_records();
         drop(composite_permit);
@@ -183,14 +187,23 @@ impl<T: Task> Attempts<'_, T> {
                 json: None,
             });
         }
+        let schemas = T::schemas();
         if leaf
-            && T::schemas().output_has_floats
+            && schemas.output_has_floats
             && let Some((path, what)) = json::non_finite(&output)
         {
             return Err(TaskError::invalid_output(vec![Issue {
                 path,
                 message: format!("{what} is not a JSON number"),
             }]));
+        }
+        // Likewise an output whose schema asserts nothing beyond its type: a typed caller
+        // needs no JSON of it (hooks and the journal serialize it if they need it).
+        if !self.json_run && !schemas.output_asserts {
+            return Ok(Produced {
+                typed: output,
+                json: None,
+            });
         }
         let json = serde_json::to_value(&output).map_err(|e| {
             TaskError::invalid_output(vec![Issue {
@@ -199,7 +212,7 @@ impl<T: Task> Attempts<'_, T> {
             }])
         })?;
         if leaf {
-            let issues = T::schemas().output_issues(&json);
+            let issues = schemas.output_issues(&json);
             if !issues.is_empty() {
                 return Err(TaskError::invalid_output(issues));
             }
@@ -218,48 +231,56 @@ impl<T: Task> Attempts<'_, T> {
 /// children see the cancellation, end with `cancelled` after their cleanup, and the
 /// composite returns; on a timeout the composite's own token is cancelled the same way and
 /// the attempt then reports `timeout`.
+///
+/// One `poll_fn` over futures pinned in place, rather than `timeout`, `select!` and
+/// `catch_unwind` wrappers: each wrapper would move the task's future (a copy of its whole
+/// state) on every run. The body is polled first: a task that finishes without waiting
+/// never touches the timer or the cancellation token.
 async fn run_guarded<T: Task>(
     ctx: &TaskContext,
     input: T::Input,
     timeout: Option<Duration>,
     leaf: bool,
 ) -> Result<T::Output, TaskError> {
-    let body = AssertUnwindSafe(T::run(ctx, input)).catch_unwind();
-    let outcome = if leaf {
-        let bounded = async {
-            match timeout {
-                Some(limit) => tokio::time::timeout(limit, body)
-                    .await
-                    .unwrap_or_else(|_| Ok(Err(TaskError::timeout(limit)))),
-                None => body.await,
+    let mut body = std::pin::pin!(T::run(ctx, input));
+    // Created on the first pending poll only.
+    let mut timer: std::pin::Pin<&mut Option<tokio::time::Sleep>> = std::pin::pin!(None);
+    let mut cancelled = std::pin::pin!(ctx.cancel.cancelled());
+    let mut timed_out = None;
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| body.as_mut().poll(cx))) {
+            Ok(Poll::Ready(outcome)) => {
+                // A composite out of time reports the timeout, whatever its children said.
+                return Poll::Ready(match timed_out {
+                    Some(limit) => Err(TaskError::timeout(limit)),
+                    None => outcome,
+                });
             }
-        };
-        // The body is polled first: a task that finishes without waiting never touches the
-        // cancellation token.
-        tokio::select! {
-            biased;
-            outcome = bounded => outcome,
-            _ = ctx.cancel.cancelled() => {
-                return Err(TaskError::cancelled("run cancelled while running"));
-            }
+            Err(panic) => return Poll::Ready(Err(TaskError::panicked(panic_message(&*panic)))),
+            Ok(Poll::Pending) => {}
         }
-    } else {
-        match timeout {
-            None => body.await,
-            Some(limit) => {
-                let mut body = std::pin::pin!(body);
-                tokio::select! {
-                    biased;
-                    outcome = &mut body => outcome,
-                    _ = tokio::time::sleep(limit) => {
-                        ctx.cancel.cancel();
-                        // The children end now; what they return is superseded by the timeout.
-                        let _ = body.await;
-                        Ok(Err(TaskError::timeout(limit)))
-                    }
+        if let (Some(limit), None) = (timeout, timed_out) {
+            if timer.is_none() {
+                timer.set(Some(tokio::time::sleep(limit)));
+            }
+            let fired = timer
+                .as_mut()
+                .as_pin_mut()
+                .is_some_and(|sleep| sleep.poll(cx).is_ready());
+            if fired {
+                if leaf {
+                    return Poll::Ready(Err(TaskError::timeout(limit)));
                 }
+                // The children end now; what they return is superseded by the timeout.
+                timed_out = Some(limit);
+                ctx.cancel.cancel();
+                cx.waker().wake_by_ref();
             }
         }
-    };
-    outcome.unwrap_or_else(|panic| Err(TaskError::panicked(panic_message(&*panic))))
+        if leaf && cancelled.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(TaskError::cancelled("run cancelled while running")));
+        }
+        Poll::Pending
+    })
+    .await
 }

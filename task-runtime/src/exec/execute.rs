@@ -9,10 +9,10 @@ use serde_json::Value;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::Executor;
 use super::attempt::Attempts;
 use super::hooks::{HookEvent, When, guarded};
 use super::seed::{Records, Scope, Seed};
+use super::{Executor, in_span};
 use crate::envelope::{Head, RunError, RunOutput};
 use crate::error::{Issue, TaskError};
 use crate::id::RunId;
@@ -76,11 +76,10 @@ impl<O> Finished<O> {
             ..
         } = self;
         let head = Head {
-            task: task.to_owned(),
+            task: std::borrow::Cow::Borrowed(task),
             run_id,
             input,
-            // The run's contexts are gone by now: take the value rather than copy it.
-            tramp_data: tramp_data.map(TrampData::into_value),
+            tramp_data,
             started_at,
             duration_ms: report.duration_ms,
             attempts: report.attempts,
@@ -283,7 +282,7 @@ pub(crate) async fn execute<T: Task>(
         cancel: &seed.cancel,
         durable: seed.attempt,
     };
-    let (result, mut report, retry_in) = attempts.run().instrument(span.clone()).await;
+    let (result, mut report, retry_in) = in_span!(span, attempts.run());
     report.duration_ms = millis(clock.elapsed());
     {
         let _entered = span.enter();
@@ -317,7 +316,8 @@ pub(crate) async fn execute<T: Task>(
     // Hooks fire once a run is over: not for an attempt that is rescheduled.
     if retry_in.is_none() && (T::HAS_HOOKS || !exec.hooks.is_empty()) {
         let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
-        run_hooks::<T>(exec, when, &event).instrument(span).await;
+        // Boxed: a run without hooks does not carry the hooks' state in its own.
+        Box::pin(run_hooks::<T>(exec, when, &event).instrument(span)).await;
     }
     Finished {
         task: T::ID,

@@ -27,6 +27,22 @@ use crate::registry::Registry;
 use concurrency::ConcurrencyLimits;
 use hooks::RuntimeHook;
 
+/// Awaits a future inside a span, pinning it where it is built instead of moving it into
+/// a wrapper (as `Instrument` does): the run's futures are a few KiB, and each move is a
+/// copy of all of it.
+macro_rules! in_span {
+    ($span:expr, $future:expr) => {{
+        let span = &$span;
+        let mut future = std::pin::pin!($future);
+        std::future::poll_fn(|cx| {
+            let _entered = span.enter();
+            future.as_mut().poll(cx)
+        })
+        .await
+    }};
+}
+pub(crate) use in_span;
+
 /// What the engine needs to run anything. Cheap to clone; clones share everything.
 #[derive(Clone)]
 pub(crate) struct Executor {
