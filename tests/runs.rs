@@ -28,9 +28,7 @@ async fn typed_run_returns_a_full_envelope() {
     assert_eq!(out.metadata.attempts, 1);
     assert!(out.metadata.finished_at >= out.metadata.started_at);
     assert_eq!(
-        out.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
+        out.tramp_data().cloned(),
         Some(json!({ "requestId": "r-1" }))
     );
 
@@ -90,12 +88,7 @@ async fn every_violation_is_reported_with_its_path() {
     );
     let text = env.job.error.as_deref().unwrap();
     assert!(text.starts_with("invalid input: "), "{text}");
-    assert_eq!(
-        env.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
-        Some(json!({ "keep": true }))
-    );
+    assert_eq!(env.tramp_data().cloned(), Some(json!({ "keep": true })));
     assert_eq!(
         env.job.input["value"], "ten",
         "the input is echoed as given"
@@ -145,9 +138,7 @@ async fn oversized_payload_is_refused_with_the_limit() {
         "{message}"
     );
     assert_eq!(
-        env.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
+        env.tramp_data().cloned(),
         Some(json!({ "id": 7 })),
         "trampData survives"
     );

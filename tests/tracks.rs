@@ -34,12 +34,7 @@ async fn a_track_runs_every_step_as_its_own_run() {
         .map(|s| s.task_name.as_str())
         .collect();
     assert_eq!(inner, ["double", "double"]);
-    assert_eq!(
-        env.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
-        Some(json!({ "req": 9 }))
-    );
+    assert_eq!(env.tramp_data().cloned(), Some(json!({ "req": 9 })));
 }
 
 #[tokio::test]
@@ -70,9 +65,7 @@ async fn a_mapper_output_breaking_the_next_schema_fails_that_step() {
     );
     assert!(!env.metadata.steps[1].success);
     assert_eq!(
-        env.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
+        env.tramp_data().cloned(),
         Some(json!({ "n": [1, 2] })),
         "trampData is echoed on failure"
     );
@@ -170,12 +163,7 @@ async fn a_track_with_its_own_input_maps_it_for_the_first_step() {
         .map(|s| s.task_name.as_str())
         .collect();
     assert_eq!(names, ["length", "double"]);
-    assert_eq!(
-        env.tramp_data
-            .clone()
-            .map(task_runtime::TrampData::into_value),
-        Some(json!({ "order": 7 }))
-    );
+    assert_eq!(env.tramp_data().cloned(), Some(json!({ "order": 7 })));
 
     // Typed, the track takes and validates an `OrderInput`.
     let order = OrderInput {

@@ -8,14 +8,16 @@ use serde_json::Value;
 
 use crate::error::TaskError;
 use crate::id::RunId;
-use crate::input::TrampData;
 
 /// What one run produced: `job` (who ran, did it work), `results`, `metadata` (timing,
 /// attempts, steps, branches) and the caller's `trampData`, echoed on success and failure.
 ///
 /// A typed run's envelope holds the task's output type itself (`rt.run(..).await?.results`
 /// is the output); a run by id holds JSON, `null` when the run failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// `trampData` is the input's own, read from `job.input` ([`RunOutput::tramp_data`]): the
+/// envelope keeps one copy of it, however large.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[non_exhaustive]
 pub struct RunOutput<T> {
@@ -25,8 +27,18 @@ pub struct RunOutput<T> {
     pub results: T,
     /// Timing, attempts, steps and branches.
     pub metadata: Metadata,
-    /// The input's `trampData`, unchanged (shared with the run, not copied).
-    pub tramp_data: Option<TrampData>,
+}
+
+impl<T: Serialize> Serialize for RunOutput<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut out = s.serialize_struct("RunOutput", 4)?;
+        out.serialize_field("job", &self.job)?;
+        out.serialize_field("results", &self.results)?;
+        out.serialize_field("metadata", &self.metadata)?;
+        out.serialize_field("trampData", &self.tramp_data())?;
+        out.end()
+    }
 }
 
 /// Identity and outcome of a run.
@@ -164,7 +176,6 @@ pub(crate) struct Head {
     pub task: Cow<'static, str>,
     pub run_id: RunId,
     pub input: Value,
-    pub tramp_data: Option<TrampData>,
     pub started_at: SystemTime,
     pub duration_ms: u64,
     pub attempts: u32,
@@ -176,20 +187,11 @@ pub(crate) struct Head {
 impl Head {
     /// A run that ended before it started: refused, not found, shut down.
     pub(crate) fn refused(task: &str, run_id: RunId, input: Value) -> Self {
-        let tramp_data = match &input {
-            Value::Object(map) => map
-                .get("trampData")
-                .filter(|v| !v.is_null())
-                .cloned()
-                .map(TrampData::from),
-            _ => None,
-        };
         Head {
             task: Cow::Owned(task.to_owned()),
             started_at: SystemTime::now(),
             run_id,
             input,
-            tramp_data,
             duration_ms: 0,
             attempts: 0,
             steps: Vec::new(),
@@ -222,8 +224,12 @@ impl<T> RunOutput<T> {
                 branches: head.branches,
                 cleanup_errors: head.cleanup_errors,
             },
-            tramp_data: head.tramp_data,
         }
+    }
+
+    /// The caller's `trampData`, as given in the input (`null` and absent are `None`).
+    pub fn tramp_data(&self) -> Option<&Value> {
+        self.job.input.get("trampData").filter(|v| !v.is_null())
     }
 
     /// Whether the run succeeded.
@@ -255,7 +261,6 @@ impl<T> RunOutput<T> {
             job: self.job,
             results: f(self.results),
             metadata: self.metadata,
-            tramp_data: self.tramp_data,
         }
     }
 }
@@ -267,7 +272,6 @@ impl<T: Serialize> RunOutput<T> {
             job: self.job.clone(),
             results: serde_json::to_value(&self.results).unwrap_or_default(),
             metadata: self.metadata.clone(),
-            tramp_data: self.tramp_data.clone(),
         }
     }
 }

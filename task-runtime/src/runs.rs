@@ -3,6 +3,7 @@
 //! runtime's store or, without one, in the memory index of its background runs.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -164,39 +165,137 @@ pub struct RunInfo {
 }
 
 /// Background runs of an embedded runtime without a store: the running ones, and the most
-/// recent finished ones (at most [`LiveRuns::RETAINED`]; a store keeps every run).
+/// recent finished ones (at most [`LiveRuns::RETAINED`]; a store keeps every run). Kept
+/// lean, since every background run passes through it: no copy of the input, and the
+/// envelope only for someone waiting in `runs().wait` (a run's handle returns it anyway).
 #[derive(Default)]
 pub(crate) struct LiveRuns {
-    runs: HashMap<RunId, LiveRun>,
+    runs: HashMap<RunId, LiveRun, BuildHasherDefault<IdHasher>>,
     finished: VecDeque<RunId>,
 }
 
+/// One background run: what `runs()` reports of it, kept small (one per run in flight).
 struct LiveRun {
-    info: RunInfo,
+    task: &'static str,
+    status: RunStatus,
+    tags: Vec<String>,
+    created_at: SystemTime,
+    started_at: Option<SystemTime>,
+    finished_at: Option<SystemTime>,
+    attempts: u32,
     cancel: CancellationToken,
     waiters: Option<Arc<tokio::sync::Notify>>,
+    envelope: Option<Box<RunOutput<Value>>>,
+}
+
+impl LiveRun {
+    fn info(&self, id: &RunId) -> RunInfo {
+        RunInfo {
+            id: id.clone(),
+            task: self.task.to_owned(),
+            status: self.status,
+            tenant_id: None,
+            project_id: None,
+            attempts: self.attempts,
+            tags: self.tags.clone(),
+            parent_run_id: None,
+            root_run_id: None,
+            position: None,
+            replay_of: None,
+            idempotency_key: None,
+            created_at: self.created_at,
+            run_at: self.created_at,
+            started_at: self.started_at,
+            finished_at: self.finished_at,
+            input: self
+                .envelope
+                .as_ref()
+                .map(|e| e.job.input.clone())
+                .unwrap_or_default(),
+            envelope: self.envelope.as_deref().cloned(),
+            output: None,
+            error: None,
+            retried: Vec::new(),
+        }
+    }
+}
+
+/// Run ids end in 80 random bits: their last eight bytes are hash enough, without SipHash.
+#[derive(Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if let Some(chunk) = bytes.rchunks(8).next() {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(word);
+        }
+    }
 }
 
 impl LiveRuns {
     const RETAINED: usize = 1024;
 
-    pub(crate) fn insert(&mut self, info: RunInfo, cancel: CancellationToken) {
+    pub(crate) fn insert(
+        &mut self,
+        id: &RunId,
+        task: &'static str,
+        status: RunStatus,
+        tags: Vec<String>,
+        cancel: CancellationToken,
+    ) {
         self.runs.insert(
-            info.id.clone(),
+            id.clone(),
             LiveRun {
-                info,
+                task,
+                status,
+                tags,
+                created_at: SystemTime::now(),
+                started_at: None,
+                finished_at: None,
+                attempts: 0,
                 cancel,
                 waiters: None,
+                envelope: None,
             },
         );
     }
 
     pub(crate) fn set_status(&mut self, run_id: &RunId, status: RunStatus) {
         if let Some(run) = self.runs.get_mut(run_id) {
-            run.info.status = status;
+            run.status = status;
             if status == RunStatus::Executing {
-                run.info.started_at = Some(SystemTime::now());
-                run.info.attempts = 1;
+                run.started_at = Some(SystemTime::now());
+                run.attempts = 1;
+            }
+        }
+    }
+
+    pub(crate) fn has_waiters(&self, run_id: &RunId) -> bool {
+        self.runs
+            .get(run_id)
+            .is_some_and(|run| run.waiters.is_some())
+    }
+
+    /// A run finished with `status`, nobody waiting for its envelope.
+    pub(crate) fn finish_status(&mut self, run_id: &RunId, status: RunStatus) {
+        if let Some(run) = self.runs.get_mut(run_id) {
+            run.status = status;
+            run.finished_at = Some(SystemTime::now());
+            self.retire(run_id);
+        }
+    }
+
+    fn retire(&mut self, run_id: &RunId) {
+        self.finished.push_back(run_id.clone());
+        while self.finished.len() > Self::RETAINED {
+            if let Some(old) = self.finished.pop_front() {
+                self.runs.remove(&old);
             }
         }
     }
@@ -205,54 +304,14 @@ impl LiveRuns {
         let Some(run) = self.runs.get_mut(run_id) else {
             return;
         };
-        run.info.status = RunStatus::of_envelope(envelope);
-        run.info.attempts = envelope.metadata.attempts;
-        run.info.finished_at = Some(SystemTime::now());
-        run.info.envelope = Some(envelope.clone());
+        run.status = RunStatus::of_envelope(envelope);
+        run.attempts = envelope.metadata.attempts;
+        run.finished_at = Some(SystemTime::now());
         if let Some(waiters) = run.waiters.take() {
+            run.envelope = Some(Box::new(envelope.clone()));
             waiters.notify_waiters();
         }
-        self.finished.push_back(run_id.clone());
-        while self.finished.len() > Self::RETAINED {
-            if let Some(old) = self.finished.pop_front() {
-                self.runs.remove(&old);
-            }
-        }
-    }
-}
-
-/// A new run's record, before it starts.
-pub(crate) fn new_info(
-    id: &RunId,
-    task: &str,
-    input: &Value,
-    status: RunStatus,
-    tags: &[String],
-) -> RunInfo {
-    let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
-    let now = SystemTime::now();
-    RunInfo {
-        id: id.clone(),
-        task: task.to_owned(),
-        status,
-        tenant_id: text("tenantId"),
-        project_id: text("projectId"),
-        attempts: 0,
-        tags: tags.to_vec(),
-        parent_run_id: None,
-        root_run_id: None,
-        position: None,
-        replay_of: None,
-        idempotency_key: None,
-        created_at: now,
-        run_at: now,
-        started_at: None,
-        finished_at: None,
-        input: input.clone(),
-        envelope: None,
-        output: None,
-        error: None,
-        retried: Vec::new(),
+        self.retire(run_id);
     }
 }
 
@@ -273,7 +332,7 @@ impl Runs<'_> {
             None => Ok(lock(self.rt.live())
                 .runs
                 .get(run_id)
-                .map(|run| run.info.clone())),
+                .map(|run| run.info(run_id))),
         }
     }
 
@@ -286,8 +345,8 @@ impl Runs<'_> {
         let live = lock(self.rt.live());
         let mut runs: Vec<RunInfo> = live
             .runs
-            .values()
-            .map(|run| &run.info)
+            .iter()
+            .map(|(id, run)| run.info(id))
             .filter(|info| filter.status.is_none_or(|s| info.status == s))
             .filter(|info| filter.task.as_ref().is_none_or(|t| &info.task == t))
             .filter(|info| {
@@ -298,7 +357,6 @@ impl Runs<'_> {
             })
             .filter(|info| filter.tag.as_ref().is_none_or(|t| info.tags.contains(t)))
             .filter(|info| filter.before.as_ref().is_none_or(|b| info.id < *b))
-            .cloned()
             .collect();
         runs.sort_by(|a, b| b.id.cmp(&a.id));
         runs.truncate(filter.page_size());
@@ -344,12 +402,10 @@ impl Runs<'_> {
         let live = lock(self.rt.live());
         Ok(match live.runs.get(run_id) {
             None => CancelOutcome::NotFound,
-            Some(run) if run.info.status.is_finished() => {
-                CancelOutcome::AlreadyFinished(run.info.status)
-            }
+            Some(run) if run.status.is_finished() => CancelOutcome::AlreadyFinished(run.status),
             Some(run) => {
                 run.cancel.cancel();
-                match run.info.status {
+                match run.status {
                     RunStatus::Executing => CancelOutcome::Requested,
                     _ => CancelOutcome::Cancelled,
                 }
@@ -357,7 +413,8 @@ impl Runs<'_> {
         })
     }
 
-    /// Waits for a run's envelope; `None` for an unknown id.
+    /// Waits for a run's envelope; `None` for an unknown id (or, without a store, a run that
+    /// had already finished: its handle returned its envelope).
     pub async fn wait(&self, run_id: &RunId) -> Result<Option<RunOutput<Value>>, StoreError> {
         if let Some(store) = self.rt.store() {
             loop {
@@ -379,8 +436,11 @@ impl Runs<'_> {
                 let Some(run) = live.runs.get_mut(run_id) else {
                     return Ok(None);
                 };
-                if let Some(envelope) = &run.info.envelope {
-                    return Ok(Some(envelope.clone()));
+                if let Some(envelope) = &run.envelope {
+                    return Ok(Some((**envelope).clone()));
+                }
+                if run.status.is_finished() {
+                    return Ok(None);
                 }
                 run.waiters.get_or_insert_with(Default::default).clone()
             };
@@ -389,7 +449,7 @@ impl Runs<'_> {
             if lock(self.rt.live())
                 .runs
                 .get(run_id)
-                .is_some_and(|run| run.info.envelope.is_some())
+                .is_some_and(|run| run.envelope.is_some() || run.status.is_finished())
             {
                 continue;
             }
@@ -398,7 +458,8 @@ impl Runs<'_> {
     }
 
     /// Starts a new run of the same task with the same input and tags, linked to the
-    /// original (`replayOf`); returns its id.
+    /// original (`replayOf`); returns its id. Needs a store (the memory index keeps no
+    /// inputs).
     pub async fn replay(&self, run_id: &RunId) -> Result<RunId, RunError> {
         let missing = || {
             RunError::from_envelope(RunOutput::refused(

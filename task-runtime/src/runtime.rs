@@ -28,7 +28,7 @@ use crate::id::RunId;
 use crate::input::{InputError, Limits};
 use crate::json::drop_deep;
 use crate::registry::{Registry, TaskDescriptor};
-use crate::runs::{LiveRuns, RunStatus, Runs, new_info};
+use crate::runs::{LiveRuns, RunStatus, Runs};
 use crate::store::{NewRun, RunStore, Store, later};
 use crate::task::Task;
 
@@ -389,7 +389,7 @@ impl Runtime {
         let exec = self.inner.exec.clone();
         let run_id = Runtime::new_run_id();
         let cancel = exec.root.child_token();
-        self.register_live(&run_id, T::ID, &Value::Null, &options, &cancel);
+        self.register_live(&run_id, T::ID, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
         let task = self.inner.exec.tracker.spawn(async move {
             if let Some(refused) = rt.wait_to_start(T::ID, &id, &options, &seed_cancel).await {
@@ -402,11 +402,10 @@ impl Runtime {
             };
             let out = Box::pin(execute::<T>(&exec, RunInput::Typed(input), seed)).await;
             let out = out.into_typed_envelope();
-            let json = match &out {
-                Ok(ok) => ok.to_json(),
-                Err(failed) => (*failed.envelope).clone(),
-            };
-            rt.finish_live(&id, &json);
+            match &out {
+                Ok(ok) => rt.finish_live_with(&id, || ok.to_json()),
+                Err(failed) => rt.finish_live(&id, &failed.envelope),
+            }
             out
         });
         Ok(TypedRunHandle {
@@ -551,7 +550,6 @@ impl Runtime {
         &self,
         run_id: &RunId,
         task: &'static str,
-        input: &Value,
         options: &TriggerOptions,
         cancel: &CancellationToken,
     ) {
@@ -560,8 +558,7 @@ impl Runtime {
         } else {
             RunStatus::Queued
         };
-        let info = new_info(run_id, task, input, status, &options.tags);
-        lock(&self.inner.live).insert(info, cancel.clone());
+        lock(&self.inner.live).insert(run_id, task, status, options.tags.clone(), cancel.clone());
     }
 
     fn set_live_status(&self, run_id: &RunId, status: RunStatus) {
@@ -570,6 +567,16 @@ impl Runtime {
 
     fn finish_live(&self, run_id: &RunId, envelope: &RunOutput<Value>) {
         lock(&self.inner.live).finish(run_id, envelope);
+    }
+
+    /// `finish_live` with an envelope built only if someone waits for it.
+    fn finish_live_with(&self, run_id: &RunId, envelope: impl FnOnce() -> RunOutput<Value>) {
+        let mut live = lock(&self.inner.live);
+        if live.has_waiters(run_id) {
+            live.finish(run_id, &envelope());
+        } else {
+            live.finish_status(run_id, RunStatus::Completed);
+        }
     }
 
     /// Commits a run to the store: refused there and then if its input breaks the schema
@@ -704,27 +711,32 @@ impl Runtime {
         let exec = self.inner.exec.clone();
         let cancel = exec.root.child_token();
         let run_id = Runtime::new_run_id();
-        self.register_live(&run_id, descriptor.id, &input, &options, &cancel);
+        self.register_live(&run_id, descriptor.id, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
+        // The run's state is boxed when the task first runs: until then (100 000 triggers
+        // queue up faster than they run) a task holds only its few captures.
         let task = self.inner.exec.tracker.spawn(async move {
-            let out = match rt
-                .wait_to_start(descriptor.id, &id, &options, &seed_cancel)
-                .await
-            {
-                Some(refused) => refused,
-                None => {
-                    let seed = Seed {
-                        run_id: Some(id.clone()),
-                        ..Seed::root(seed_cancel)
-                    };
-                    descriptor.run_json(&exec, input, seed).await
+            Box::pin(async move {
+                let out = match rt
+                    .wait_to_start(descriptor.id, &id, &options, &seed_cancel)
+                    .await
+                {
+                    Some(refused) => refused,
+                    None => {
+                        let seed = Seed {
+                            run_id: Some(id.clone()),
+                            ..Seed::root(seed_cancel)
+                        };
+                        descriptor.run_json(&exec, input, seed).await
+                    }
+                };
+                if let Some((scope, ttl)) = key {
+                    rt.settle_key(&scope, ttl, &out);
                 }
-            };
-            if let Some((scope, ttl)) = key {
-                rt.settle_key(&scope, ttl, &out);
-            }
-            rt.finish_live(&id, &out);
-            out
+                rt.finish_live(&id, &out);
+                out
+            })
+            .await
         });
         RunHandle {
             run_id,

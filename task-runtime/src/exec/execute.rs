@@ -55,7 +55,6 @@ pub(crate) struct Finished<O> {
     pub result: Result<Produced<O>, TaskError>,
     pub report: Report,
     pub input: Value,
-    pub tramp_data: Option<TrampData>,
     /// The output came from the journal: an earlier attempt of the root completed it.
     pub replayed: bool,
     /// A durable attempt that failed with retries left: reschedule after this long (the
@@ -72,14 +71,12 @@ impl<O> Finished<O> {
             result,
             report,
             input,
-            tramp_data,
             ..
         } = self;
         let head = Head {
             task: std::borrow::Cow::Borrowed(task),
             run_id,
             input,
-            tramp_data,
             started_at,
             duration_ms: report.duration_ms,
             attempts: report.attempts,
@@ -125,13 +122,7 @@ impl<O> Finished<O> {
         self.result.map(|produced| produced.typed)
     }
 
-    fn refused(
-        task: &'static str,
-        run_id: RunId,
-        error: TaskError,
-        input: Value,
-        scope: Scope,
-    ) -> Self {
+    fn refused(task: &'static str, run_id: RunId, error: TaskError, input: Value) -> Self {
         Finished {
             task,
             run_id,
@@ -139,7 +130,6 @@ impl<O> Finished<O> {
             result: Err(error),
             report: Report::default(),
             input,
-            tramp_data: scope.tramp_data,
             replayed: false,
             retry_in: None,
         }
@@ -193,7 +183,6 @@ pub(crate) async fn execute<T: Task>(
                                 ..Report::default()
                             },
                             input: Value::Null,
-                            tramp_data: seed.scope.tramp_data,
                             replayed: true,
                             retry_in: None,
                         };
@@ -218,7 +207,7 @@ pub(crate) async fn execute<T: Task>(
             exec.max_nesting
         ));
         tracing::warn!(task = T::ID, run_id = %run_id, depth = seed.scope.depth, "run refused: nested too deep");
-        return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+        return Finished::refused(T::ID, run_id, error, Value::Null);
     }
 
     let json_run = matches!(input, RunInput::Json(_));
@@ -231,7 +220,7 @@ pub(crate) async fn execute<T: Task>(
                     path,
                     message: format!("{what} is not a JSON number"),
                 }]);
-                return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+                return Finished::refused(T::ID, run_id, error, Value::Null);
             }
             // A child's input leaves out the trampData it shares with its parent (see
             // `input::capture_tramp`); its scope inherits the parent's copy instead.
@@ -244,7 +233,7 @@ pub(crate) async fn execute<T: Task>(
                 Ok(json) => (json, Some(value), captured),
                 Err(e) => {
                     let error = invalid_input(format!("input does not serialize to JSON: {e}"));
-                    return Finished::refused(T::ID, run_id, error, Value::Null, seed.scope);
+                    return Finished::refused(T::ID, run_id, error, Value::Null);
                 }
             }
         }
@@ -326,7 +315,6 @@ pub(crate) async fn execute<T: Task>(
         result,
         report,
         input: input_json,
-        tramp_data: scope.tramp_data,
         replayed: false,
         retry_in,
     }
