@@ -264,6 +264,9 @@ async fn work(
     let keeper =
         tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
     let task_limits = shared.task_limits();
+    // Claim when at least this many slots are free (or nothing runs): claims come in
+    // batches, not one statement per finished run.
+    let min_batch = (concurrency / 4).max(1);
     let mut running: JoinSet<Settle> = JoinSet::new();
     let mut settles = Vec::new();
     let mut backoff = Duration::from_millis(10);
@@ -274,10 +277,10 @@ async fn work(
                 Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
             }
         }
-        if !settles.is_empty() {
-            write_settles(&shared, &store, std::mem::take(&mut settles)).await;
-        }
         if stop.is_cancelled() {
+            if !settles.is_empty() {
+                write_settles(&shared, &store, std::mem::take(&mut settles)).await;
+            }
             match running.join_next().await {
                 Some(Ok(settle)) => settles.push(settle),
                 Some(Err(error)) => tracing::error!(%error, "a run's task ended abnormally"),
@@ -286,42 +289,56 @@ async fn work(
             continue;
         }
         let room = concurrency.saturating_sub(running.len());
-        let mut claimed = Vec::new();
-        let mut wait = idle_poll;
-        if room > 0 {
-            let request = ClaimRequest {
-                owner: shared.owner.clone(),
-                limit: room.min(64),
-                lease: shared.lease,
-                task_limits: task_limits.clone(),
-            };
-            match store.claim(request).await {
-                Ok(batch) => {
-                    claimed = batch.runs;
-                    // Sleep no longer than until the next delayed or retried run is due.
-                    if let Some(due) = batch.next_due {
-                        let until = due.duration_since(SystemTime::now()).unwrap_or_default();
-                        wait = wait.min(until + Duration::from_millis(1));
-                    }
-                    backoff = Duration::from_millis(10);
+        let want = if room >= min_batch || running.is_empty() { room.min(64) } else { 0 };
+        // Settle what finished and claim more in one go: the store commits both together.
+        let finished = std::mem::take(&mut settles);
+        let request = ClaimRequest {
+            owner: shared.owner.clone(),
+            limit: want,
+            lease: shared.lease,
+            task_limits: task_limits.clone(),
+        };
+        let (_, claim) = tokio::join!(
+            async {
+                if !finished.is_empty() {
+                    write_settles(&shared, &store, finished).await;
                 }
-                Err(error) => {
-                    tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(0), "claiming failed");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+            },
+            async {
+                if want == 0 {
+                    return None;
                 }
+                Some(store.claim(request).await)
             }
-        }
-        let got = claimed.len();
-        for run in claimed {
-            let (shared, store) = (shared.clone(), store.clone());
-            running.spawn(execute_claimed(shared, store, run).in_current_span());
-        }
-        if got > 0 && got == room.min(64) {
+        );
+        let mut wait = idle_poll;
+        let got = match claim {
+            None => 0,
+            Some(Ok(batch)) => {
+                backoff = Duration::from_millis(10);
+                // Sleep no longer than until the next delayed or retried run is due.
+                if let Some(due) = batch.next_due {
+                    let until = due.duration_since(SystemTime::now()).unwrap_or_default();
+                    wait = wait.min(until + Duration::from_millis(1));
+                }
+                let got = batch.runs.len();
+                for run in batch.runs {
+                    let (shared, store) = (shared.clone(), store.clone());
+                    running.spawn(execute_claimed(shared, store, run).in_current_span());
+                }
+                got
+            }
+            Some(Err(error)) => {
+                tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(0), "claiming failed");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if got > 0 && got == want {
             continue; // more may be due
         }
         tokio::select! {
@@ -331,7 +348,8 @@ async fn work(
                 Ok(settle) => settles.push(settle),
                 Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
             },
-            _ = store.changed(wait), if room > got => {}
+            // Nothing more was due: wait for a trigger (ours or another process's).
+            _ = store.changed(wait), if want > 0 && got < want => {}
         }
     }
     keeper.abort();
@@ -346,12 +364,13 @@ async fn work(
 
 async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<Settle>) {
     let ids: Vec<RunId> = settles.iter().map(|s| s.id().clone()).collect();
+    let settles = Arc::new(settles);
     // A store that fails now keeps the leases (and the runs) until they expire: another
     // attempt then redoes the work, nothing is lost.
     let mut attempts = 0;
     let applied = loop {
         attempts += 1;
-        match store.settle(settles.clone()).await {
+        match store.settle(Arc::clone(&settles)).await {
             Ok(applied) => break applied,
             Err(error) if attempts < 5 => {
                 tracing::warn!(%error, attempts, "settling runs failed, retrying");
@@ -364,7 +383,7 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
         }
     };
     let mut held = lock(&shared.held);
-    for ((id, settle), applied) in ids.iter().zip(&settles).zip(applied) {
+    for ((id, settle), applied) in ids.iter().zip(settles.iter()).zip(applied) {
         held.remove(id);
         shared.rt.executed(id);
         if !applied {
@@ -542,7 +561,7 @@ async fn reclaim(shared: &Shared, store: &Arc<dyn RunStore>) {
     if settles.is_empty() {
         return;
     }
-    match store.settle(settles).await {
+    match store.settle(Arc::new(settles)).await {
         Ok(applied) => {
             let n = applied.iter().filter(|a| **a).count() as u64;
             shared.stats.reclaimed.fetch_add(n, Ordering::Relaxed);

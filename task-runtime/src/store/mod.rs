@@ -485,7 +485,8 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<HeartbeatReply, StoreError>>;
 
     /// Writes how attempts ended; `false` for a write whose lease token no longer matches.
-    fn settle(&self, outcomes: Vec<Settle>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
+    /// Shared, so a caller can try again without copying the envelopes.
+    fn settle(&self, outcomes: Arc<Vec<Settle>>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>>;
 
     /// Executing runs whose lease expired before `now`.
     fn expired_leases(

@@ -70,7 +70,7 @@ enum Write {
         Duration,
         oneshot::Sender<Result<HeartbeatReply, StoreError>>,
     ),
-    Settle(Vec<Settle>, oneshot::Sender<Result<Vec<bool>, StoreError>>),
+    Settle(Arc<Vec<Settle>>, oneshot::Sender<Result<Vec<bool>, StoreError>>),
     EndQueued(
         Vec<(RunId, Box<RunOutput<Value>>)>,
         oneshot::Sender<Result<Vec<bool>, StoreError>>,
@@ -351,59 +351,15 @@ async fn writer_task(
     }
 }
 
-/// The result of one write, held until the transaction commits.
-enum Done {
-    Enqueue(
-        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
-        Result<Vec<Enqueued>, StoreError>,
-    ),
-    Claim(
-        oneshot::Sender<Result<Claimed, StoreError>>,
-        Result<Claimed, StoreError>,
-    ),
-    Heartbeat(
-        oneshot::Sender<Result<HeartbeatReply, StoreError>>,
-        Result<HeartbeatReply, StoreError>,
-    ),
-    Bools(
-        oneshot::Sender<Result<Vec<bool>, StoreError>>,
-        Result<Vec<bool>, StoreError>,
-    ),
-    Cancel(
-        oneshot::Sender<Result<CancelOutcome, StoreError>>,
-        Result<CancelOutcome, StoreError>,
-    ),
-}
-
-impl Done {
-    fn send(self, commit: &Result<(), StoreError>) {
-        fn pick<T>(
-            result: Result<T, StoreError>,
-            commit: &Result<(), StoreError>,
-        ) -> Result<T, StoreError> {
-            match commit {
-                Ok(()) => result,
-                Err(e) => Err(e.clone()),
-            }
-        }
-        match self {
-            Done::Enqueue(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Claim(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Heartbeat(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Bools(tx, r) => drop(tx.send(pick(r, commit))),
-            Done::Cancel(tx, r) => drop(tx.send(pick(r, commit))),
-        }
-    }
-}
-
 async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), sqlx::Error> {
     sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
 }
 
-/// Applies `writes` in one transaction. Each answered write runs in a savepoint: one that
-/// fails (a constraint, a full disk) is undone alone and answered with its error, the others
-/// commit. When SQLite itself has rolled the whole transaction back (it may on a full disk),
-/// every write answered so far is answered with that error and the rest go to a new batch.
+/// Applies `writes` in one transaction (one commit for everything waiting: concurrent
+/// triggers, a worker's settles and its next claim). When a write fails (a constraint, a
+/// full disk), the transaction is rolled back, that write is answered with its error, and
+/// the others are applied again in a new transaction: each write is all or nothing, and
+/// none is answered before its transaction committed.
 async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str, busy: Duration) {
     let fail = |e: &sqlx::Error| classify(path, busy, e);
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
@@ -435,35 +391,18 @@ async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str
         if !journal.is_empty() {
             flush_journal(conn, std::mem::take(&mut journal), &fail).await;
         }
-        if let Err(e) = exec(conn, "SAVEPOINT write").await {
-            reject(write, &fail(&e));
-            continue;
-        }
-        match apply_one(conn, write, &fail).await {
-            Ok(d) => match exec(conn, "RELEASE write").await {
-                Ok(()) => done.push(d),
-                Err(e) => done.push(d.failed(fail(&e))),
-            },
-            Err(d) => {
-                let undone = exec(conn, "ROLLBACK TO write").await.is_ok()
-                    && exec(conn, "RELEASE write").await.is_ok();
-                if undone {
-                    done.push(d);
-                    continue;
-                }
-                // The transaction is gone: nothing of this batch was kept.
-                let error = d.error().unwrap_or_else(|| StoreError::Backend {
-                    reason: "the transaction was rolled back".to_owned(),
-                });
-                tracing::warn!(%error, "store transaction rolled back; retrying the writes after it");
+        match apply_one(conn, write).await {
+            Ok(d) => done.push(d),
+            Err((failed, error)) => {
+                let error = fail(&error);
+                tracing::warn!(%error, "a store write failed; applying the others again without it");
                 let _ = exec(conn, "ROLLBACK").await;
-                d.send(&Ok(()));
-                for earlier in done {
-                    earlier.failed(error.clone()).send(&Ok(()));
-                }
-                let rest: Vec<Write> = journal
+                reject(failed, &error);
+                // Everything before it was rolled back too: apply it again, with the rest.
+                let rest: Vec<Write> = done
                     .into_iter()
-                    .map(Write::Journal)
+                    .map(Done::into_write)
+                    .chain(journal.into_iter().map(Write::Journal))
                     .chain((!logs.is_empty()).then(|| Write::Logs(logs)))
                     .chain(writes)
                     .collect();
@@ -486,30 +425,41 @@ async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str
         let _ = exec(conn, "ROLLBACK").await;
     }
     for d in done {
-        d.send(&commit);
+        d.send(commit.clone());
     }
 }
 
+/// A write applied in the open transaction, waiting for the commit to be answered.
+enum Done {
+    Enqueue(Vec<NewRun>, oneshot::Sender<Result<Vec<Enqueued>, StoreError>>, Vec<Enqueued>),
+    Claim(ClaimRequest, oneshot::Sender<Result<Claimed, StoreError>>, Claimed),
+    Heartbeat(String, Vec<Lease>, Duration, oneshot::Sender<Result<HeartbeatReply, StoreError>>, HeartbeatReply),
+    Settle(Arc<Vec<Settle>>, oneshot::Sender<Result<Vec<bool>, StoreError>>, Vec<bool>),
+    EndQueued(Vec<(RunId, Box<RunOutput<Value>>)>, oneshot::Sender<Result<Vec<bool>, StoreError>>, Vec<bool>),
+    Cancel(RunId, Box<RunOutput<Value>>, oneshot::Sender<Result<CancelOutcome, StoreError>>, CancelOutcome),
+}
+
 impl Done {
-    /// The error this write is answered with, if it failed.
-    fn error(&self) -> Option<StoreError> {
+    /// Answers once the transaction committed (or failed to).
+    fn send(self, commit: Result<(), StoreError>) {
         match self {
-            Done::Enqueue(_, Err(e))
-            | Done::Claim(_, Err(e))
-            | Done::Heartbeat(_, Err(e))
-            | Done::Bools(_, Err(e))
-            | Done::Cancel(_, Err(e)) => Some(e.clone()),
-            _ => None,
+            Done::Enqueue(_, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Claim(_, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Heartbeat(_, _, _, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Settle(_, tx, r) | Done::EndQueued(_, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
         }
     }
 
-    fn failed(self, error: StoreError) -> Done {
+    /// The write again, its effects rolled back.
+    fn into_write(self) -> Write {
         match self {
-            Done::Enqueue(tx, _) => Done::Enqueue(tx, Err(error)),
-            Done::Claim(tx, _) => Done::Claim(tx, Err(error)),
-            Done::Heartbeat(tx, _) => Done::Heartbeat(tx, Err(error)),
-            Done::Bools(tx, _) => Done::Bools(tx, Err(error)),
-            Done::Cancel(tx, _) => Done::Cancel(tx, Err(error)),
+            Done::Enqueue(runs, tx, _) => Write::Enqueue(runs, tx),
+            Done::Claim(request, tx, _) => Write::Claim(request, tx),
+            Done::Heartbeat(owner, leases, extend, tx, _) => Write::Heartbeat(owner, leases, extend, tx),
+            Done::Settle(outcomes, tx, _) => Write::Settle(outcomes, tx),
+            Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
+            Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
         }
     }
 }
@@ -527,29 +477,34 @@ fn reject(write: Write, error: &StoreError) {
 
 type Conn = SqliteConnection;
 
-/// Applies one answered write; `Err` carries the failed answer (to send as is).
-async fn apply_one(
-    conn: &mut Conn,
-    write: Write,
-    fail: &impl Fn(&sqlx::Error) -> StoreError,
-) -> Result<Done, Done> {
-    macro_rules! answer {
-        ($variant:ident, $tx:expr, $result:expr) => {
-            match $result {
-                Ok(v) => Ok(Done::$variant($tx, Ok(v))),
-                Err(e) => Err(Done::$variant($tx, Err(fail(&e)))),
-            }
-        };
-    }
+/// Applies one answered write in the open transaction; on failure, hands the write back
+/// with its error.
+async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::Error)> {
     match write {
-        Write::Enqueue(runs, tx) => answer!(Enqueue, tx, enqueue(conn, runs).await),
-        Write::Claim(request, tx) => answer!(Claim, tx, claim(conn, request).await),
-        Write::Heartbeat(owner, leases, extend, tx) => {
-            answer!(Heartbeat, tx, heartbeat(conn, &owner, leases, extend).await)
-        }
-        Write::Settle(outcomes, tx) => answer!(Bools, tx, settle(conn, outcomes).await),
-        Write::EndQueued(ends, tx) => answer!(Bools, tx, end_queued(conn, ends).await),
-        Write::Cancel(id, envelope, tx) => answer!(Cancel, tx, cancel(conn, id, envelope).await),
+        Write::Enqueue(runs, tx) => match enqueue(conn, &runs).await {
+            Ok(r) => Ok(Done::Enqueue(runs, tx, r)),
+            Err(e) => Err((Write::Enqueue(runs, tx), e)),
+        },
+        Write::Claim(request, tx) => match claim(conn, &request).await {
+            Ok(r) => Ok(Done::Claim(request, tx, r)),
+            Err(e) => Err((Write::Claim(request, tx), e)),
+        },
+        Write::Heartbeat(owner, leases, extend, tx) => match heartbeat(conn, &owner, &leases, extend).await {
+            Ok(r) => Ok(Done::Heartbeat(owner, leases, extend, tx, r)),
+            Err(e) => Err((Write::Heartbeat(owner, leases, extend, tx), e)),
+        },
+        Write::Settle(outcomes, tx) => match settle(conn, &outcomes).await {
+            Ok(r) => Ok(Done::Settle(outcomes, tx, r)),
+            Err(e) => Err((Write::Settle(outcomes, tx), e)),
+        },
+        Write::EndQueued(ends, tx) => match end_queued(conn, &ends).await {
+            Ok(r) => Ok(Done::EndQueued(ends, tx, r)),
+            Err(e) => Err((Write::EndQueued(ends, tx), e)),
+        },
+        Write::Cancel(id, envelope, tx) => match cancel(conn, &id, &envelope).await {
+            Ok(r) => Ok(Done::Cancel(id, envelope, tx, r)),
+            Err(e) => Err((Write::Cancel(id, envelope, tx), e)),
+        },
         Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
     }
 }
@@ -558,7 +513,7 @@ fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
-async fn enqueue(conn: &mut Conn, runs: Vec<NewRun>) -> Result<Vec<Enqueued>, sqlx::Error> {
+async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut out = Vec::with_capacity(runs.len());
     for run in runs {
@@ -620,7 +575,7 @@ async fn enqueue(conn: &mut Conn, runs: Vec<NewRun>) -> Result<Vec<Enqueued>, sq
         .execute(&mut *conn)
         .await?;
         out.push(Enqueued {
-            id: run.id,
+            id: run.id.clone(),
             existing: false,
         });
     }
@@ -634,12 +589,12 @@ fn placeholders(count: usize, first: usize) -> String {
         .join(", ")
 }
 
-async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Claimed, sqlx::Error> {
+async fn claim(conn: &mut Conn, request: &ClaimRequest) -> Result<Claimed, sqlx::Error> {
     let limit = request.limit;
     let runs = claim_runs(conn, request).await?;
     let next_due = if runs.len() < limit {
         let due: Option<i64> = sqlx::query_scalar(
-            "SELECT min(run_at) FROM runs
+            "SELECT min(run_at) FROM runs INDEXED BY runs_due
              WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL",
         )
         .fetch_one(&mut *conn)
@@ -653,7 +608,7 @@ async fn claim(conn: &mut Conn, request: ClaimRequest) -> Result<Claimed, sqlx::
 
 async fn claim_runs(
     conn: &mut Conn,
-    request: ClaimRequest,
+    request: &ClaimRequest,
 ) -> Result<Vec<ClaimedRun>, sqlx::Error> {
     let now = SystemTime::now();
     let lease_until = millis(later(now, request.lease));
@@ -666,7 +621,7 @@ async fn claim_runs(
             "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
                     lease_token = lease_token + 1, attempts = attempts + 1,
                     started_at = coalesce(started_at, ?3)
-             WHERE id IN (SELECT id FROM runs
+             WHERE id IN (SELECT id FROM runs INDEXED BY runs_due
                           WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                             AND run_at <= ?3 AND (expire_at IS NULL OR expire_at > ?3)
                           ORDER BY run_at, id LIMIT ?4)
@@ -687,7 +642,7 @@ async fn claim_runs(
             .map(|(t, _)| t.as_str())
             .collect();
         let counts: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT task, count(*) FROM runs
+            "SELECT task, count(*) FROM runs INDEXED BY runs_executing
              WHERE status = 'executing' AND parent_run_id IS NULL AND task IN ({})
              GROUP BY task",
             placeholders(tasks.len(), 1)
@@ -717,7 +672,7 @@ async fn claim_runs(
             format!("AND task NOT IN ({})", placeholders(full.len(), 3))
         };
         let candidates: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, task FROM runs
+            "SELECT id, task FROM runs INDEXED BY runs_due
              WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                AND run_at <= ?1 AND (expire_at IS NULL OR expire_at > ?1) {exclude}
              ORDER BY run_at, id LIMIT ?2"
@@ -777,51 +732,105 @@ async fn claim_runs(
 async fn heartbeat(
     conn: &mut Conn,
     owner: &str,
-    leases: Vec<Lease>,
+    leases: &[Lease],
     extend: Duration,
 ) -> Result<HeartbeatReply, sqlx::Error> {
     let until = millis(later(SystemTime::now(), extend));
     let mut reply = HeartbeatReply::default();
     for chunk in leases.chunks(CHUNK) {
-        let pairs = (0..chunk.len())
-            .map(|i| format!("(?{}, ?{})", 3 + 2 * i, 4 + 2 * i))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut query = sqlx::query(AssertSqlSafe(format!(
+        // By primary key (a row-value `IN (VALUES ..)` would scan the table); a lease is
+        // ours when the owner and the token still match.
+        let ids: Vec<&str> = chunk.iter().map(|l| l.id.as_str()).collect();
+        let kept = sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET lease_expires_at = ?1
-             WHERE lease_owner = ?2 AND status = 'executing' AND (id, lease_token) IN (VALUES {pairs})
-             RETURNING id, cancel_requested"
+             WHERE id IN ({}) AND lease_owner = ?2 AND status = 'executing'
+             RETURNING id, lease_token, cancel_requested",
+            placeholders(ids.len(), 3)
         )))
         .bind(until)
-        .bind(owner);
-        for lease in chunk {
-            query = query.bind(lease.id.as_str()).bind(lease.token);
-        }
-        let kept = query.fetch_all(&mut *conn).await?;
-        let mut seen = std::collections::HashSet::new();
+        .bind(owner)
+        .bind_all(&ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        let mut seen = std::collections::HashMap::new();
         for row in kept {
             let id: String = row.try_get("id")?;
-            let cancel: i64 = row.try_get("cancel_requested")?;
-            if cancel != 0 {
+            let token: i64 = row.try_get("lease_token")?;
+            if row.try_get::<i64, _>("cancel_requested")? != 0 {
                 reply.cancel.push(parse_id(&id)?);
             }
-            seen.insert(id);
+            seen.insert(id, token);
         }
         reply.lost.extend(
             chunk
                 .iter()
-                .filter(|l| !seen.contains(l.id.as_str()))
+                .filter(|l| seen.get(l.id.as_str()) != Some(&l.token))
                 .map(|l| l.id.clone()),
         );
     }
     Ok(reply)
 }
 
-async fn settle(conn: &mut Conn, outcomes: Vec<Settle>) -> Result<Vec<bool>, sqlx::Error> {
+async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx::Error> {
     let now = millis(SystemTime::now());
-    let mut applied = Vec::with_capacity(outcomes.len());
-    for outcome in outcomes {
-        let result = match &outcome {
+    let mut applied = vec![false; outcomes.len()];
+    // A worker's finished runs: one statement for all of them.
+    let finished: Vec<(usize, &RunId, i64, &RunOutput<Value>)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, outcome)| match outcome {
+            Settle::Finish {
+                id,
+                token,
+                envelope,
+                expired_before: None,
+            } => Some((i, id, *token, &**envelope)),
+            _ => None,
+        })
+        .collect();
+    for chunk in finished.chunks(CHUNK) {
+        let rows = (0..chunk.len())
+            .map(|i| {
+                let b = 2 + 4 * i;
+                format!("(?{b}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "WITH v(id, token, status, envelope) AS (VALUES {rows})
+             UPDATE runs SET status = v.status, envelope = v.envelope, finished_at = ?1,
+                    lease_owner = NULL, lease_expires_at = NULL,
+                    idempotency_key = CASE WHEN v.status = 'completed' THEN runs.idempotency_key END,
+                    idempotency_expires_at = CASE WHEN v.status = 'completed' AND runs.idempotency_ttl_ms IS NOT NULL
+                        THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
+             FROM v
+             WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
+             RETURNING runs.id"
+        )))
+        .bind(now);
+        for (_, id, token, envelope) in chunk {
+            query = query
+                .bind(id.as_str())
+                .bind(*token)
+                .bind(RunStatus::of_envelope(envelope).as_str())
+                .bind(json_text(envelope));
+        }
+        let done: Vec<String> = query
+            .fetch_all(&mut *conn)
+            .await?
+            .iter()
+            .map(|row| row.try_get("id"))
+            .collect::<Result<_, _>>()?;
+        for (i, id, _, _) in chunk {
+            applied[*i] = done.iter().any(|d| d == id.as_str());
+        }
+    }
+    for (i, outcome) in outcomes.iter().enumerate() {
+        let result = match outcome {
+            Settle::Finish {
+                expired_before: None,
+                ..
+            } => continue,
             Settle::Finish {
                 id,
                 token,
@@ -882,14 +891,14 @@ async fn settle(conn: &mut Conn, outcomes: Vec<Settle>) -> Result<Vec<bool>, sql
                 .await?
             }
         };
-        applied.push(result.rows_affected() == 1);
+        applied[i] = result.rows_affected() == 1;
     }
     Ok(applied)
 }
 
 async fn end_queued(
     conn: &mut Conn,
-    ends: Vec<(RunId, Box<RunOutput<Value>>)>,
+    ends: &[(RunId, Box<RunOutput<Value>>)],
 ) -> Result<Vec<bool>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut applied = Vec::with_capacity(ends.len());
@@ -911,8 +920,8 @@ async fn end_queued(
 
 async fn cancel(
     conn: &mut Conn,
-    id: RunId,
-    envelope: Box<RunOutput<Value>>,
+    id: &RunId,
+    envelope: &RunOutput<Value>,
 ) -> Result<CancelOutcome, sqlx::Error> {
     let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
         .bind(id.as_str())
@@ -924,7 +933,7 @@ async fn cancel(
     let status = parse_status(&status)?;
     match status {
         RunStatus::Queued | RunStatus::Delayed => {
-            end_queued(conn, vec![(id, envelope)]).await?;
+            end_queued(conn, &[(id.clone(), Box::new(envelope.clone()))]).await?;
             Ok(CancelOutcome::Cancelled)
         }
         RunStatus::Executing | RunStatus::Waiting => {
@@ -1143,7 +1152,7 @@ impl RunStore for SqliteStore {
         Box::pin(self.write(move |tx| Write::Heartbeat(owner, leases, extend, tx)))
     }
 
-    fn settle(&self, outcomes: Vec<Settle>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+    fn settle(&self, outcomes: Arc<Vec<Settle>>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
         Box::pin(self.write(|tx| Write::Settle(outcomes, tx)))
     }
 
@@ -1154,7 +1163,7 @@ impl RunStore for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<ExpiredLease>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, task, input, lease_token, attempts, lease_owner FROM runs
+                "SELECT id, task, input, lease_token, attempts, lease_owner FROM runs INDEXED BY runs_executing
                  WHERE status = 'executing' AND parent_run_id IS NULL AND lease_expires_at < ?1
                  LIMIT ?2",
             )
@@ -1190,7 +1199,7 @@ impl RunStore for SqliteStore {
     ) -> BoxFuture<'_, Result<Vec<ExpiredRun>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, task, input, expire_at FROM runs
+                "SELECT id, task, input, expire_at FROM runs INDEXED BY runs_due
                  WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                    AND expire_at IS NOT NULL AND expire_at <= ?1
                  LIMIT ?2",
