@@ -39,13 +39,25 @@ impl Cli {
         self.command().args(args).output().expect("the binary runs")
     }
 
-    fn worker(&self) -> Child {
-        self.command()
-            .args(["worker", "--concurrency", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap()
+    fn worker(&self) -> Worker {
+        Worker(
+            self.command()
+                .args(["worker", "--concurrency", "4"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+/// A worker process, killed when the test ends however it ends.
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -136,12 +148,12 @@ fn trigger_in_one_process_execute_in_another_then_look_at_the_runs() {
     assert_eq!(filtered[0]["id"], delayed.as_str());
 
     let status = Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &worker.0.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
     assert!(
-        worker.wait().unwrap().success(),
+        worker.0.wait().unwrap().success(),
         "the worker stops cleanly on SIGTERM"
     );
     std::fs::remove_dir_all(&cli.dir).ok();

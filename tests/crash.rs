@@ -32,9 +32,9 @@ impl Scene {
         }
     }
 
-    fn worker(&self, name: &str, lease: &str, concurrency: u32) -> Child {
+    fn worker(&self, name: &str, lease: &str, concurrency: u32) -> Worker {
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.stderr"))).unwrap();
-        Command::new(APP)
+        let child = Command::new(APP)
             .args([
                 "--store",
                 &self.url,
@@ -51,7 +51,8 @@ impl Scene {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .expect("the worker starts")
+            .expect("the worker starts");
+        Worker(child)
     }
 
     fn stderr(&self, name: &str) -> String {
@@ -77,6 +78,25 @@ impl Scene {
     }
 }
 
+/// A worker process, killed when the test ends however it ends (a failed assertion must not
+/// leave workers running).
+struct Worker(Child);
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Worker {
+    type Target = Child;
+
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
 fn signal(child: &Child, signal: &str) {
     let status = Command::new("kill")
         .args([&format!("-{signal}"), &child.id().to_string()])
@@ -85,14 +105,17 @@ fn signal(child: &Child, signal: &str) {
     assert!(status.success(), "kill -{signal}");
 }
 
-fn kill9(child: &mut Child) {
-    signal(child, "KILL");
-    child.wait().unwrap();
+fn kill9(worker: &mut Worker) {
+    signal(&worker.0, "KILL");
+    worker.0.wait().unwrap();
 }
 
-fn stop_gracefully(mut child: Child) {
-    signal(&child, "TERM");
-    child.wait().unwrap();
+fn stop_gracefully(mut worker: Worker) {
+    signal(&worker.0, "TERM");
+    assert!(
+        worker.0.wait().unwrap().success(),
+        "the worker stops cleanly on SIGTERM"
+    );
 }
 
 /// Waits (polling, bounded) until `done` holds.

@@ -53,8 +53,13 @@ pub struct StampInput {
 #[task(id = "stamp")]
 pub async fn stamp(_ctx: &TaskContext, input: StampInput) -> Result<NoopOutput, TaskError> {
     let waited = now_nanos().saturating_sub(input.sent_at_nanos);
-    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&input.log).or_failed()?;
-    file.write_all(format!("{waited}\n").as_bytes()).or_failed()?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&input.log)
+        .or_failed()?;
+    file.write_all(format!("{waited}\n").as_bytes())
+        .or_failed()?;
     Ok(NoopOutput { value: 0 })
 }
 
@@ -65,7 +70,14 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-const MODES: [&str; 6] = ["enqueue", "drain", "track", "latency", "latency-remote", "aged"];
+const MODES: [&str; 6] = [
+    "enqueue",
+    "drain",
+    "track",
+    "latency",
+    "latency-remote",
+    "aged",
+];
 
 fn bench_dir(name: &str) -> PathBuf {
     let root = std::env::var_os("BENCH_DIR").map_or_else(std::env::temp_dir, PathBuf::from);
@@ -76,7 +88,10 @@ fn bench_dir(name: &str) -> PathBuf {
 }
 
 fn url(dir: &Path, synchronous: &str) -> String {
-    format!("sqlite://{}/runs.db?synchronous={synchronous}", dir.display())
+    format!(
+        "sqlite://{}/runs.db?synchronous={synchronous}",
+        dir.display()
+    )
 }
 
 async fn runtime(url: &str) -> Runtime {
@@ -95,7 +110,9 @@ async fn enqueue_batched(rt: &Runtime, n: usize, batch: usize, task: &str) {
     let json = payload();
     for _ in 0..n / batch {
         let inputs = (0..batch).map(|_| json.clone()).collect();
-        rt.trigger_batch(task, inputs, TriggerOptions::new()).await.expect("committed");
+        rt.trigger_batch(task, inputs, TriggerOptions::new())
+            .await
+            .expect("committed");
     }
 }
 
@@ -122,17 +139,26 @@ async fn run_mode(mode: &str, synchronous: &str) {
                 rt.trigger("noop", json.clone()).await.expect("committed");
             }
             let single = rate(2_000, started.elapsed());
-            println!("enqueue: 20000 batched (500 per batch) {batched:.0} runs/s; 2000 one by one {single:.0} runs/s");
+            println!(
+                "enqueue: 20000 batched (500 per batch) {batched:.0} runs/s; 2000 one by one {single:.0} runs/s"
+            );
         }
         "drain" | "track" => {
-            let (task, n) = if mode == "drain" { ("noop", 20_000) } else { ("noop3", 5_000) };
+            let (task, n) = if mode == "drain" {
+                ("noop", 20_000)
+            } else {
+                ("noop3", 5_000)
+            };
             enqueue_batched(&rt, n, 500, task).await;
             let worker = rt.worker().concurrency(16).start();
             let started = Instant::now();
             executed(&worker, n as u64).await;
             let took = started.elapsed();
             worker.shutdown(Duration::from_secs(5)).await;
-            println!("{mode}: {n} {task} runs, concurrency 16: {:.0} runs/s", rate(n, took));
+            println!(
+                "{mode}: {n} {task} runs, concurrency 16: {:.0} runs/s",
+                rate(n, took)
+            );
         }
         "aged" => {
             let worker = rt.worker().concurrency(16).start();
@@ -144,10 +170,19 @@ async fn run_mode(mode: &str, synchronous: &str) {
                 done += 20_000;
                 executed(&worker, done).await;
                 rates.push(rate(20_000, started.elapsed()));
-                println!("aged: round {round}: {} finished before it, {:.0} runs/s", done - 20_000, rates[round]);
+                println!(
+                    "aged: round {round}: {} finished before it, {:.0} runs/s",
+                    done - 20_000,
+                    rates[round]
+                );
             }
             worker.shutdown(Duration::from_secs(5)).await;
-            println!("aged: fresh {:.0} runs/s, after 200000 finished {:.0} runs/s ({:+.1}%)", rates[0], rates[10], (rates[10] / rates[0] - 1.0) * 100.0);
+            println!(
+                "aged: fresh {:.0} runs/s, after 200000 finished {:.0} runs/s ({:+.1}%)",
+                rates[0],
+                rates[10],
+                (rates[10] / rates[0] - 1.0) * 100.0
+            );
         }
         "latency" | "latency-remote" => {
             let log = dir.join("started.log");
@@ -156,7 +191,12 @@ async fn run_mode(mode: &str, synchronous: &str) {
                 Some(rt.worker().concurrency(16).start())
             } else {
                 let exe = std::env::current_exe().expect("own path");
-                remote = Some(Command::new(exe).args(["worker-process", &url]).spawn().expect("worker process"));
+                remote = Some(
+                    Command::new(exe)
+                        .args(["worker-process", &url])
+                        .spawn()
+                        .expect("worker process"),
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 None
             };
@@ -200,7 +240,10 @@ async fn run_mode(mode: &str, synchronous: &str) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
     let synchronous = args
         .windows(2)
         .find(|w| w[0] == "--synchronous")
@@ -223,7 +266,10 @@ fn main() {
     let exe = std::env::current_exe().expect("own path");
     println!("synchronous={synchronous}");
     for mode in MODES {
-        let status = Command::new(&exe).args([mode, "--synchronous", &synchronous]).status().expect("runs itself");
+        let status = Command::new(&exe)
+            .args([mode, "--synchronous", &synchronous])
+            .status()
+            .expect("runs itself");
         assert!(status.success(), "{mode} failed");
     }
 }

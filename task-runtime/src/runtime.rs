@@ -34,7 +34,10 @@ use crate::task::Task;
 
 /// A refused input of a batch: its envelope's sentence names the item.
 fn in_batch(mut envelope: RunOutput<Value>, index: usize) -> RunError {
-    envelope.job.error = envelope.job.error.map(|error| format!("batch item {index}: {error}"));
+    envelope.job.error = envelope
+        .job
+        .error
+        .map(|error| format!("batch item {index}: {error}"));
     RunError::from_envelope(envelope)
 }
 
@@ -600,7 +603,12 @@ impl Runtime {
         let issues = descriptor.schemas().input_issues(&input);
         if !issues.is_empty() {
             let error = TaskError::invalid_input(issues);
-            return Err(RunError::from_envelope(RunOutput::refused(descriptor.id, run_id, input, error)));
+            return Err(RunError::from_envelope(RunOutput::refused(
+                descriptor.id,
+                run_id,
+                input,
+                error,
+            )));
         }
         let now = SystemTime::now();
         let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
@@ -612,7 +620,12 @@ impl Runtime {
             run_at: later(now, options.delay.unwrap_or_default()),
             expire_at: options.ttl.map(|ttl| later(now, ttl)),
             idempotency: options.idempotency_key.clone().map(|key| {
-                (key, options.idempotency_ttl.unwrap_or(Duration::from_secs(24 * 3600)))
+                (
+                    key,
+                    options
+                        .idempotency_ttl
+                        .unwrap_or(Duration::from_secs(24 * 3600)),
+                )
             }),
             tags: options.tags.clone(),
             replay_of,
@@ -621,7 +634,11 @@ impl Runtime {
     }
 
     /// Commits runs to the store in one transaction; returns their handles once committed.
-    async fn commit(&self, task: &'static str, runs: Vec<NewRun>) -> Result<Vec<RunHandle>, RunError> {
+    async fn commit(
+        &self,
+        task: &'static str,
+        runs: Vec<NewRun>,
+    ) -> Result<Vec<RunHandle>, RunError> {
         let Some(store) = self.store() else {
             unreachable!("commit is only called with a store")
         };
@@ -674,7 +691,9 @@ impl Runtime {
     ) -> Result<Vec<RunHandle>, RunError> {
         let mut admitted = Vec::with_capacity(inputs.len());
         for (index, input) in inputs.into_iter().enumerate() {
-            let (descriptor, input) = self.admit(id, input).map_err(|envelope| in_batch(*envelope, index))?;
+            let (descriptor, input) = self
+                .admit(id, input)
+                .map_err(|envelope| in_batch(*envelope, index))?;
             admitted.push((descriptor, input));
         }
         let Some((descriptor, _)) = admitted.first() else {
@@ -689,7 +708,8 @@ impl Runtime {
         }
         let mut runs = Vec::with_capacity(admitted.len());
         for (index, (descriptor, input)) in admitted.into_iter().enumerate() {
-            let run = Runtime::new_run(descriptor, input, &options, None).map_err(|e| in_batch(*e.envelope, index))?;
+            let run = Runtime::new_run(descriptor, input, &options, None)
+                .map_err(|e| in_batch(*e.envelope, index))?;
             runs.push(run);
         }
         self.commit(descriptor.id, runs).await

@@ -220,6 +220,20 @@ impl Shared {
             .collect()
     }
 
+    /// Holds a claimed run: heartbeated from now on, cancellable from this process.
+    fn hold(&self, run: &ClaimedRun) {
+        let cancel = self.rt.executor().root.child_token();
+        self.rt.executing(&run.id, &cancel);
+        lock(&self.held).insert(
+            run.id.clone(),
+            Held {
+                token: run.token,
+                cancel,
+                released: Arc::new(AtomicBool::new(false)),
+            },
+        );
+    }
+
     fn release_all(&self) {
         for (id, held) in lock(&self.held).iter() {
             tracing::info!(run_id = %id, "stopping the run to hand it back");
@@ -264,9 +278,15 @@ async fn work(
     let keeper =
         tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
     let task_limits = shared.task_limits();
-    // Claim when at least this many slots are free (or nothing runs): claims come in
+    // Claims take no more than the free slots: a run claimed ahead of a slot would hold a
+    // lease, and if this worker died before starting it, its attempt would count as lost
+    // (`workerLost`) without ever having run. (Measured: claiming a worker's worth ahead
+    // did not raise the drain rate either; the store's round trip is not the bound.)
+    let ahead = 0;
+    // Claim when at least this many runs can be taken (or nothing is held): claims come in
     // batches, not one statement per finished run.
     let min_batch = (concurrency / 4).max(1);
+    let mut queue: std::collections::VecDeque<ClaimedRun> = std::collections::VecDeque::new();
     let mut running: JoinSet<Settle> = JoinSet::new();
     let mut settles = Vec::new();
     let mut backoff = Duration::from_millis(10);
@@ -278,6 +298,11 @@ async fn work(
             }
         }
         if stop.is_cancelled() {
+            // Never started: straight back to the queue.
+            settles.extend(queue.drain(..).map(|run| Settle::Release {
+                id: run.id,
+                token: run.token,
+            }));
             if !settles.is_empty() {
                 write_settles(&shared, &store, std::mem::take(&mut settles)).await;
             }
@@ -288,8 +313,18 @@ async fn work(
             }
             continue;
         }
-        let room = concurrency.saturating_sub(running.len());
-        let want = if room >= min_batch || running.is_empty() { room.min(64) } else { 0 };
+        while running.len() < concurrency {
+            let Some(run) = queue.pop_front() else { break };
+            let (shared, store) = (shared.clone(), store.clone());
+            running.spawn(execute_claimed(shared, store, run).in_current_span());
+        }
+        let held = running.len() + queue.len();
+        let room = (concurrency + ahead).saturating_sub(held);
+        let want = if room >= min_batch || held == 0 {
+            room.min(64)
+        } else {
+            0
+        };
         // Settle what finished and claim more in one go: the store commits both together.
         let finished = std::mem::take(&mut settles);
         let request = ClaimRequest {
@@ -323,8 +358,8 @@ async fn work(
                 }
                 let got = batch.runs.len();
                 for run in batch.runs {
-                    let (shared, store) = (shared.clone(), store.clone());
-                    running.spawn(execute_claimed(shared, store, run).in_current_span());
+                    shared.hold(&run);
+                    queue.push_back(run);
                 }
                 got
             }
@@ -338,6 +373,9 @@ async fn work(
                 continue;
             }
         };
+        if !queue.is_empty() && running.len() < concurrency {
+            continue;
+        }
         if got > 0 && got == want {
             continue; // more may be due
         }
@@ -406,17 +444,16 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         attempt,
         token,
     } = run;
-    let cancel = shared.rt.executor().root.child_token();
-    let released = Arc::new(AtomicBool::new(false));
-    lock(&shared.held).insert(
-        id.clone(),
-        Held {
-            token,
-            cancel: cancel.clone(),
-            released: released.clone(),
-        },
-    );
-    shared.rt.executing(&id, &cancel);
+    let (cancel, released) = {
+        let held = lock(&shared.held);
+        match held.get(&id) {
+            Some(run) => (run.cancel.clone(), run.released.clone()),
+            None => (
+                shared.rt.executor().root.child_token(),
+                Arc::new(AtomicBool::new(false)),
+            ),
+        }
+    };
     let Some(descriptor) = shared.rt.registry().get(&task) else {
         let error = TaskError::not_found(&task, shared.rt.registry().suggest(&task)).into_fatal();
         tracing::error!(run_id = %id, task, "no task with this id in this worker's binary");

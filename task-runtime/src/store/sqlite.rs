@@ -70,7 +70,10 @@ enum Write {
         Duration,
         oneshot::Sender<Result<HeartbeatReply, StoreError>>,
     ),
-    Settle(Arc<Vec<Settle>>, oneshot::Sender<Result<Vec<bool>, StoreError>>),
+    Settle(
+        Arc<Vec<Settle>>,
+        oneshot::Sender<Result<Vec<bool>, StoreError>>,
+    ),
     EndQueued(
         Vec<(RunId, Box<RunOutput<Value>>)>,
         oneshot::Sender<Result<Vec<bool>, StoreError>>,
@@ -431,12 +434,39 @@ async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str
 
 /// A write applied in the open transaction, waiting for the commit to be answered.
 enum Done {
-    Enqueue(Vec<NewRun>, oneshot::Sender<Result<Vec<Enqueued>, StoreError>>, Vec<Enqueued>),
-    Claim(ClaimRequest, oneshot::Sender<Result<Claimed, StoreError>>, Claimed),
-    Heartbeat(String, Vec<Lease>, Duration, oneshot::Sender<Result<HeartbeatReply, StoreError>>, HeartbeatReply),
-    Settle(Arc<Vec<Settle>>, oneshot::Sender<Result<Vec<bool>, StoreError>>, Vec<bool>),
-    EndQueued(Vec<(RunId, Box<RunOutput<Value>>)>, oneshot::Sender<Result<Vec<bool>, StoreError>>, Vec<bool>),
-    Cancel(RunId, Box<RunOutput<Value>>, oneshot::Sender<Result<CancelOutcome, StoreError>>, CancelOutcome),
+    Enqueue(
+        Vec<NewRun>,
+        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+        Vec<Enqueued>,
+    ),
+    Claim(
+        ClaimRequest,
+        oneshot::Sender<Result<Claimed, StoreError>>,
+        Claimed,
+    ),
+    Heartbeat(
+        String,
+        Vec<Lease>,
+        Duration,
+        oneshot::Sender<Result<HeartbeatReply, StoreError>>,
+        HeartbeatReply,
+    ),
+    Settle(
+        Arc<Vec<Settle>>,
+        oneshot::Sender<Result<Vec<bool>, StoreError>>,
+        Vec<bool>,
+    ),
+    EndQueued(
+        Vec<(RunId, Box<RunOutput<Value>>)>,
+        oneshot::Sender<Result<Vec<bool>, StoreError>>,
+        Vec<bool>,
+    ),
+    Cancel(
+        RunId,
+        Box<RunOutput<Value>>,
+        oneshot::Sender<Result<CancelOutcome, StoreError>>,
+        CancelOutcome,
+    ),
 }
 
 impl Done {
@@ -456,7 +486,9 @@ impl Done {
         match self {
             Done::Enqueue(runs, tx, _) => Write::Enqueue(runs, tx),
             Done::Claim(request, tx, _) => Write::Claim(request, tx),
-            Done::Heartbeat(owner, leases, extend, tx, _) => Write::Heartbeat(owner, leases, extend, tx),
+            Done::Heartbeat(owner, leases, extend, tx, _) => {
+                Write::Heartbeat(owner, leases, extend, tx)
+            }
             Done::Settle(outcomes, tx, _) => Write::Settle(outcomes, tx),
             Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
             Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
@@ -489,10 +521,12 @@ async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::
             Ok(r) => Ok(Done::Claim(request, tx, r)),
             Err(e) => Err((Write::Claim(request, tx), e)),
         },
-        Write::Heartbeat(owner, leases, extend, tx) => match heartbeat(conn, &owner, &leases, extend).await {
-            Ok(r) => Ok(Done::Heartbeat(owner, leases, extend, tx, r)),
-            Err(e) => Err((Write::Heartbeat(owner, leases, extend, tx), e)),
-        },
+        Write::Heartbeat(owner, leases, extend, tx) => {
+            match heartbeat(conn, &owner, &leases, extend).await {
+                Ok(r) => Ok(Done::Heartbeat(owner, leases, extend, tx, r)),
+                Err(e) => Err((Write::Heartbeat(owner, leases, extend, tx), e)),
+            }
+        }
         Write::Settle(outcomes, tx) => match settle(conn, &outcomes).await {
             Ok(r) => Ok(Done::Settle(outcomes, tx, r)),
             Err(e) => Err((Write::Settle(outcomes, tx), e)),
@@ -623,7 +657,7 @@ async fn claim_runs(
                     started_at = coalesce(started_at, ?3)
              WHERE id IN (SELECT id FROM runs INDEXED BY runs_due
                           WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
-                            AND run_at <= ?3 AND (expire_at IS NULL OR expire_at > ?3)
+                            AND run_at <= (SELECT ?3) AND (expire_at IS NULL OR expire_at > ?3)
                           ORDER BY run_at, id LIMIT ?4)
              {returning}"
         )))
