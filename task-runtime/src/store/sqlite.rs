@@ -941,7 +941,7 @@ async fn end_queued(
             "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3, idempotency_key = NULL
              WHERE id = ?4 AND status IN ('queued', 'delayed')",
         )
-        .bind(RunStatus::of_envelope(&envelope).as_str())
+        .bind(RunStatus::of_envelope(envelope).as_str())
         .bind(json_text(&envelope))
         .bind(now)
         .bind(id.as_str())
