@@ -94,8 +94,10 @@ enum Holds {
 ///     .idempotency_key("order-42")
 ///     .idempotency_ttl(Duration::from_secs(3600))
 ///     .delay(Duration::from_secs(10))
-///     .tags(["billing", "eu"]);
+///     .tags(["billing", "eu"])
+///     .concurrency_key("tenant-7"); // one run of the task at a time for this tenant
 /// assert_eq!(options.get_idempotency_key(), Some("order-42"));
+/// assert_eq!(options.get_concurrency_key(), Some(("tenant-7", 1)));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TriggerOptions {
@@ -104,6 +106,8 @@ pub struct TriggerOptions {
     delay: Option<Duration>,
     ttl: Option<Duration>,
     tags: Vec<String>,
+    concurrency_key: Option<String>,
+    concurrency_key_limit: Option<u32>,
 }
 
 impl TriggerOptions {
@@ -141,6 +145,31 @@ impl TriggerOptions {
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
         self.tags.extend(tags.into_iter().map(Into::into));
         self
+    }
+
+    /// Puts the run in the queue of `key` (Trigger.dev's `concurrencyKey`, e.g. a tenant
+    /// id): at most [`concurrency_key_limit`](Self::concurrency_key_limit) runs of this task
+    /// with this key execute at once (default 1), across every worker of the store, while
+    /// runs with other keys proceed. Claims take keys in turn, so one key's backlog does not
+    /// starve another's. The task's own `concurrency` still bounds all its runs together.
+    /// Honoured by stored runs (a runtime with a store); an empty key is no key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into()).filter(|k: &String| !k.is_empty());
+        self
+    }
+
+    /// How many runs with the same [`concurrency_key`](Self::concurrency_key) may execute at
+    /// once (default 1; at least 1).
+    pub fn concurrency_key_limit(mut self, runs: u32) -> Self {
+        self.concurrency_key_limit = Some(runs.max(1));
+        self
+    }
+
+    /// The concurrency key and its limit, if a key is set.
+    pub fn get_concurrency_key(&self) -> Option<(&str, u32)> {
+        self.concurrency_key
+            .as_deref()
+            .map(|key| (key, self.concurrency_key_limit.unwrap_or(1)))
     }
 
     /// The idempotency key, if set.
@@ -579,38 +608,8 @@ impl Runtime {
         let Some(store) = self.store() else {
             unreachable!("enqueue is only called with a store")
         };
-        let run_id = Runtime::new_run_id();
-        let issues = descriptor.schemas().input_issues(&input);
-        if !issues.is_empty() {
-            let error = TaskError::invalid_input(issues);
-            return Err(RunError::from_envelope(RunOutput::refused(
-                descriptor.id,
-                run_id,
-                input,
-                error,
-            )));
-        }
-        let now = SystemTime::now();
-        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
-        let new = NewRun {
-            id: run_id.clone(),
-            task: descriptor.id.to_owned(),
-            tenant_id: text("tenantId"),
-            project_id: text("projectId"),
-            run_at: later(now, options.delay.unwrap_or_default()),
-            expire_at: options.ttl.map(|ttl| later(now, ttl)),
-            idempotency: options.idempotency_key.clone().map(|key| {
-                (
-                    key,
-                    options
-                        .idempotency_ttl
-                        .unwrap_or(Duration::from_secs(24 * 3600)),
-                )
-            }),
-            tags: options.tags.clone(),
-            replay_of,
-            input,
-        };
+        let new = Runtime::new_run(descriptor, input, &options, replay_of)?;
+        let run_id = new.id.clone();
         let task = descriptor.id;
         match store.enqueue(vec![new]).await {
             Ok(mut enqueued) => {
@@ -636,6 +635,50 @@ impl Runtime {
                 )))
             }
         }
+    }
+
+    /// The row of a run to store: refused there and then if its input breaks the schema.
+    pub(crate) fn new_run(
+        descriptor: &'static TaskDescriptor,
+        input: Value,
+        options: &TriggerOptions,
+        replay_of: Option<RunId>,
+    ) -> Result<NewRun, RunError> {
+        let run_id = Runtime::new_run_id();
+        let issues = descriptor.schemas().input_issues(&input);
+        if !issues.is_empty() {
+            let error = TaskError::invalid_input(issues);
+            return Err(RunError::from_envelope(RunOutput::refused(
+                descriptor.id,
+                run_id,
+                input,
+                error,
+            )));
+        }
+        let now = SystemTime::now();
+        let text = |key: &str| input.get(key).and_then(Value::as_str).map(str::to_owned);
+        Ok(NewRun {
+            id: run_id,
+            task: descriptor.id.to_owned(),
+            tenant_id: text("tenantId"),
+            project_id: text("projectId"),
+            run_at: later(now, options.delay.unwrap_or_default()),
+            expire_at: options.ttl.map(|ttl| later(now, ttl)),
+            idempotency: options.idempotency_key.clone().map(|key| {
+                (
+                    key,
+                    options
+                        .idempotency_ttl
+                        .unwrap_or(Duration::from_secs(24 * 3600)),
+                )
+            }),
+            tags: options.tags.clone(),
+            replay_of,
+            concurrency_key: options
+                .get_concurrency_key()
+                .map(|(key, limit)| (key.to_owned(), limit)),
+            input,
+        })
     }
 
     /// `runs().replay`: the original's task and input as a new run.
@@ -742,7 +785,7 @@ impl Runtime {
 
     /// Checks everything that must hold before a run by id starts.
     #[allow(clippy::result_large_err)]
-    fn admit(
+    pub(crate) fn admit(
         &self,
         id: &str,
         input: Value,

@@ -263,6 +263,9 @@ async fn work(
     );
     let keeper =
         tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
+    let cancels = store
+        .cancel_requests()
+        .map(|requests| tokio::spawn(forward_cancels(shared.clone(), requests).in_current_span()));
     let task_limits = shared.task_limits();
     let mut running: JoinSet<Settle> = JoinSet::new();
     let mut settles = Vec::new();
@@ -335,6 +338,9 @@ async fn work(
         }
     }
     keeper.abort();
+    if let Some(cancels) = cancels {
+        cancels.abort();
+    }
     let report = shared.stats.report();
     tracing::info!(
         executed = report.executed,
@@ -490,6 +496,27 @@ async fn keep_leases(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: Cancel
             upkeep_due = tokio::time::Instant::now() + every.max(Duration::from_millis(250));
             reclaim(&shared, &store).await;
             expire(&store).await;
+        }
+    }
+}
+
+/// Stops the runs this worker holds as soon as the store hears they are to be cancelled
+/// (the heartbeat's reply is the fallback).
+async fn forward_cancels(
+    shared: Arc<Shared>,
+    mut requests: tokio::sync::broadcast::Receiver<RunId>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match requests.recv().await {
+            Ok(id) => {
+                if let Some(run) = lock(&shared.held).get(&id) {
+                    tracing::info!(run_id = %id, "cancel requested");
+                    run.cancel.cancel();
+                }
+            }
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
         }
     }
 }
