@@ -13,7 +13,8 @@
 //!   process started with the server waits for the binary's pid to go away, then stops the
 //!   server (`-m immediate`) and removes the directory.
 //! - `fsync` is off for tests (a clean restart still loses nothing: a fast shutdown
-//!   checkpoints); the benchmarks run with it on.
+//!   checkpoints); the benchmarks (`benches/postgres-peers`, which include this file) start
+//!   theirs with it on.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -27,6 +28,7 @@ pub struct PgServer {
     dir: PathBuf,
     port: u16,
     as_postgres: bool,
+    fsync: bool,
 }
 
 static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
@@ -34,7 +36,7 @@ static SERVER: OnceLock<Result<PgServer, String>> = OnceLock::new();
 /// The server of this test binary, started on first use; panics with the reason when it
 /// cannot start.
 pub fn server() -> &'static PgServer {
-    match SERVER.get_or_init(PgServer::start) {
+    match SERVER.get_or_init(|| PgServer::start(false)) {
         Ok(server) => server,
         Err(reason) => panic!("PostgreSQL could not be started for this test: {reason}"),
     }
@@ -100,10 +102,17 @@ fn describe(output: &Output) -> String {
 }
 
 impl PgServer {
-    fn start() -> Result<PgServer, String> {
+    /// Starts a server of its own (`fsync` on for benchmarks, off for tests); it is
+    /// stopped when this process exits.
+    pub fn start(fsync: bool) -> Result<PgServer, String> {
         let bin = find_bin()?;
         let as_postgres = is_root();
-        let dir = std::env::temp_dir().join(format!("task-tests-pg-{}", std::process::id()));
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "task-tests-pg-{}-{}",
+            std::process::id(),
+            STARTED.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("sock")).map_err(|e| format!("{}: {e}", dir.display()))?;
         let server = PgServer {
@@ -111,6 +120,7 @@ impl PgServer {
             dir,
             port: free_port()?,
             as_postgres,
+            fsync,
         };
         if as_postgres {
             let chown = Command::new("chown")
@@ -162,10 +172,11 @@ impl PgServer {
 
     fn options(&self) -> String {
         format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200 \
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200 \
              -c shared_buffers=128MB",
             self.port,
-            self.dir.join("sock").display()
+            self.dir.join("sock").display(),
+            if self.fsync { "on" } else { "off" }
         )
     }
 
