@@ -266,27 +266,48 @@ async fn work(
     let cancels = store
         .cancel_requests()
         .map(|requests| tokio::spawn(forward_cancels(shared.clone(), requests).in_current_span()));
+    // Settles are written by a task of their own, in batches, while the loop claims: a
+    // claim never waits for a settle's commit (SQLite's writer still commits both in one
+    // transaction when they meet).
+    let (finished, settle_queue) = tokio::sync::mpsc::unbounded_channel();
+    let settler =
+        tokio::spawn(settle_loop(shared.clone(), store.clone(), settle_queue).in_current_span());
     let task_limits = shared.task_limits();
     let mut running: JoinSet<Settle> = JoinSet::new();
-    let mut settles = Vec::new();
     let mut backoff = Duration::from_millis(10);
-    loop {
-        while let Some(done) = running.try_join_next() {
-            match done {
-                Ok(settle) => settles.push(settle),
-                Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
-            }
+    let done = |outcome: Result<Settle, tokio::task::JoinError>| match outcome {
+        Ok(settle) => {
+            let _ = finished.send(settle);
         }
-        if !settles.is_empty() {
-            write_settles(&shared, &store, std::mem::take(&mut settles)).await;
+        Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
+    };
+    loop {
+        while let Some(outcome) = running.try_join_next() {
+            done(outcome);
         }
         if stop.is_cancelled() {
             match running.join_next().await {
-                Some(Ok(settle)) => settles.push(settle),
-                Some(Err(error)) => tracing::error!(%error, "a run's task ended abnormally"),
+                Some(outcome) => done(outcome),
                 None => break,
             }
             continue;
+        }
+        // A claim costs a round trip whether it takes one run or sixteen: while nearly
+        // every slot is busy, wait (a millisecond at most) for a quarter of them to free up.
+        let batch = (concurrency / 4).max(1);
+        if !running.is_empty() && concurrency.saturating_sub(running.len()) < batch {
+            let _ = tokio::time::timeout(Duration::from_millis(1), async {
+                while concurrency.saturating_sub(running.len()) < batch {
+                    match running.join_next().await {
+                        Some(outcome) => done(outcome),
+                        None => break,
+                    }
+                }
+            })
+            .await;
+            while let Some(outcome) = running.try_join_next() {
+                done(outcome);
+            }
         }
         let room = concurrency.saturating_sub(running.len());
         let mut claimed = Vec::new();
@@ -330,12 +351,14 @@ async fn work(
         tokio::select! {
             biased;
             _ = stop.cancelled() => {}
-            Some(done) = running.join_next(), if !running.is_empty() => match done {
-                Ok(settle) => settles.push(settle),
-                Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
-            },
+            Some(outcome) = running.join_next(), if !running.is_empty() => done(outcome),
             _ = store.changed(wait), if room > got => {}
         }
+    }
+    drop(done);
+    drop(finished);
+    if let Err(error) = settler.await {
+        tracing::error!(%error, "the settling task ended abnormally");
     }
     keeper.abort();
     if let Some(cancels) = cancels {
@@ -348,6 +371,18 @@ async fn work(
         lost = report.lost,
         "worker stopped"
     );
+}
+
+/// Writes how attempts ended, taking every one waiting at once.
+async fn settle_loop(
+    shared: Arc<Shared>,
+    store: Arc<dyn RunStore>,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<Settle>,
+) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, 256).await > 0 {
+        write_settles(&shared, &store, std::mem::take(&mut batch)).await;
+    }
 }
 
 async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<Settle>) {
@@ -371,8 +406,16 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
     };
     let mut held = lock(&shared.held);
     for ((id, settle), applied) in ids.iter().zip(&settles).zip(applied) {
-        held.remove(id);
-        shared.rt.executed(id);
+        // Only this attempt's entry: the run may have been claimed again meanwhile.
+        let token = match settle {
+            Settle::Finish { token, .. }
+            | Settle::Retry { token, .. }
+            | Settle::Release { token, .. } => *token,
+        };
+        if held.get(id).is_some_and(|h| h.token == token) {
+            held.remove(id);
+            shared.rt.executed(id);
+        }
         if !applied {
             shared.stats.lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %id, "the run's lease was no longer ours: its outcome was not recorded");

@@ -170,13 +170,16 @@ impl PgServer {
         Ok(server)
     }
 
+    /// The server's settings; `PG_EXTRA_OPTIONS` adds to them (e.g.
+    /// `-c shared_preload_libraries=pg_stat_statements` to see where the time goes).
     fn options(&self) -> String {
         format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync={} -c max_connections=200 \
-             -c shared_buffers=128MB",
+             -c shared_buffers=128MB {}",
             self.port,
             self.dir.join("sock").display(),
-            if self.fsync { "on" } else { "off" }
+            if self.fsync { "on" } else { "off" },
+            std::env::var("PG_EXTRA_OPTIONS").unwrap_or_default()
         )
     }
 

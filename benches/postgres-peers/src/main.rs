@@ -206,21 +206,103 @@ async fn count_ours(pool: &task_runtime::sqlx::PgPool, status: &str) -> i64 {
     .unwrap()
 }
 
-async fn ours(url: &str, sizes: &Sizes) -> Row {
+/// With `BENCH_STATS=1` (and the server started with pg_stat_statements, which `main`
+/// then asks for): what the statements of one phase cost, and how many commits it made.
+struct Stats<'a> {
+    server: &'a pg::PgServer,
+    db: String,
+    on: bool,
+    commits: i64,
+}
+
+impl<'a> Stats<'a> {
+    fn new(server: &'a pg::PgServer, url: &str) -> Self {
+        let db = pg::database_of(url).to_owned();
+        let on = std::env::var("BENCH_STATS").is_ok_and(|v| v == "1");
+        if on {
+            server
+                .psql(&db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+                .unwrap();
+        }
+        Stats {
+            server,
+            db,
+            on,
+            commits: 0,
+        }
+    }
+
+    fn commits(&self) -> i64 {
+        // Backends publish their counts about once a second.
+        std::thread::sleep(Duration::from_millis(1500));
+        self.server
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = '{}'",
+                    self.db
+                ),
+            )
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    fn begin(&mut self) {
+        if self.on {
+            self.server
+                .psql(&self.db, "SELECT pg_stat_statements_reset()")
+                .unwrap();
+            self.commits = self.commits();
+        }
+    }
+
+    fn end(&self, phase: &str, runs: usize) {
+        if !self.on {
+            return;
+        }
+        let commits = self.commits() - self.commits;
+        let top = self
+            .server
+            .psql(
+                &self.db,
+                &format!(
+                    "SELECT calls, rows, round(total_exec_time::numeric, 1) AS ms,
+                            round((total_exec_time * 1000 / {runs})::numeric, 1) AS us_per_run,
+                            left(regexp_replace(query, '\\s+', ' ', 'g'), 90)
+                       FROM pg_stat_statements
+                      WHERE dbid = (SELECT oid FROM pg_database WHERE datname = '{}')
+                      ORDER BY total_exec_time DESC LIMIT 10",
+                    self.db
+                ),
+            )
+            .unwrap();
+        println!(
+            "-- {phase}: {runs} runs, {commits} commits ({:.3} per run); calls|rows|ms|us per run|statement:\n{top}",
+            commits as f64 / runs as f64
+        );
+    }
+}
+
+async fn ours(server: &pg::PgServer, url: &str, sizes: &Sizes) -> Row {
+    let mut stats = Stats::new(server, url);
     let mut row = Row::default();
     let store = Store::connect(url).await.unwrap();
     let rt = Runtime::builder().store(store).build().unwrap();
     let pool = task_runtime::sqlx::PgPool::connect(url).await.unwrap();
 
     // 1. Enqueue: N triggers at once; the store commits them in batches.
+    stats.begin();
     let start = Instant::now();
     let triggers = (0..sizes.jobs as u64).map(|n| rt.trigger("bench_noop", ours_input(n)));
     for handle in futures_util::future::join_all(triggers).await {
         handle.unwrap();
     }
     row.enqueue = Some(per_second(sizes.jobs, start.elapsed()));
+    stats.end("enqueue", sizes.jobs);
 
     // 2. Drain with concurrency 16, until the database says every run completed.
+    stats.begin();
     DONE.store(0, Ordering::Relaxed);
     let start = Instant::now();
     let worker = rt.worker().concurrency(16).start();
@@ -230,6 +312,7 @@ async fn ours(url: &str, sizes: &Sizes) -> Row {
     }
     row.drain = Some((per_second(sizes.jobs, start.elapsed()), sizes.jobs));
     worker.shutdown(Duration::from_secs(10)).await;
+    stats.end("drain", sizes.jobs);
 
     // 3. Three-step workflows: enqueued first, then drained with concurrency 16.
     let triggers = (0..sizes.flows as u64).map(|n| rt.trigger("bench_three", ours_input(n)));
@@ -238,6 +321,7 @@ async fn ours(url: &str, sizes: &Sizes) -> Row {
     }
     DONE.store(0, Ordering::Relaxed);
     let before = count_ours(&pool, "completed").await;
+    stats.begin();
     let start = Instant::now();
     let worker = rt.worker().concurrency(16).start();
     wait_done(sizes.flows as u64, Duration::from_secs(600)).await;
@@ -245,6 +329,7 @@ async fn ours(url: &str, sizes: &Sizes) -> Row {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     row.flows = Some(per_second(sizes.flows, start.elapsed()));
+    stats.end("3-step runs", sizes.flows);
 
     // 4. Latency into the idle worker.
     row.latency = Some(
@@ -528,6 +613,15 @@ async fn main() {
         slow_jobs: size("BENCH_SLOW_JOBS", 2_000),
         latency: size("BENCH_LATENCY", 500),
     };
+    if std::env::var("BENCH_STATS").is_ok_and(|v| v == "1") {
+        // SAFETY: set before any thread of ours reads the environment.
+        unsafe {
+            std::env::set_var(
+                "PG_EXTRA_OPTIONS",
+                "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all",
+            )
+        };
+    }
     let server = pg::PgServer::start(true).unwrap_or_else(|e| panic!("{e}"));
     let version = server.psql("postgres", "SHOW server_version").unwrap();
     let fsync = server.psql("postgres", "SHOW fsync").unwrap();
@@ -544,7 +638,7 @@ async fn main() {
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("ours") {
         let url = server.database("ours");
-        rows.push(("task-runtime (PostgresStore)", ours(&url, &sizes).await));
+        rows.push(("task-runtime (PostgresStore)", ours(&server, &url, &sizes).await));
     }
     if wants("graphile") {
         let url = server.database("graphile");

@@ -17,7 +17,10 @@
 //!   FOR UPDATE SKIP LOCKED LIMIT n) RETURNING ..` over the partial index of due runs,
 //!   plus, for tasks with a concurrency limit and runs with a concurrency key, advisory
 //!   locks that serialize the claimers of one queue (see the migration for why that needs a
-//!   function), and when the next queued run is due.
+//!   function), and when the next queued run is due. A claim alone commits without waiting
+//!   for the disk (`synchronous_commit = off`): one lost to a server crash only makes its
+//!   runs claimable again, and its token, at least the server's clock in milliseconds, is
+//!   never handed out twice. Triggers, settles, heartbeats and journal writes wait.
 //! - **Settles** of a worker's finished attempts are one statement for the whole batch
 //!   (`UPDATE .. FROM unnest(..)`, one per kind of ending, joined in one `WITH`), each row
 //!   fenced by its lease token. Journal writes recorded before a settle are committed
@@ -1124,16 +1127,17 @@ impl SettleColumns {
 }
 
 /// Every settle of a batch in one statement; returns the ids it applied to.
-const SETTLE: &str = "WITH finished AS (
+const SETTLE: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
+    finished AS (
         UPDATE task_runtime.runs r
-           SET status = f.status, envelope = f.envelope, finished_at = task_runtime.now_ms(),
+           SET status = f.status, envelope = f.envelope, finished_at = clock.ms,
                lease_owner = NULL, lease_expires_at = NULL,
                idempotency_key = CASE WHEN f.status = 'completed' THEN r.idempotency_key END,
                idempotency_expires_at = CASE
                    WHEN f.status <> 'completed' OR r.idempotency_ttl_ms IS NULL THEN NULL
                    WHEN r.idempotency_ttl_ms > 9000000000000000000 - $1 THEN 9000000000000000000
                    ELSE $1 + r.idempotency_ttl_ms END
-          FROM unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])
+          FROM clock, unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])
                AS f(id, token, status, envelope, expired_before)
          WHERE r.id = f.id AND r.lease_token = f.token AND r.status = 'executing'
            AND (f.expired_before IS NULL OR r.lease_expires_at < f.expired_before)
@@ -1700,11 +1704,12 @@ impl RunStore for PostgresStore {
 }
 
 /// Ends queued runs without running them (only while still queued); returns their ids.
-const END_QUEUED: &str = "WITH ended AS (
+const END_QUEUED: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
+    ended AS (
         UPDATE task_runtime.runs r
-           SET status = e.status, envelope = e.envelope, finished_at = task_runtime.now_ms(),
+           SET status = e.status, envelope = e.envelope, finished_at = clock.ms,
                idempotency_key = NULL
-          FROM unnest($1::text[], $2::text[], $3::text[]) AS e(id, status, envelope)
+          FROM clock, unnest($1::text[], $2::text[], $3::text[]) AS e(id, status, envelope)
          WHERE r.id = e.id AND r.status IN ('queued', 'delayed')
         RETURNING r.id)
     SELECT id FROM ended UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";

@@ -741,21 +741,22 @@ async fn claim_runs(
         let key_running = "(SELECT count(*) FROM runs AS e
              WHERE e.concurrency_key = runs.concurrency_key AND e.task = runs.task
                AND e.status = 'executing' AND e.parent_run_id IS NULL)";
-        let candidates: Vec<(String, String, Option<String>, Option<i64>, i64)> =
-            sqlx::query_as(AssertSqlSafe(format!(
-                "SELECT id, task, concurrency_key, concurrency_limit,
+        // (id, task, concurrency key, its limit, runs executing with it)
+        type Candidate = (String, String, Option<String>, Option<i64>, i64);
+        let candidates: Vec<Candidate> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, task, concurrency_key, concurrency_limit,
                     CASE WHEN concurrency_key IS NULL THEN 0 ELSE {key_running} END
              FROM runs
              WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                AND run_at <= ?1 AND (expire_at IS NULL OR expire_at > ?1) {exclude}
                AND (concurrency_key IS NULL OR {key_running} < concurrency_limit)
              ORDER BY run_at, id LIMIT ?2"
-            )))
-            .bind(now)
-            .bind(limit.saturating_mul(4))
-            .bind_all(&full)
-            .fetch_all(&mut *conn)
-            .await?;
+        )))
+        .bind(now)
+        .bind(limit.saturating_mul(4))
+        .bind_all(&full)
+        .fetch_all(&mut *conn)
+        .await?;
         let mut chosen = Vec::new();
         let mut key_room: std::collections::HashMap<(String, String), i64> = Default::default();
         for (id, task, key, key_limit, key_running) in candidates {
