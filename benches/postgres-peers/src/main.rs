@@ -30,7 +30,6 @@ use serde::{Deserialize, Serialize};
 use task_runtime::prelude::*;
 use task_runtime::{Store, TriggerOptions};
 
-
 // ---------------------------------------------------------------------------------------
 // Our tasks
 
@@ -516,9 +515,8 @@ async fn underway(url: &str, sizes: &Sizes) -> Row {
     };
 
     // 1. Enqueue N in one batch.
-    let states = job_states(
-        (0..sizes.jobs as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()),
-    );
+    let states =
+        job_states((0..sizes.jobs as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()));
     let start = Instant::now();
     single
         .queue()
@@ -531,9 +529,8 @@ async fn underway(url: &str, sizes: &Sizes) -> Row {
         .execute(&pool)
         .await
         .unwrap();
-    let states = job_states(
-        (0..sizes.slow_jobs as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()),
-    );
+    let states =
+        job_states((0..sizes.slow_jobs as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()));
     single
         .queue()
         .enqueue_multi(&pool, &single, &states)
@@ -550,12 +547,14 @@ async fn underway(url: &str, sizes: &Sizes) -> Row {
     while pending("single").await > 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    row.drain = Some((per_second(sizes.slow_jobs, start.elapsed()), sizes.slow_jobs));
+    row.drain = Some((
+        per_second(sizes.slow_jobs, start.elapsed()),
+        sizes.slow_jobs,
+    ));
 
     // 3. Three-step jobs.
-    let states = job_states(
-        (0..sizes.flows as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()),
-    );
+    let states =
+        job_states((0..sizes.flows as u64).map(|n| serde_json::to_value(Flow { n }).unwrap()));
     three
         .queue()
         .enqueue_multi(&pool, &three, &states)
@@ -604,9 +603,7 @@ fn machine() -> String {
 
 #[tokio::main]
 async fn main() {
-    let only: Option<String> = std::env::args()
-        .skip_while(|a| a != "--only")
-        .nth(1);
+    let only: Option<String> = std::env::args().skip_while(|a| a != "--only").nth(1);
     let sizes = Sizes {
         jobs: size("BENCH_JOBS", 20_000),
         flows: size("BENCH_FLOWS", 2_000),
@@ -638,18 +635,26 @@ async fn main() {
     let wants = |name: &str| only.as_deref().is_none_or(|o| o == name);
     if wants("ours") {
         let url = server.database("ours");
-        rows.push(("task-runtime (PostgresStore)", ours(&server, &url, &sizes).await));
+        rows.push((
+            "task-runtime (PostgresStore)",
+            ours(&server, &url, &sizes).await,
+        ));
     }
     if wants("graphile") {
         let url = server.database("graphile");
-        rows.push(("graphile_worker 0.14 (local_queue)", graphile(&url, &sizes).await));
+        rows.push((
+            "graphile_worker 0.14 (local_queue)",
+            graphile(&url, &sizes).await,
+        ));
     }
     if wants("underway") {
         let url = server.database("underway");
         rows.push(("underway 0.2", underway(&url, &sizes).await));
     }
     println!();
-    println!("| | enqueue, batched (jobs/s) | drain, concurrency 16 (jobs/s) | 3-step runs/s | enqueue -> start p50 / p95 / p99 (ms) |");
+    println!(
+        "| | enqueue, batched (jobs/s) | drain, concurrency 16 (jobs/s) | 3-step runs/s | enqueue -> start p50 / p95 / p99 (ms) |"
+    );
     println!("| --- | --- | --- | --- | --- |");
     for (name, row) in rows {
         let enqueue = row.enqueue.map_or("-".to_owned(), |v| format!("{v:.0}"));
