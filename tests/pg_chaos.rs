@@ -16,6 +16,31 @@ use task_tests::pg::{self, database_of};
 
 const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
 
+/// Worker processes; any still running when a test ends (a failed assertion) are killed.
+struct Workers(Vec<Child>);
+
+impl std::ops::Deref for Workers {
+    type Target = Vec<Child>;
+    fn deref(&self) -> &Vec<Child> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Workers {
+    fn deref_mut(&mut self) -> &mut Vec<Child> {
+        &mut self.0
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 struct Scene {
     dir: PathBuf,
     url: String,
@@ -104,8 +129,8 @@ impl Scene {
         }
     }
 
-    fn stop(&self, workers: Vec<Child>) {
-        for mut child in workers {
+    fn stop(&self, mut workers: Workers) {
+        for mut child in std::mem::take(&mut workers.0) {
             signal(&child, "TERM");
             let status = child.wait().unwrap();
             assert!(status.success(), "a worker stops cleanly on SIGTERM");
@@ -163,11 +188,11 @@ async fn three_workers_drain_5000_runs_through_a_kill_a_server_restart_and_kille
     const CONCURRENCY: u32 = 16;
     let scene = Scene::new("chaos");
     let rt = scene.runtime().await;
-    let mut workers = vec![
+    let mut workers = Workers(vec![
         scene.worker("w1", "1s", CONCURRENCY),
         scene.worker("w2", "1s", CONCURRENCY),
         scene.worker("w3", "1s", CONCURRENCY),
-    ];
+    ]);
     // 4 000 single runs and 1 000 three-step tracks, triggered while the workers run.
     let plan: Vec<(&'static str, serde_json::Value)> = (0..RUNS)
         .map(|i| {
@@ -314,10 +339,12 @@ fn interval(run: &RunInfo) -> (SystemTime, SystemTime) {
 async fn a_queue_limit_and_per_tenant_limits_hold_across_three_workers() {
     let scene = Scene::new("queues");
     let rt = scene.runtime().await;
-    let workers: Vec<Child> = ["q1", "q2", "q3"]
-        .iter()
-        .map(|name| scene.worker(name, "5s", 8))
-        .collect();
+    let workers = Workers(
+        ["q1", "q2", "q3"]
+            .iter()
+            .map(|name| scene.worker(name, "5s", 8))
+            .collect(),
+    );
     // `record_limited` has `concurrency = 2`; tenants a (a backlog of 30, triggered first),
     // b and c (10 each) are one at a time each, with `concurrency_key`.
     let mut limited = Vec::new();
@@ -389,10 +416,12 @@ async fn a_queue_limit_and_per_tenant_limits_hold_across_three_workers() {
 async fn a_track_triggered_again_and_again_runs_every_step_once_in_order() {
     let scene = Scene::new("tracks");
     let rt = scene.runtime().await;
-    let workers: Vec<Child> = ["t1", "t2", "t3"]
-        .iter()
-        .map(|name| scene.worker(name, "5s", 8))
-        .collect();
+    let workers = Workers(
+        ["t1", "t2", "t3"]
+            .iter()
+            .map(|name| scene.worker(name, "5s", 8))
+            .collect(),
+    );
     // Triggered in waves while the earlier runs finish.
     let mut ids = Vec::new();
     for wave in 0..6 {
