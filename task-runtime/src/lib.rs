@@ -37,7 +37,9 @@
 //! # }
 //! ```
 //!
-//! Features: `cli` (default) mounts the command line and its logging setup; `test-util`
+//! Features: `cli` (default) mounts the command line and its logging setup; `sqlite`
+//! (default) keeps durable runs in an embedded SQLite file; `postgres` keeps them in
+//! PostgreSQL for many workers on many machines (and adds `Runtime::trigger_in`); `test-util`
 //! gives `TaskContext::for_test()` for calling task fns directly in unit tests.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
@@ -61,6 +63,8 @@ mod runtime;
 mod schema;
 mod store;
 mod task;
+#[cfg(feature = "postgres")]
+mod trigger_in;
 mod worker;
 
 #[cfg(feature = "cli")]
@@ -87,7 +91,9 @@ pub use registry::{BranchInfo, Registry, RegistryError, TaskDescriptor};
 pub use runs::{RunInfo, RunStatus, Runs};
 pub use runtime::{Runtime, TriggerOptions};
 pub use schema::TaskSchemas;
-pub use store::{CancelOutcome, LogLine, RunFilter, Store, StoreError, StoreLogLayer};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use store::StoreLogLayer;
+pub use store::{CancelOutcome, LogLine, RunFilter, Store, StoreError};
 pub use task::{Kind, Task, TaskInput, TaskOutput};
 pub use worker::{Worker, WorkerBuilder, WorkerReport};
 
@@ -97,6 +103,10 @@ pub use task_macros::{orchestrator, task, track};
 pub use schemars;
 /// Re-exported so your crate uses the version this one was built with.
 pub use serde_json;
+/// Re-exported (feature `postgres`) so the transaction you give
+/// [`Runtime::trigger_in`] is of the sqlx this crate was built with.
+#[cfg(feature = "postgres")]
+pub use sqlx;
 
 /// Everything a task module needs: `use task_runtime::prelude::*;`.
 pub mod prelude {

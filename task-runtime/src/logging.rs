@@ -33,16 +33,16 @@ impl FromStr for LogFormat {
 /// Where the CLI attaches its store's log layer once the store is open.
 #[derive(Debug, Clone)]
 pub(crate) struct StoreSlot {
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     layer: crate::store::StoreLogLayer,
 }
 
 impl StoreSlot {
     /// Starts keeping runs' events in `store`.
     pub(crate) fn attach(&self, store: &crate::Store) {
-        #[cfg(feature = "sqlite")]
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
         self.layer.attach(store);
-        #[cfg(not(feature = "sqlite"))]
+        #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
         let _ = store;
     }
 }
@@ -55,12 +55,12 @@ pub(crate) fn init_with_store(format: LogFormat) -> Option<StoreSlot> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let slot = StoreSlot {
-        #[cfg(feature = "sqlite")]
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
         layer: crate::store::StoreLogLayer::unattached(),
     };
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     let store = Some(slot.layer.clone());
-    #[cfg(not(feature = "sqlite"))]
+    #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     let store: Option<tracing_subscriber::layer::Identity> = None;
     let registry = tracing_subscriber::registry().with(filter).with(store);
     let installed = match format {

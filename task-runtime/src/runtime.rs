@@ -103,8 +103,10 @@ enum Holds {
 ///     .idempotency_key("order-42")
 ///     .idempotency_ttl(Duration::from_secs(3600))
 ///     .delay(Duration::from_secs(10))
-///     .tags(["billing", "eu"]);
+///     .tags(["billing", "eu"])
+///     .concurrency_key("tenant-7"); // one run of the task at a time for this tenant
 /// assert_eq!(options.get_idempotency_key(), Some("order-42"));
+/// assert_eq!(options.get_concurrency_key(), Some(("tenant-7", 1)));
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct TriggerOptions {
@@ -113,6 +115,8 @@ pub struct TriggerOptions {
     delay: Option<Duration>,
     ttl: Option<Duration>,
     tags: Vec<String>,
+    concurrency_key: Option<String>,
+    concurrency_key_limit: Option<u32>,
 }
 
 impl TriggerOptions {
@@ -150,6 +154,31 @@ impl TriggerOptions {
     pub fn tags<I: IntoIterator<Item = S>, S: Into<String>>(mut self, tags: I) -> Self {
         self.tags.extend(tags.into_iter().map(Into::into));
         self
+    }
+
+    /// Puts the run in the queue of `key` (Trigger.dev's `concurrencyKey`, e.g. a tenant
+    /// id): at most [`concurrency_key_limit`](Self::concurrency_key_limit) runs of this task
+    /// with this key execute at once (default 1), across every worker of the store, while
+    /// runs with other keys proceed. Claims take keys in turn, so one key's backlog does not
+    /// starve another's. The task's own `concurrency` still bounds all its runs together.
+    /// Honoured by stored runs (a runtime with a store); an empty key is no key.
+    pub fn concurrency_key(mut self, key: impl Into<String>) -> Self {
+        self.concurrency_key = Some(key.into()).filter(|k: &String| !k.is_empty());
+        self
+    }
+
+    /// How many runs with the same [`concurrency_key`](Self::concurrency_key) may execute at
+    /// once (default 1; at least 1).
+    pub fn concurrency_key_limit(mut self, runs: u32) -> Self {
+        self.concurrency_key_limit = Some(runs.max(1));
+        self
+    }
+
+    /// The concurrency key and its limit, if a key is set.
+    pub fn get_concurrency_key(&self) -> Option<(&str, u32)> {
+        self.concurrency_key
+            .as_deref()
+            .map(|key| (key, self.concurrency_key_limit.unwrap_or(1)))
     }
 
     /// The idempotency key, if set.
@@ -588,8 +617,6 @@ impl Runtime {
         }
     }
 
-    /// Commits a run to the store: refused there and then if its input breaks the schema
-    /// (nothing is stored), otherwise returned once committed.
     /// The row of a run to commit: refused if its input breaks the schema (nothing is
     /// stored then).
     #[allow(clippy::result_large_err)]
@@ -629,6 +656,9 @@ impl Runtime {
             }),
             tags: options.tags.clone(),
             replay_of,
+            concurrency_key: options
+                .get_concurrency_key()
+                .map(|(key, limit)| (key.to_owned(), limit)),
             input,
         })
     }
@@ -824,7 +854,7 @@ impl Runtime {
 
     /// Checks everything that must hold before a run by id starts.
     #[allow(clippy::result_large_err)]
-    fn admit(
+    pub(crate) fn admit(
         &self,
         id: &str,
         input: Value,

@@ -277,6 +277,9 @@ async fn work(
     );
     let keeper =
         tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
+    let cancels = store
+        .cancel_requests()
+        .map(|requests| tokio::spawn(forward_cancels(shared.clone(), requests).in_current_span()));
     let task_limits = shared.task_limits();
     // Claims take no more than the free slots: a run claimed ahead of a slot would hold a
     // lease, and if this worker died before starting it, its attempt would count as lost
@@ -391,6 +394,9 @@ async fn work(
         }
     }
     keeper.abort();
+    if let Some(cancels) = cancels {
+        cancels.abort();
+    }
     let report = shared.stats.report();
     tracing::info!(
         executed = report.executed,
@@ -422,8 +428,16 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
     };
     let mut held = lock(&shared.held);
     for ((id, settle), applied) in ids.iter().zip(settles.iter()).zip(applied) {
-        held.remove(id);
-        shared.rt.executed(id);
+        // Only this attempt's entry: the run may have been claimed again meanwhile.
+        let token = match settle {
+            Settle::Finish { token, .. }
+            | Settle::Retry { token, .. }
+            | Settle::Release { token, .. } => *token,
+        };
+        if held.get(id).is_some_and(|h| h.token == token) {
+            held.remove(id);
+            shared.rt.executed(id);
+        }
         if !applied {
             shared.stats.lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(run_id = %id, "the run's lease was no longer ours: its outcome was not recorded");
@@ -502,6 +516,27 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             envelope: Box::new(end.envelope),
             expired_before: None,
         },
+    }
+}
+
+/// Stops the runs this worker holds as soon as the store hears they are to be cancelled
+/// (the heartbeat's reply is the fallback).
+async fn forward_cancels(
+    shared: Arc<Shared>,
+    mut requests: tokio::sync::broadcast::Receiver<RunId>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        match requests.recv().await {
+            Ok(id) => {
+                if let Some(run) = lock(&shared.held).get(&id) {
+                    tracing::info!(run_id = %id, "cancel requested");
+                    run.cancel.cancel();
+                }
+            }
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        }
     }
 }
 

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use task_runtime::prelude::*;
 
+pub mod pg;
 pub mod probe;
 pub mod recorder;
 

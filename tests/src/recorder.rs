@@ -50,6 +50,20 @@ fn log_execution(ctx: &TaskContext, label: &str) -> Result<(), TaskError> {
 /// Records its execution, then takes `millis`.
 #[task(id = "record", retry(max_attempts = 5, min_delay = "10ms"))]
 pub async fn record(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, TaskError> {
+    record_body(ctx, input).await
+}
+
+/// Like `record`, at most two at once across every worker of a store (a queue limit).
+#[task(
+    id = "record_limited",
+    concurrency = 2,
+    retry(max_attempts = 5, min_delay = "10ms")
+)]
+pub async fn record_limited(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, TaskError> {
+    record_body(ctx, input).await
+}
+
+async fn record_body(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, TaskError> {
     log_execution(ctx, &input.label)?;
     tokio::time::sleep(Duration::from_millis(input.millis)).await;
     Ok(Recorded {

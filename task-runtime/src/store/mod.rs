@@ -13,11 +13,14 @@
 //! `item:documents:7`) is the journal: when the root is attempted again, a child that had
 //! completed there returns its recorded output instead of executing again.
 //!
-//! SQL lives next to its backend (`sqlite.rs`); nothing above this module names a database.
+//! SQL lives next to its backend (`sqlite.rs`, `postgres.rs`); nothing above this module
+//! names a database.
 
 pub(crate) mod journal;
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod log_layer;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
@@ -34,7 +37,7 @@ use crate::error::TaskError;
 use crate::id::RunId;
 use crate::runs::{RunInfo, RunStatus};
 
-#[cfg(feature = "sqlite")]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use log_layer::StoreLogLayer;
 
 /// A durable store of runs, connected by URL.
@@ -71,11 +74,24 @@ impl Store {
     /// (default 5000: how long to wait for another process's write lock) and `max_pages`
     /// (cap the file at this many pages of 4 KiB; writes beyond fail with
     /// [`StoreError::Full`], and what was committed before stays intact).
+    ///
+    /// `postgres://user:password@host:port/database` (or `postgresql://`; feature
+    /// `postgres`), with libpq's parameters (`sslmode`, `host=/socket/dir`, ...) and
+    /// `max_connections` (default 8: connections this process opens at most). Everything
+    /// lives in the schema `task_runtime`, created on first connect; see
+    /// [`Runtime::trigger_in`](crate::Runtime::trigger_in) to trigger inside your own
+    /// transaction. A server that cannot be reached is [`StoreError::Unavailable`]; while
+    /// connected, a statement whose connection died is retried on new connections for a few
+    /// seconds (a server restart, a killed backend) before that error is returned.
     pub async fn connect(url: &str) -> Result<Store, StoreError> {
         let scheme = url.split_once("://").map(|(scheme, _)| scheme);
         let inner: Arc<dyn RunStore> = match scheme {
             #[cfg(feature = "sqlite")]
             Some("sqlite") => Arc::new(sqlite::SqliteStore::connect(url).await?),
+            #[cfg(feature = "postgres")]
+            Some("postgres" | "postgresql") => {
+                Arc::new(postgres::PostgresStore::connect(url).await?)
+            }
             Some(other) => {
                 return Err(StoreError::InvalidUrl {
                     url: url.to_owned(),
@@ -112,7 +128,7 @@ impl Store {
     /// A `tracing` layer that writes the events inside each run's span to this store
     /// (`runs logs <id>`, `GET /api/v1/runs/{id}/logs`). Add it to your subscriber:
     /// `tracing_subscriber::registry().with(store.log_layer()).with(fmt::layer())`.
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub fn log_layer(&self) -> StoreLogLayer {
         StoreLogLayer::new(self.inner.clone())
     }
@@ -122,6 +138,10 @@ impl Store {
 const KNOWN_SCHEMES: &[&str] = &[
     #[cfg(feature = "sqlite")]
     "sqlite://",
+    #[cfg(feature = "postgres")]
+    "postgres://",
+    #[cfg(feature = "postgres")]
+    "postgresql://",
 ];
 
 /// Why the store could not do what was asked. Its `Display` says what and where; the serde
@@ -197,6 +217,17 @@ pub enum StoreError {
         /// What could not be read.
         reason: String,
     },
+    /// The database server cannot be reached, or went away and did not come back within a
+    /// few seconds (it is restarting, the network is down, it has no connection to spare).
+    /// Nothing of the failed call was committed, unless the server went away between
+    /// committing and answering: a trigger that got this error may still have been stored.
+    #[error("the store at '{url}' is unavailable: {reason}")]
+    Unavailable {
+        /// The store's URL, without its password.
+        url: String,
+        /// What the connection or the server said.
+        reason: String,
+    },
     /// Any other failure of the database.
     #[error("the store failed: {reason}")]
     Backend {
@@ -218,6 +249,8 @@ pub(crate) struct NewRun {
     pub idempotency: Option<(String, Duration)>,
     pub tags: Vec<String>,
     pub replay_of: Option<RunId>,
+    /// At most this many runs of the task with this key execute at once.
+    pub concurrency_key: Option<(String, u32)>,
 }
 
 /// What `enqueue` did with one run: committed it, or found a live run with its idempotency
@@ -542,8 +575,15 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>>;
 
     /// Resolves when the store may have changed (a write by this process, or by another
-    /// one seen through polling), or after `within`.
+    /// one seen through polling or a notification), or after `within`.
     fn changed(&self, within: Duration) -> BoxFuture<'_, ()>;
+
+    /// Runs someone asked to cancel, as the store hears of them (PostgreSQL's `NOTIFY`), so
+    /// that the worker executing one stops it at once instead of at its next heartbeat.
+    /// `None`: the store has no such channel (heartbeats carry the requests).
+    fn cancel_requests(&self) -> Option<tokio::sync::broadcast::Receiver<RunId>> {
+        None
+    }
 }
 
 /// Milliseconds since the epoch, as stored.

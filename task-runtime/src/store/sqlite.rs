@@ -36,7 +36,14 @@ use crate::id::RunId;
 use crate::runs::RunStatus;
 
 /// The migrations, embedded: version and SQL.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs", include_str!("sqlite/0001_runs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "runs", include_str!("sqlite/0001_runs.sql")),
+    (
+        2,
+        "concurrency keys",
+        include_str!("sqlite/0002_concurrency_keys.sql"),
+    ),
+];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
 const LOG_BUFFER: usize = 16_384;
@@ -590,8 +597,9 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
         };
         sqlx::query(
             "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
-                               idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                               idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at,
+                               concurrency_key, concurrency_limit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         )
         .bind(run.id.as_str())
         .bind(&run.task)
@@ -606,6 +614,12 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
         .bind((!run.tags.is_empty()).then(|| json_text(&run.tags)))
         .bind(run.replay_of.as_ref().map(RunId::as_str))
         .bind(now)
+        .bind(run.concurrency_key.as_ref().map(|(key, _)| key.as_str()))
+        .bind(
+            run.concurrency_key
+                .as_ref()
+                .map(|(_, limit)| i64::from(*limit)),
+        )
         .execute(&mut *conn)
         .await?;
         out.push(Enqueued {
@@ -649,7 +663,13 @@ async fn claim_runs(
     let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
     let returning = "RETURNING id, task, input, attempts, lease_token";
-    let rows: Vec<SqliteRow> = if request.task_limits.is_empty() {
+    let keyed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM runs WHERE concurrency_key IS NOT NULL
+                          AND status IN ('queued', 'delayed') AND parent_run_id IS NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let rows: Vec<SqliteRow> = if request.task_limits.is_empty() && !keyed {
         // The common case, one statement: due runs, oldest first.
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
@@ -705,10 +725,20 @@ async fn claim_runs(
         } else {
             format!("AND task NOT IN ({})", placeholders(full.len(), 3))
         };
-        let candidates: Vec<(String, String)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, task FROM runs INDEXED BY runs_due
+        // A keyed run counts the runs executing with its key; a key at its limit is left
+        // out, so its backlog does not hide other keys' runs.
+        let key_running = "(SELECT count(*) FROM runs AS e
+             WHERE e.concurrency_key = runs.concurrency_key AND e.task = runs.task
+               AND e.status = 'executing' AND e.parent_run_id IS NULL)";
+        // (id, task, concurrency key, its limit, runs executing with it)
+        type Candidate = (String, String, Option<String>, Option<i64>, i64);
+        let candidates: Vec<Candidate> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT id, task, concurrency_key, concurrency_limit,
+                    CASE WHEN concurrency_key IS NULL THEN 0 ELSE {key_running} END
+             FROM runs INDEXED BY runs_due
              WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                AND run_at <= ?1 AND (expire_at IS NULL OR expire_at > ?1) {exclude}
+               AND (concurrency_key IS NULL OR {key_running} < concurrency_limit)
              ORDER BY run_at, id LIMIT ?2"
         )))
         .bind(now)
@@ -717,14 +747,24 @@ async fn claim_runs(
         .fetch_all(&mut *conn)
         .await?;
         let mut chosen = Vec::new();
-        for (id, task) in candidates {
+        let mut key_room: std::collections::HashMap<(String, String), i64> = Default::default();
+        for (id, task, key, key_limit, key_running) in candidates {
             if chosen.len() >= request.limit {
                 break;
             }
-            if let Some(left) = room.get_mut(task.as_str()) {
+            if room.get(task.as_str()).is_some_and(|left| *left <= 0) {
+                continue;
+            }
+            if let Some(key) = key {
+                let left = key_room
+                    .entry((task.clone(), key))
+                    .or_insert(key_limit.unwrap_or(1) - key_running);
                 if *left <= 0 {
                     continue;
                 }
+                *left -= 1;
+            }
+            if let Some(left) = room.get_mut(task.as_str()) {
                 *left -= 1;
             }
             chosen.push(id);

@@ -1,0 +1,1715 @@
+//! `PostgresStore`: many workers on many machines sharing one PostgreSQL database.
+//!
+//! Everything lives in a schema of its own, `task_runtime` (tables `runs`, `run_logs`, the
+//! migrations table `_migrations`, and the `claim` function), so it sits beside an
+//! application's own tables, and its own sqlx migrations, without colliding. Migrations are
+//! embedded and run on connect under sqlx's advisory lock, so workers starting at once
+//! apply each migration once.
+//!
+//! Where the round trips go (each statement below is one, and commits on its own):
+//!
+//! - **Triggers** from one process are batched: a task takes every trigger waiting and
+//!   inserts them with one `INSERT .. SELECT FROM unnest(..)` that also `NOTIFY`s idle
+//!   workers (a trigger with an idempotency key adds two statements, in one transaction).
+//!   [`trigger_in`](crate::Runtime::trigger_in) does the same inside the caller's own
+//!   transaction: the run exists if and only if that transaction commits.
+//! - **Claims** are one call of `task_runtime.claim(..)`: an `UPDATE .. FROM (SELECT ..
+//!   FOR UPDATE SKIP LOCKED LIMIT n) RETURNING ..` over the partial index of due runs,
+//!   plus, for tasks with a concurrency limit and runs with a concurrency key, advisory
+//!   locks that serialize the claimers of one queue (see the migration for why that needs a
+//!   function), and when the next queued run is due. A claim alone commits without waiting
+//!   for the disk (`synchronous_commit = off`): one lost to a server crash only makes its
+//!   runs claimable again, and its token, at least the server's clock in milliseconds, is
+//!   never handed out twice. Triggers, settles, heartbeats and journal writes wait.
+//! - **Settles** of a worker's finished attempts are one statement for the whole batch
+//!   (`UPDATE .. FROM unnest(..)`, one per kind of ending, joined in one `WITH`), each row
+//!   fenced by its lease token. Journal writes recorded before a settle are committed
+//!   before it, batched the same way.
+//! - **Wake-ups**: a `LISTEN` connection of its own turns the `NOTIFY`s of triggers,
+//!   settles and cancels into [`changed`](RunStore::changed); when it is down, `changed`
+//!   falls back to polling. A cancel of an executing run reaches its worker at once through
+//!   `NOTIFY` (and, as on SQLite, through the next heartbeat's reply).
+//! - **Reconnects**: connections are kept by the store itself (no ping before or after each
+//!   use, which would double the round trips). A statement that fails because its
+//!   connection died drops every idle connection (a restarted server or a killed backend
+//!   leaves them all dead) and is retried on a new one for up to [`RECONNECT_FOR`]; the
+//!   listener reconnects on its own.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::future::BoxFuture;
+use serde_json::Value;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
+use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::{
+    CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
+    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
+    Settle, StoreError, later, millis, time,
+};
+use crate::envelope::RunOutput;
+use crate::exec::seed::lock;
+use crate::id::RunId;
+use crate::runs::RunStatus;
+
+/// The migrations, embedded: version, description and SQL.
+const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs", include_str!("postgres/0001_runs.sql"))];
+
+/// The schema everything lives in.
+const SCHEMA: &str = "task_runtime";
+
+/// The channel of `NOTIFY`: an empty payload says "runs changed", `cancel:<id>` asks the
+/// worker executing a run to stop it.
+const CHANNEL: &str = "task_runtime";
+
+/// The `application_name` of the store's connections (`pg_stat_activity` shows it).
+const APPLICATION_NAME: &str = "task-runtime";
+
+/// How long a statement whose connection died is retried on new connections (a
+/// `pg_ctl restart` takes a second or two on this kind of machine).
+pub(crate) const RECONNECT_FOR: Duration = Duration::from_secs(5);
+
+/// How often `changed` looks by itself while the `LISTEN` connection is down.
+const POLL_FALLBACK: Duration = Duration::from_millis(100);
+
+/// Log lines waiting to be written; beyond this they are dropped and counted.
+const LOG_BUFFER: usize = 16_384;
+
+/// Triggers, and log lines, written by one statement at most.
+const BATCH: usize = 1024;
+
+pub(crate) struct PostgresStore {
+    shared: Arc<Shared>,
+    triggers: mpsc::UnboundedSender<Trigger>,
+    logs: mpsc::Sender<LogLine>,
+    dropped: Arc<AtomicU64>,
+    journal: Arc<JournalQueue>,
+    cancels: broadcast::Sender<RunId>,
+    /// Stops the background tasks when the store is dropped.
+    _stop: DropGuard,
+}
+
+/// What the store and its background tasks share.
+struct Shared {
+    /// The URL without its password, for messages.
+    url: String,
+    conns: Conns,
+    changes: Changes,
+}
+
+type Trigger = (
+    Vec<NewRun>,
+    oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
+);
+
+/// The parts of a `postgres://` URL this store reads itself; the rest goes to sqlx.
+struct Url {
+    options: PgConnectOptions,
+    max_connections: usize,
+    redacted: String,
+}
+
+fn parse_url(url: &str) -> Result<Url, StoreError> {
+    let invalid = |reason: String| StoreError::InvalidUrl {
+        url: redact(url),
+        reason,
+    };
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut max_connections = 8;
+    let mut passed = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "max_connections" => {
+                max_connections = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=1000).contains(n))
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "max_connections must be a number from 1 to 1000, got `{value}`"
+                        ))
+                    })?;
+            }
+            _ => passed.push(pair),
+        }
+    }
+    let rest = if passed.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", passed.join("&"))
+    };
+    let options = PgConnectOptions::from_str(&rest)
+        .map_err(|e| invalid(e.to_string()))?
+        .application_name(APPLICATION_NAME);
+    Ok(Url {
+        options,
+        max_connections,
+        redacted: redact(url),
+    })
+}
+
+/// `url` with its password replaced by `***`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Whether `error` means the connection (or the server) is gone, so that the statement may
+/// succeed on a new connection.
+fn is_connection_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // admin_shutdown, crash_shutdown, cannot_connect_now, connection exceptions
+            matches!(&*code, "57P01" | "57P02" | "57P03") || code.starts_with("08")
+        }
+        _ => false,
+    }
+}
+
+/// What a database error means for the user.
+pub(crate) fn classify(url: &str, error: &sqlx::Error) -> StoreError {
+    let url = url.to_owned();
+    if let sqlx::Error::Database(db) = error {
+        let code = db.code().unwrap_or_default();
+        let reason = format!("{} (SQLSTATE {code})", db.message());
+        return match &*code {
+            // disk_full, out_of_memory, program_limit_exceeded
+            "53100" | "53200" | "54000" => StoreError::Full { path: url, reason },
+            // too_many_connections, admin or crash shutdown, starting up
+            "53300" | "57P01" | "57P02" | "57P03" => StoreError::Unavailable { url, reason },
+            code if code.starts_with("08") => StoreError::Unavailable { url, reason },
+            // bad password, no such role or database, no privilege
+            "28P01" | "28000" | "3D000" | "42501" => StoreError::Open { path: url, reason },
+            // lock_not_available
+            "55P03" => StoreError::Locked {
+                path: url,
+                waited_ms: 0,
+            },
+            // undefined_table, invalid_schema_name, or our function missing: not migrated
+            "42P01" | "3F000" | "42883" if code != "42883" || db.message().contains(SCHEMA) => {
+                StoreError::NotAStore {
+                    path: url,
+                    reason: format!(
+                        "{reason}: the database has no run store (connect a Store to it once, \
+                     which creates it)"
+                    ),
+                }
+            }
+            _ => StoreError::Backend { reason },
+        };
+    }
+    match error {
+        sqlx::Error::Io(io) => StoreError::Unavailable {
+            url,
+            reason: io.to_string(),
+        },
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed => {
+            StoreError::Unavailable {
+                url,
+                reason: error.to_string(),
+            }
+        }
+        sqlx::Error::Tls(_) | sqlx::Error::Configuration(_) => StoreError::Open {
+            path: url,
+            reason: error.to_string(),
+        },
+        other => StoreError::Backend {
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn migrator() -> Migrator {
+    let mut migrator = Migrator::with_migrations(
+        MIGRATIONS
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    (*sql).into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    );
+    migrator.create_schema(SCHEMA);
+    migrator.dangerous_set_table_name(format!("{SCHEMA}._migrations"));
+    migrator
+}
+
+/// Runs the migrations. sqlx holds an advisory lock (`pg_advisory_lock`) while it checks and
+/// applies them, so several workers starting at once apply each migration once, in order.
+async fn migrate(conn: &mut PgConnection, url: &str) -> Result<(), StoreError> {
+    let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    match migrator().run(&mut *conn).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::migrate::MigrateError::VersionMissing(found)) => Err(StoreError::NewerSchema {
+            path: url.to_owned(),
+            found,
+            known,
+        }),
+        Err(sqlx::migrate::MigrateError::Execute(e)) => Err(classify(url, &e)),
+        Err(other) => Err(StoreError::Backend {
+            reason: format!("migrating the store: {other}"),
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connections
+
+/// The store's own connections: at most `slots` in use, idle ones kept for the next
+/// statement. Unlike sqlx's pool it pings neither before nor after a use; a connection that
+/// failed is dropped instead of being returned.
+struct Conns {
+    options: PgConnectOptions,
+    idle: Mutex<Vec<PgConnection>>,
+    slots: Semaphore,
+}
+
+/// A connection in use; back to the idle ones on drop only if it is known to be healthy.
+struct Held<'a> {
+    conns: &'a Conns,
+    conn: Option<PgConnection>,
+    healthy: bool,
+    _slot: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        if self.healthy
+            && let Some(conn) = self.conn.take()
+        {
+            lock(&self.conns.idle).push(conn);
+        }
+    }
+}
+
+impl Conns {
+    fn new(options: PgConnectOptions, max: usize) -> Self {
+        Conns {
+            options,
+            idle: Mutex::default(),
+            slots: Semaphore::new(max),
+        }
+    }
+
+    async fn get(&self) -> Result<Held<'_>, sqlx::Error> {
+        let slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| sqlx::Error::PoolClosed)?;
+        let idle = lock(&self.idle).pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => PgConnection::connect_with(&self.options).await?,
+        };
+        Ok(Held {
+            conns: self,
+            conn: Some(conn),
+            healthy: false,
+            _slot: slot,
+        })
+    }
+
+    /// Drops every idle connection (after one died, the others likely did too).
+    fn forget_idle(&self) {
+        lock(&self.idle).clear();
+    }
+}
+
+impl Shared {
+    fn fail(&self, error: &sqlx::Error) -> StoreError {
+        classify(&self.url, error)
+    }
+
+    /// Runs `op` on a connection; a connection error is retried on new connections for up
+    /// to [`RECONNECT_FOR`]. `op` may run more than once, so it clones what it binds.
+    async fn run<T>(
+        &self,
+        op: impl Fn(&mut PgConnection) -> BoxFuture<'_, Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        let deadline = Instant::now() + RECONNECT_FOR;
+        let mut backoff = Duration::ZERO;
+        loop {
+            let error = match self.conns.get().await {
+                Ok(mut held) => {
+                    let outcome = match held.conn.as_mut() {
+                        Some(conn) => op(conn).await,
+                        None => Err(sqlx::Error::PoolClosed),
+                    };
+                    match outcome {
+                        Ok(value) => {
+                            held.healthy = true;
+                            return Ok(value);
+                        }
+                        Err(error) => {
+                            // A statement the server refused leaves the connection usable
+                            // (sqlx rolls back an unfinished transaction on its next use).
+                            held.healthy = !is_connection_error(&error);
+                            error
+                        }
+                    }
+                }
+                Err(error) => error,
+            };
+            if !is_connection_error(&error) || Instant::now() + backoff >= deadline {
+                return Err(self.fail(&error));
+            }
+            self.conns.forget_idle();
+            tracing::debug!(error = %self.fail(&error), retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(0), "store connection lost, retrying on a new one");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).clamp(Duration::from_millis(25), Duration::from_millis(400));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Wake-ups
+
+/// Notifications seen so far, and who waits for the next one.
+#[derive(Default)]
+struct Changes {
+    generation: AtomicU64,
+    /// The generation at the last claim or the last return of `changed`: a notification
+    /// after it makes `changed` return at once, so one that arrived while a claim ran is
+    /// never slept through.
+    seen: AtomicU64,
+    notify: Notify,
+    listening: AtomicBool,
+}
+
+impl Changes {
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.notify.notify_waiters();
+    }
+
+    fn look(&self) {
+        self.seen
+            .store(self.generation.load(Ordering::Acquire), Ordering::Release);
+    }
+}
+
+async fn connect_listener(options: &PgConnectOptions) -> Result<PgListener, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy_with(options.clone());
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.ignore_pool_close_event(true);
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Turns `NOTIFY`s into wake-ups and cancel requests; reconnects when the connection or the
+/// server goes away.
+async fn listen(shared: Arc<Shared>, cancels: broadcast::Sender<RunId>, stop: CancellationToken) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let connected = tokio::select! {
+            connected = connect_listener(&shared.conns.options) => connected,
+            _ = stop.cancelled() => return,
+        };
+        let mut listener = match connected {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::debug!(error = %shared.fail(&error), "LISTEN connection failed; polling meanwhile");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        shared.changes.listening.store(true, Ordering::Release);
+        // Whatever happened while nobody listened: look again.
+        shared.changes.bump();
+        loop {
+            let next = tokio::select! {
+                next = listener.try_recv() => next,
+                _ = stop.cancelled() => return,
+            };
+            match next {
+                Ok(Some(notification)) => {
+                    if let Some(id) = notification.payload().strip_prefix("cancel:")
+                        && let Ok(id) = id.parse::<RunId>()
+                    {
+                        let _ = cancels.send(id);
+                    }
+                    shared.changes.bump();
+                }
+                // The connection was lost and made again: notifications may have been missed.
+                Ok(None) => shared.changes.bump(),
+                Err(error) => {
+                    tracing::debug!(error = %shared.fail(&error), "LISTEN connection lost; reconnecting");
+                    break;
+                }
+            }
+        }
+        shared.changes.listening.store(false, Ordering::Release);
+        shared.changes.bump();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Connect
+
+impl PostgresStore {
+    pub(crate) async fn connect(url: &str) -> Result<PostgresStore, StoreError> {
+        let Url {
+            options,
+            max_connections,
+            redacted,
+        } = parse_url(url)?;
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(|e| classify(&redacted, &e))?;
+        migrate(&mut conn, &redacted).await?;
+        let shared = Arc::new(Shared {
+            url: redacted,
+            conns: Conns::new(options, max_connections),
+            changes: Changes::default(),
+        });
+        lock(&shared.conns.idle).push(conn);
+        let stop = CancellationToken::new();
+        let (triggers, trigger_queue) = mpsc::unbounded_channel();
+        let (logs, log_queue) = mpsc::channel(LOG_BUFFER);
+        let (cancels, _) = broadcast::channel(1024);
+        let journal = Arc::new(JournalQueue::default());
+        tokio::spawn(trigger_task(shared.clone(), trigger_queue));
+        tokio::spawn(log_task(shared.clone(), log_queue));
+        tokio::spawn(journal_task(shared.clone(), journal.clone(), stop.clone()));
+        tokio::spawn(listen(shared.clone(), cancels.clone(), stop.clone()));
+        Ok(PostgresStore {
+            shared,
+            triggers,
+            logs,
+            dropped: Arc::default(),
+            journal,
+            cancels,
+            _stop: stop.drop_guard(),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Triggers
+
+/// Takes every trigger waiting and commits them together.
+async fn trigger_task(shared: Arc<Shared>, mut queue: mpsc::UnboundedReceiver<Trigger>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let waiting = std::mem::take(&mut batch);
+        let mut sizes = Vec::with_capacity(waiting.len());
+        let mut replies = Vec::with_capacity(waiting.len());
+        let mut runs = Vec::new();
+        for (these, reply) in waiting {
+            sizes.push(these.len());
+            replies.push(reply);
+            runs.extend(these);
+        }
+        let runs = Arc::new(runs);
+        let keyed = runs.iter().any(|r| r.idempotency.is_some());
+        let result = shared
+            .run(|conn| {
+                let runs = runs.clone();
+                Box::pin(async move {
+                    if keyed {
+                        let mut tx = conn.begin().await?;
+                        let out = insert_runs(&mut tx, &runs).await?;
+                        tx.commit().await?;
+                        Ok(out)
+                    } else {
+                        insert_runs(conn, &runs).await
+                    }
+                })
+            })
+            .await;
+        if result.is_ok() {
+            shared.changes.bump();
+        }
+        match result {
+            Ok(enqueued) => {
+                let mut enqueued = enqueued.into_iter();
+                for (size, reply) in sizes.into_iter().zip(replies) {
+                    let _ = reply.send(Ok(enqueued.by_ref().take(size).collect()));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, runs = runs.len(), "storing triggered runs failed");
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
+}
+
+fn to_i64(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Inserts `runs` on `conn` (in the caller's transaction, if it has one; one with
+/// idempotency keys needs one) and notifies idle workers when that commits. A run holding
+/// a live run's idempotency key is not inserted: that run's id is the answer.
+pub(crate) async fn insert_runs(
+    conn: &mut PgConnection,
+    runs: &[NewRun],
+) -> Result<Vec<Enqueued>, sqlx::Error> {
+    let now = millis(SystemTime::now());
+    let keyed: Vec<usize> = (0..runs.len())
+        .filter(|&i| runs[i].idempotency.is_some())
+        .collect();
+    let key_of = |i: &usize| {
+        let run = &runs[*i];
+        let key = run.idempotency.as_ref().map(|(k, _)| k.clone());
+        (run.task.clone(), run.tenant_id.clone(), key)
+    };
+    if !keyed.is_empty() {
+        // A failed, cancelled or expired holder, or one past its key's TTL, gives the key up.
+        let (tasks, tenants, keys): (Vec<_>, Vec<_>, Vec<_>) = keyed.iter().map(key_of).collect();
+        sqlx::query(
+            "UPDATE task_runtime.runs r SET idempotency_key = NULL
+               FROM unnest($1::text[], $2::text[], $3::text[]) AS k(task, tenant_id, key)
+              WHERE r.task = k.task AND coalesce(r.tenant_id, '') = coalesce(k.tenant_id, '')
+                AND r.idempotency_key = k.key
+                AND (r.status IN ('failed', 'cancelled', 'expired')
+                     OR (r.idempotency_expires_at IS NOT NULL AND r.idempotency_expires_at <= $4))",
+        )
+        .bind(tasks)
+        .bind(tenants)
+        .bind(keys)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    let inserted: Vec<Option<String>> = sqlx::query_scalar(
+        "WITH ins AS (
+            INSERT INTO task_runtime.runs (id, task, tenant_id, project_id, status, input, run_at,
+                expire_at, idempotency_key, idempotency_ttl_ms, tags, replay_of, concurrency_key,
+                concurrency_limit, created_at)
+            SELECT u.id, u.task, u.tenant_id, u.project_id,
+                   CASE WHEN u.run_at > $1 THEN 'delayed' ELSE 'queued' END,
+                   u.input, u.run_at, u.expire_at, u.key, u.key_ttl, u.tags::jsonb, u.replay_of,
+                   u.ckey, u.climit, $1
+              FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+                          $8::int8[], $9::text[], $10::int8[], $11::text[], $12::text[],
+                          $13::text[], $14::int4[])
+                   AS u(id, task, tenant_id, project_id, input, run_at, expire_at, key, key_ttl,
+                        tags, replay_of, ckey, climit)
+            ON CONFLICT DO NOTHING
+            RETURNING id)
+         SELECT ins.id FROM ins
+         UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')",
+    )
+    .bind(now)
+    .bind(runs.iter().map(|r| r.id.to_string()).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.task.clone()).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| r.tenant_id.clone()).collect::<Vec<_>>())
+    .bind(
+        runs.iter()
+            .map(|r| r.project_id.clone())
+            .collect::<Vec<_>>(),
+    )
+    .bind(runs.iter().map(|r| json_text(&r.input)).collect::<Vec<_>>())
+    .bind(runs.iter().map(|r| millis(r.run_at)).collect::<Vec<_>>())
+    .bind(
+        runs.iter()
+            .map(|r| r.expire_at.map(millis))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.idempotency.as_ref().map(|(k, _)| k.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.idempotency.as_ref().map(|(_, ttl)| to_i64(*ttl)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| (!r.tags.is_empty()).then(|| json_text(&r.tags)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.replay_of.as_ref().map(RunId::to_string))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.concurrency_key.as_ref().map(|(k, _)| k.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| {
+                r.concurrency_key
+                    .as_ref()
+                    .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
+            })
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut *conn)
+    .await?;
+    let inserted: std::collections::HashSet<String> = inserted.into_iter().flatten().collect();
+    let mut out: Vec<Enqueued> = runs
+        .iter()
+        .map(|r| Enqueued {
+            id: r.id.clone(),
+            existing: false,
+        })
+        .collect();
+    // A keyed run not inserted found its key held: by which run? (A run without a key that
+    // was not inserted already existed: an earlier try of this very statement committed.)
+    let lost: Vec<usize> = keyed
+        .into_iter()
+        .filter(|&i| !inserted.contains(runs[i].id.as_str()))
+        .collect();
+    if !lost.is_empty() {
+        let (tasks, tenants, keys): (Vec<_>, Vec<_>, Vec<_>) = lost.iter().map(key_of).collect();
+        let slots: Vec<i32> = (0..lost.len())
+            .map(|i| i32::try_from(i).unwrap_or(i32::MAX))
+            .collect();
+        let holders: Vec<(i32, String)> = sqlx::query_as(
+            "SELECT k.slot, r.id
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::int4[]) AS k(task, tenant_id, key, slot)
+               JOIN task_runtime.runs r
+                 ON r.task = k.task AND coalesce(r.tenant_id, '') = coalesce(k.tenant_id, '')
+                AND r.idempotency_key = k.key",
+        )
+        .bind(tasks)
+        .bind(tenants)
+        .bind(keys)
+        .bind(slots)
+        .fetch_all(&mut *conn)
+        .await?;
+        for (slot, holder) in holders {
+            let Some(&i) = usize::try_from(slot).ok().and_then(|s| lost.get(s)) else {
+                continue;
+            };
+            let holder = parse_id(&holder)?;
+            out[i].existing = holder != runs[i].id;
+            out[i].id = holder;
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// Journal and logs
+
+/// Journal writes waiting to be committed. A settle takes `flushing` and writes what waits
+/// before its own statement, so a root's journal is committed before its settle.
+#[derive(Default)]
+struct JournalQueue {
+    ops: Mutex<Vec<JournalOp>>,
+    wake: Notify,
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl JournalQueue {
+    async fn flush(&self, shared: &Shared) {
+        let _flushing = self.flushing.lock().await;
+        let ops = std::mem::take(&mut *lock(&self.ops));
+        if ops.is_empty() {
+            return;
+        }
+        if let Err(error) = write_journal(shared, ops).await {
+            tracing::warn!(%error, "journal write failed; the steps may run again on a retry");
+        }
+    }
+}
+
+async fn journal_task(shared: Arc<Shared>, queue: Arc<JournalQueue>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = queue.wake.notified() => {}
+            _ = stop.cancelled() => return,
+        }
+        queue.flush(&shared).await;
+    }
+}
+
+/// One child's row as the journal leaves it after these writes.
+#[derive(Default)]
+struct ChildRow {
+    root: String,
+    token: i64,
+    id: String,
+    /// Started in this batch: inserted (or started again).
+    start: Option<StartRow>,
+    status: String,
+    output: Option<String>,
+    error: Option<String>,
+    attempts: i32,
+    finished_at: Option<i64>,
+}
+
+struct StartRow {
+    parent: String,
+    position: Option<String>,
+    task: String,
+    tenant_id: Option<String>,
+    project_id: Option<String>,
+    input: String,
+    at: i64,
+}
+
+/// Folds the writes into one row per child (a start and a finish of the same child in one
+/// batch become one insert) and writes them with two statements in one.
+async fn write_journal(shared: &Shared, ops: Vec<JournalOp>) -> Result<(), StoreError> {
+    let mut rows: Vec<ChildRow> = Vec::new();
+    let mut at: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for op in ops {
+        match op {
+            JournalOp::Start {
+                root,
+                token,
+                id,
+                parent,
+                position,
+                task,
+                tenant_id,
+                project_id,
+                input,
+                at: started,
+            } => {
+                let row = ChildRow {
+                    root: root.to_string(),
+                    token,
+                    id: id.to_string(),
+                    start: Some(StartRow {
+                        parent: parent.to_string(),
+                        position,
+                        task,
+                        tenant_id,
+                        project_id,
+                        input: json_text(&input),
+                        at: millis(started),
+                    }),
+                    status: RunStatus::Executing.as_str().to_owned(),
+                    ..ChildRow::default()
+                };
+                match at.get(id.as_str()) {
+                    Some(&i) => rows[i] = row,
+                    None => {
+                        at.insert(id.to_string(), rows.len());
+                        rows.push(row);
+                    }
+                }
+            }
+            JournalOp::Finish {
+                root,
+                token,
+                id,
+                status,
+                output,
+                error,
+                attempts,
+                at: finished,
+            } => {
+                let i = match at.get(id.as_str()) {
+                    Some(&i) => i,
+                    None => {
+                        at.insert(id.to_string(), rows.len());
+                        rows.push(ChildRow {
+                            root: root.to_string(),
+                            token,
+                            id: id.to_string(),
+                            ..ChildRow::default()
+                        });
+                        rows.len() - 1
+                    }
+                };
+                let row = &mut rows[i];
+                row.token = token;
+                row.status = status.as_str().to_owned();
+                row.output = output.as_ref().map(json_text);
+                row.error = error.as_ref().map(json_text);
+                row.attempts += i32::try_from(attempts).unwrap_or(i32::MAX);
+                row.finished_at = Some(millis(finished));
+            }
+        }
+    }
+    let (starts, finishes): (Vec<&ChildRow>, Vec<&ChildRow>) =
+        rows.iter().partition(|r| r.start.is_some());
+    let start = |f: fn(&StartRow) -> Option<String>| -> Vec<Option<String>> {
+        starts
+            .iter()
+            .map(|r| r.start.as_ref().and_then(f))
+            .collect()
+    };
+    let s_root: Vec<String> = starts.iter().map(|r| r.root.clone()).collect();
+    let s_token: Vec<i64> = starts.iter().map(|r| r.token).collect();
+    let s_id: Vec<String> = starts.iter().map(|r| r.id.clone()).collect();
+    let s_parent = start(|s| Some(s.parent.clone()));
+    let s_position = start(|s| s.position.clone());
+    let s_task = start(|s| Some(s.task.clone()));
+    let s_tenant = start(|s| s.tenant_id.clone());
+    let s_project = start(|s| s.project_id.clone());
+    let s_input = start(|s| Some(s.input.clone()));
+    let s_at: Vec<i64> = starts
+        .iter()
+        .map(|r| r.start.as_ref().map_or(0, |s| s.at))
+        .collect();
+    let s_status: Vec<String> = starts.iter().map(|r| r.status.clone()).collect();
+    let s_output: Vec<Option<String>> = starts.iter().map(|r| r.output.clone()).collect();
+    let s_error: Vec<Option<String>> = starts.iter().map(|r| r.error.clone()).collect();
+    let s_attempts: Vec<i32> = starts.iter().map(|r| r.attempts).collect();
+    let s_finished: Vec<Option<i64>> = starts.iter().map(|r| r.finished_at).collect();
+    let f_root: Vec<String> = finishes.iter().map(|r| r.root.clone()).collect();
+    let f_token: Vec<i64> = finishes.iter().map(|r| r.token).collect();
+    let f_id: Vec<String> = finishes.iter().map(|r| r.id.clone()).collect();
+    let f_status: Vec<String> = finishes.iter().map(|r| r.status.clone()).collect();
+    let f_output: Vec<Option<String>> = finishes.iter().map(|r| r.output.clone()).collect();
+    let f_error: Vec<Option<String>> = finishes.iter().map(|r| r.error.clone()).collect();
+    let f_attempts: Vec<i32> = finishes.iter().map(|r| r.attempts).collect();
+    let f_finished: Vec<Option<i64>> = finishes.iter().map(|r| r.finished_at).collect();
+    shared
+        .run(|conn| {
+            // Every write names its root's lease: a worker that lost it records nothing. A
+            // start at a position another child holds (possible only when an earlier read
+            // of the journal failed) is skipped, as the unique index would refuse it.
+            let query = sqlx::query(
+                "WITH started AS (
+                    INSERT INTO task_runtime.runs AS c (id, task, tenant_id, project_id, status,
+                        input, attempts, run_at, created_at, started_at, parent_run_id,
+                        root_run_id, position, output, error, finished_at)
+                    SELECT s.id, s.task, s.tenant_id, s.project_id, s.status, s.input, s.attempts,
+                           s.at, s.at, s.at, s.parent, s.root, s.position, s.output, s.error,
+                           s.finished
+                      FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[],
+                                  $6::text[], $7::text[], $8::text[], $9::int8[], $10::text[],
+                                  $11::text[], $12::text[], $13::int4[], $14::int8[], $23::text[])
+                           AS s(root, token, id, parent, position, task, tenant_id, project_id,
+                                at, status, output, error, attempts, finished, input)
+                     WHERE EXISTS (SELECT 1 FROM task_runtime.runs root
+                                    WHERE root.id = s.root AND root.lease_token = s.token
+                                      AND root.status = 'executing')
+                       AND NOT EXISTS (SELECT 1 FROM task_runtime.runs p
+                                        WHERE p.parent_run_id = s.parent AND p.position = s.position
+                                          AND p.id <> s.id)
+                    ON CONFLICT (id) DO UPDATE
+                       SET status = EXCLUDED.status, output = EXCLUDED.output,
+                           error = EXCLUDED.error, attempts = c.attempts + EXCLUDED.attempts,
+                           finished_at = EXCLUDED.finished_at
+                    RETURNING 1)
+                 UPDATE task_runtime.runs c
+                    SET status = f.status, output = f.output, error = f.error,
+                        attempts = c.attempts + f.attempts, finished_at = f.finished
+                   FROM unnest($15::text[], $16::int8[], $17::text[], $18::text[], $19::text[],
+                               $20::text[], $21::int4[], $22::int8[])
+                        AS f(root, token, id, status, output, error, attempts, finished)
+                  WHERE c.id = f.id
+                    AND EXISTS (SELECT 1 FROM task_runtime.runs root
+                                 WHERE root.id = f.root AND root.lease_token = f.token
+                                   AND root.status = 'executing')",
+            )
+            .bind(s_root.clone())
+            .bind(s_token.clone())
+            .bind(s_id.clone())
+            .bind(s_parent.clone())
+            .bind(s_position.clone())
+            .bind(s_task.clone())
+            .bind(s_tenant.clone())
+            .bind(s_project.clone())
+            .bind(s_at.clone())
+            .bind(s_status.clone())
+            .bind(s_output.clone())
+            .bind(s_error.clone())
+            .bind(s_attempts.clone())
+            .bind(s_finished.clone())
+            .bind(f_root.clone())
+            .bind(f_token.clone())
+            .bind(f_id.clone())
+            .bind(f_status.clone())
+            .bind(f_output.clone())
+            .bind(f_error.clone())
+            .bind(f_attempts.clone())
+            .bind(f_finished.clone())
+            .bind(s_input.clone());
+            Box::pin(async move { query.execute(conn).await.map(|_| ()) })
+        })
+        .await
+}
+
+/// Writes buffered log lines in batches.
+async fn log_task(shared: Arc<Shared>, mut queue: mpsc::Receiver<LogLine>) {
+    let mut batch = Vec::new();
+    while queue.recv_many(&mut batch, BATCH).await > 0 {
+        let lines = std::mem::take(&mut batch);
+        let run_ids: Vec<String> = lines.iter().map(|l| l.run_id.to_string()).collect();
+        let ats: Vec<i64> = lines.iter().map(|l| millis(l.at)).collect();
+        let levels: Vec<String> = lines.iter().map(|l| l.level.clone()).collect();
+        let messages: Vec<String> = lines.iter().map(|l| l.message.clone()).collect();
+        let fields: Vec<String> = lines.iter().map(|l| json_text(&l.fields)).collect();
+        let written = shared
+            .run(|conn| {
+                let query = sqlx::query(
+                    "INSERT INTO task_runtime.run_logs (run_id, at, level, message, fields)
+                     SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[])",
+                )
+                .bind(run_ids.clone())
+                .bind(ats.clone())
+                .bind(levels.clone())
+                .bind(messages.clone())
+                .bind(fields.clone());
+                Box::pin(async move { query.execute(conn).await.map(|_| ()) })
+            })
+            .await;
+        if let Err(error) = written {
+            tracing::warn!(%error, lines = lines.len(), "storing log lines failed");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading rows
+
+fn decode(what: &str, error: impl std::fmt::Display) -> sqlx::Error {
+    sqlx::Error::Decode(format!("{what}: {error}").into())
+}
+
+fn parse_id(text: &str) -> Result<RunId, sqlx::Error> {
+    text.parse().map_err(|e| decode("id", e))
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(
+    row: &PgRow,
+    column: &str,
+) -> Result<Option<T>, sqlx::Error> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| serde_json::from_str(&t).map_err(|e| decode(column, e)))
+        .transpose()
+}
+
+fn attempts(row: &PgRow) -> Result<u32, sqlx::Error> {
+    Ok(u32::try_from(row.try_get::<i32, _>("attempts")?).unwrap_or(0))
+}
+
+fn run_info(row: &PgRow) -> Result<RunInfo, sqlx::Error> {
+    let id = |column: &str| -> Result<Option<RunId>, sqlx::Error> {
+        let text: Option<String> = row.try_get(column)?;
+        text.map(|t| parse_id(&t)).transpose()
+    };
+    let status: String = row.try_get("status")?;
+    Ok(RunInfo {
+        id: id("id")?.ok_or_else(|| decode("id", "missing"))?,
+        task: row.try_get("task")?,
+        status: status.parse().map_err(|e| decode("status", e))?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        attempts: attempts(row)?,
+        tags: json_column(row, "tags")?.unwrap_or_default(),
+        parent_run_id: id("parent_run_id")?,
+        root_run_id: id("root_run_id")?,
+        position: row.try_get("position")?,
+        replay_of: id("replay_of")?,
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: time(row.try_get("created_at")?),
+        run_at: time(row.try_get("run_at")?),
+        started_at: row.try_get::<Option<i64>, _>("started_at")?.map(time),
+        finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
+        input: json_column(row, "input")?.unwrap_or_default(),
+        envelope: json_column(row, "envelope")?,
+        output: json_column(row, "output")?,
+        error: json_column(row, "error")?,
+        retried: json_column(row, "retried")?.unwrap_or_default(),
+    })
+}
+
+const RUN_COLUMNS: &str = "id, task, status, tenant_id, project_id, attempts, tags::text AS tags,
+     parent_run_id, root_run_id, position, replay_of, idempotency_key, created_at, run_at,
+     started_at, finished_at, input, envelope, output, error, retried::text AS retried";
+
+fn corrupt(id: &RunId, error: sqlx::Error) -> StoreError {
+    StoreError::Corrupt {
+        id: id.to_string(),
+        reason: error.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes of workers
+
+/// The three kinds of settle, as columns.
+#[derive(Default, Clone)]
+struct SettleColumns {
+    f_id: Vec<String>,
+    f_token: Vec<i64>,
+    f_status: Vec<String>,
+    f_envelope: Vec<String>,
+    f_before: Vec<Option<i64>>,
+    r_id: Vec<String>,
+    r_token: Vec<i64>,
+    r_run_at: Vec<i64>,
+    r_error: Vec<String>,
+    r_before: Vec<Option<i64>>,
+    l_id: Vec<String>,
+    l_token: Vec<i64>,
+}
+
+impl SettleColumns {
+    fn of(outcomes: &[Settle]) -> Self {
+        let mut c = SettleColumns::default();
+        for outcome in outcomes {
+            match outcome {
+                Settle::Finish {
+                    id,
+                    token,
+                    envelope,
+                    expired_before,
+                } => {
+                    c.f_id.push(id.to_string());
+                    c.f_token.push(*token);
+                    c.f_status
+                        .push(RunStatus::of_envelope(envelope).as_str().to_owned());
+                    c.f_envelope.push(json_text(envelope));
+                    c.f_before.push(expired_before.map(millis));
+                }
+                Settle::Retry {
+                    id,
+                    token,
+                    run_at,
+                    error,
+                    expired_before,
+                } => {
+                    c.r_id.push(id.to_string());
+                    c.r_token.push(*token);
+                    c.r_run_at.push(millis(*run_at));
+                    c.r_error.push(json_text(error));
+                    c.r_before.push(expired_before.map(millis));
+                }
+                Settle::Release { id, token } => {
+                    c.l_id.push(id.to_string());
+                    c.l_token.push(*token);
+                }
+            }
+        }
+        c
+    }
+}
+
+/// Every settle of a batch in one statement; returns the ids it applied to.
+const SETTLE: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
+    finished AS (
+        UPDATE task_runtime.runs r
+           SET status = f.status, envelope = f.envelope, finished_at = clock.ms,
+               lease_owner = NULL, lease_expires_at = NULL,
+               idempotency_key = CASE WHEN f.status = 'completed' THEN r.idempotency_key END,
+               idempotency_expires_at = CASE
+                   WHEN f.status <> 'completed' OR r.idempotency_ttl_ms IS NULL THEN NULL
+                   WHEN r.idempotency_ttl_ms > 9000000000000000000 - $1 THEN 9000000000000000000
+                   ELSE $1 + r.idempotency_ttl_ms END
+          FROM clock, unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])
+               AS f(id, token, status, envelope, expired_before)
+         WHERE r.id = f.id AND r.lease_token = f.token AND r.status = 'executing'
+           AND (f.expired_before IS NULL OR r.lease_expires_at < f.expired_before)
+        RETURNING r.id),
+    retried AS (
+        UPDATE task_runtime.runs r
+           SET status = 'queued', run_at = q.run_at, lease_owner = NULL, lease_expires_at = NULL,
+               retried = coalesce(r.retried, '[]'::jsonb) || jsonb_build_array(q.error::jsonb)
+          FROM unnest($7::text[], $8::int8[], $9::int8[], $10::text[], $11::int8[])
+               AS q(id, token, run_at, error, expired_before)
+         WHERE r.id = q.id AND r.lease_token = q.token AND r.status = 'executing'
+           AND (q.expired_before IS NULL OR r.lease_expires_at < q.expired_before)
+        RETURNING r.id),
+    released AS (
+        UPDATE task_runtime.runs r
+           SET status = 'queued', attempts = r.attempts - 1,
+               lease_owner = NULL, lease_expires_at = NULL
+          FROM unnest($12::text[], $13::int8[]) AS l(id, token)
+         WHERE r.id = l.id AND r.lease_token = l.token AND r.status = 'executing'
+        RETURNING r.id)
+    SELECT id FROM finished UNION ALL SELECT id FROM retried UNION ALL SELECT id FROM released
+    UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";
+
+impl RunStore for PostgresStore {
+    fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>> {
+        Box::pin(async move {
+            let (reply, result) = oneshot::channel();
+            if self.triggers.send((runs, reply)).is_err() {
+                return Err(StoreError::Backend {
+                    reason: "the store's trigger writer has stopped".to_owned(),
+                });
+            }
+            result.await.unwrap_or_else(|_| {
+                Err(StoreError::Backend {
+                    reason: "the store's trigger writer stopped before answering".to_owned(),
+                })
+            })
+        })
+    }
+
+    fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>> {
+        Box::pin(async move {
+            self.shared.changes.look();
+            let now = SystemTime::now();
+            let until = millis(later(now, request.lease));
+            let now = millis(now);
+            let limit = i32::try_from(request.limit).unwrap_or(i32::MAX);
+            let (tasks, limits): (Vec<String>, Vec<i32>) = request
+                .task_limits
+                .iter()
+                .map(|(t, n)| (t.clone(), i32::try_from(*n).unwrap_or(i32::MAX)))
+                .unzip();
+            let owner = request.owner;
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, task, input, attempts, lease_token, next_due
+                           FROM task_runtime.claim($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(owner.clone())
+                    .bind(until)
+                    .bind(now)
+                    .bind(limit)
+                    .bind(tasks.clone())
+                    .bind(limits.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            let mut claimed = Claimed::default();
+            for row in &rows {
+                let read = || -> Result<Option<ClaimedRun>, sqlx::Error> {
+                    let Some(id) = row.try_get::<Option<String>, _>("id")? else {
+                        return Ok(None);
+                    };
+                    let input: String = row.try_get("input")?;
+                    Ok(Some(ClaimedRun {
+                        id: parse_id(&id)?,
+                        task: row.try_get("task")?,
+                        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                        attempt: attempts(row)?,
+                        token: row.try_get("lease_token")?,
+                    }))
+                };
+                match read() {
+                    Ok(Some(run)) => claimed.runs.push(run),
+                    Ok(None) => {
+                        claimed.next_due = row
+                            .try_get::<Option<i64>, _>("next_due")
+                            .ok()
+                            .flatten()
+                            .map(time);
+                    }
+                    Err(error) => return Err(self.shared.fail(&error)),
+                }
+            }
+            Ok(claimed)
+        })
+    }
+
+    fn heartbeat(
+        &self,
+        owner: String,
+        leases: Vec<Lease>,
+        extend: Duration,
+    ) -> BoxFuture<'_, Result<HeartbeatReply, StoreError>> {
+        Box::pin(async move {
+            let until = millis(later(SystemTime::now(), extend));
+            let ids: Vec<String> = leases.iter().map(|l| l.id.to_string()).collect();
+            let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+            let kept: Vec<(String, bool)> = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query_as(
+                        "UPDATE task_runtime.runs r SET lease_expires_at = $1
+                           FROM unnest($3::text[], $4::int8[]) AS l(id, token)
+                          WHERE r.id = l.id AND r.lease_token = l.token AND r.lease_owner = $2
+                            AND r.status = 'executing'
+                         RETURNING r.id, r.cancel_requested",
+                    )
+                    .bind(until)
+                    .bind(owner.clone())
+                    .bind(ids.clone())
+                    .bind(tokens.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            let mut reply = HeartbeatReply::default();
+            let mut seen = std::collections::HashSet::new();
+            for (id, cancel) in kept {
+                if cancel {
+                    reply
+                        .cancel
+                        .push(parse_id(&id).map_err(|e| self.shared.fail(&e))?);
+                }
+                seen.insert(id);
+            }
+            reply.lost = leases
+                .into_iter()
+                .filter(|l| !seen.contains(l.id.as_str()))
+                .map(|l| l.id)
+                .collect();
+            Ok(reply)
+        })
+    }
+
+    fn settle(&self, outcomes: Arc<Vec<Settle>>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            // The journal of these runs first.
+            self.journal.flush(&self.shared).await;
+            let columns = SettleColumns::of(&outcomes);
+            let now = millis(SystemTime::now());
+            let applied: Vec<Option<String>> = self
+                .shared
+                .run(|conn| {
+                    let c = columns.clone();
+                    let query = sqlx::query_scalar(SETTLE)
+                        .bind(now)
+                        .bind(c.f_id)
+                        .bind(c.f_token)
+                        .bind(c.f_status)
+                        .bind(c.f_envelope)
+                        .bind(c.f_before)
+                        .bind(c.r_id)
+                        .bind(c.r_token)
+                        .bind(c.r_run_at)
+                        .bind(c.r_error)
+                        .bind(c.r_before)
+                        .bind(c.l_id)
+                        .bind(c.l_token);
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            self.shared.changes.bump();
+            let applied: std::collections::HashSet<String> =
+                applied.into_iter().flatten().collect();
+            Ok(outcomes
+                .iter()
+                .map(|o| applied.contains(o.id().as_str()))
+                .collect())
+        })
+    }
+
+    fn expired_leases(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredLease>, StoreError>> {
+        Box::pin(async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, task, input, lease_token, attempts, lease_owner
+                           FROM task_runtime.runs
+                          WHERE status = 'executing' AND parent_run_id IS NULL
+                            AND lease_expires_at < $1
+                          LIMIT $2",
+                    )
+                    .bind(millis(now))
+                    .bind(limit);
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let input: String = row.try_get("input")?;
+                    Ok(ExpiredLease {
+                        id: parse_id(&id)?,
+                        task: row.try_get("task")?,
+                        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                        token: row.try_get("lease_token")?,
+                        attempt: attempts(row)?,
+                        owner: row
+                            .try_get::<Option<String>, _>("lease_owner")?
+                            .unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| self.shared.fail(&e))
+        })
+    }
+
+    fn expired_runs(
+        &self,
+        now: SystemTime,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<ExpiredRun>, StoreError>> {
+        Box::pin(async move {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, task, input, expire_at FROM task_runtime.runs
+                          WHERE expire_at IS NOT NULL AND status IN ('queued', 'delayed')
+                            AND parent_run_id IS NULL AND expire_at <= $1
+                          LIMIT $2",
+                    )
+                    .bind(millis(now))
+                    .bind(limit);
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let input: String = row.try_get("input")?;
+                    Ok(ExpiredRun {
+                        id: parse_id(&id)?,
+                        task: row.try_get("task")?,
+                        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+                        expire_at: time(row.try_get("expire_at")?),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| self.shared.fail(&e))
+        })
+    }
+
+    fn end_queued(
+        &self,
+        ends: Vec<(RunId, Box<RunOutput<Value>>)>,
+    ) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
+        Box::pin(async move {
+            let ids: Vec<String> = ends.iter().map(|(id, _)| id.to_string()).collect();
+            let statuses: Vec<String> = ends
+                .iter()
+                .map(|(_, e)| RunStatus::of_envelope(e).as_str().to_owned())
+                .collect();
+            let envelopes: Vec<String> = ends.iter().map(|(_, e)| json_text(e)).collect();
+            let ended: Vec<Option<String>> = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query_scalar(END_QUEUED)
+                        .bind(ids.clone())
+                        .bind(statuses.clone())
+                        .bind(envelopes.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            self.shared.changes.bump();
+            Ok(ends
+                .iter()
+                .map(|(id, _)| ended.iter().flatten().any(|e| e == id.as_str()))
+                .collect())
+        })
+    }
+
+    fn get(&self, id: RunId) -> BoxFuture<'_, Result<Option<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let key = id.to_string();
+            let row = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(AssertSqlSafe(format!(
+                        "SELECT {RUN_COLUMNS} FROM task_runtime.runs WHERE id = $1"
+                    )))
+                    .bind(key.clone());
+                    Box::pin(async move { query.fetch_optional(conn).await })
+                })
+                .await?;
+            row.as_ref()
+                .map(run_info)
+                .transpose()
+                .map_err(|e| corrupt(&id, e))
+        })
+    }
+
+    fn list(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let mut clauses = vec!["parent_run_id IS NULL".to_owned()];
+            let mut binds: Vec<String> = Vec::new();
+            let mut bind = |clause: &str, value: String| {
+                binds.push(value);
+                clauses.push(clause.replace('?', &format!("${}", binds.len())));
+            };
+            if let Some(status) = filter.status {
+                bind("status = ?", status.as_str().to_owned());
+            }
+            if let Some(task) = &filter.task {
+                bind("task = ?", task.clone());
+            }
+            if let Some(tenant) = &filter.tenant {
+                bind("tenant_id = ?", tenant.clone());
+            }
+            if let Some(tag) = &filter.tag {
+                bind("tags @> jsonb_build_array(?::text)", tag.clone());
+            }
+            if let Some(before) = &filter.before {
+                bind("id < ?", before.to_string());
+            }
+            let sql = format!(
+                "SELECT {RUN_COLUMNS} FROM task_runtime.runs WHERE {} ORDER BY id DESC LIMIT {}",
+                clauses.join(" AND "),
+                filter.page_size()
+            );
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let mut query = sqlx::query(AssertSqlSafe(sql.clone()));
+                    for value in &binds {
+                        query = query.bind(value.clone());
+                    }
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(run_info)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.shared.fail(&e))
+        })
+    }
+
+    fn children(&self, parent: RunId) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
+        Box::pin(async move {
+            let key = parent.to_string();
+            let rows = self
+                .shared
+                .run(|conn| {
+                    // Journaled children and the others are in two partial indexes.
+                    let query = sqlx::query(AssertSqlSafe(format!(
+                        "SELECT * FROM (
+                             SELECT {RUN_COLUMNS} FROM task_runtime.runs
+                              WHERE parent_run_id = $1 AND position IS NOT NULL
+                             UNION ALL
+                             SELECT {RUN_COLUMNS} FROM task_runtime.runs
+                              WHERE parent_run_id = $1 AND position IS NULL) AS c
+                         ORDER BY id"
+                    )))
+                    .bind(key.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(run_info)
+                .collect::<Result<_, _>>()
+                .map_err(|e| corrupt(&parent, e))
+        })
+    }
+
+    fn cancel(
+        &self,
+        id: RunId,
+        envelope: Box<RunOutput<Value>>,
+    ) -> BoxFuture<'_, Result<CancelOutcome, StoreError>> {
+        Box::pin(async move {
+            let key = id.to_string();
+            let status = RunStatus::of_envelope(&envelope).as_str().to_owned();
+            let text = json_text(&envelope);
+            let outcome = self
+                .shared
+                .run(|conn| {
+                    let (key, status, text) = (key.clone(), status.clone(), text.clone());
+                    Box::pin(async move {
+                        let mut tx = conn.begin().await?;
+                        let current: Option<String> = sqlx::query_scalar(
+                            "SELECT status FROM task_runtime.runs WHERE id = $1 FOR UPDATE",
+                        )
+                        .bind(&key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        let Some(current) = current else {
+                            return Ok(CancelOutcome::NotFound);
+                        };
+                        let current: RunStatus =
+                            current.parse().map_err(|e| decode("status", e))?;
+                        let outcome = match current {
+                            RunStatus::Queued | RunStatus::Delayed => {
+                                sqlx::query(END_QUEUED)
+                                    .bind(vec![key.clone()])
+                                    .bind(vec![status])
+                                    .bind(vec![text])
+                                    .execute(&mut *tx)
+                                    .await?;
+                                CancelOutcome::Cancelled
+                            }
+                            RunStatus::Executing | RunStatus::Waiting => {
+                                sqlx::query(
+                                    "UPDATE task_runtime.runs SET cancel_requested = true
+                                      WHERE id = $1",
+                                )
+                                .bind(&key)
+                                .execute(&mut *tx)
+                                .await?;
+                                sqlx::query("SELECT pg_notify('task_runtime', $1)")
+                                    .bind(format!("cancel:{key}"))
+                                    .execute(&mut *tx)
+                                    .await?;
+                                CancelOutcome::Requested
+                            }
+                            finished => CancelOutcome::AlreadyFinished(finished),
+                        };
+                        tx.commit().await?;
+                        Ok(outcome)
+                    })
+                })
+                .await?;
+            self.shared.changes.bump();
+            Ok(outcome)
+        })
+    }
+
+    fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>> {
+        Box::pin(async move {
+            let key = root.to_string();
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, parent_run_id, position, status, output, attempts, started_at,
+                                finished_at
+                           FROM task_runtime.runs WHERE root_run_id = $1 AND position IS NOT NULL",
+                    )
+                    .bind(key.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let id: String = row.try_get("id")?;
+                    let parent: String = row.try_get("parent_run_id")?;
+                    let status: String = row.try_get("status")?;
+                    let output = if status == "completed" {
+                        Some(json_column::<Value>(row, "output")?.unwrap_or_default())
+                    } else {
+                        None
+                    };
+                    let started: Option<i64> = row.try_get("started_at")?;
+                    let finished: Option<i64> = row.try_get("finished_at")?;
+                    Ok(JournalEntry {
+                        parent: parse_id(&parent)?,
+                        position: row.try_get("position")?,
+                        id: parse_id(&id)?,
+                        output,
+                        attempts: attempts(row)?,
+                        duration_ms: match (started, finished) {
+                            (Some(s), Some(f)) => u64::try_from(f - s).unwrap_or(0),
+                            _ => 0,
+                        },
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| corrupt(&root, e))
+        })
+    }
+
+    fn record(&self, op: JournalOp) {
+        lock(&self.journal.ops).push(op);
+        self.journal.wake.notify_one();
+    }
+
+    fn log(&self, line: LogLine) {
+        if self.logs.try_send(line).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn dropped_logs(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>> {
+        Box::pin(async move {
+            let key = id.to_string();
+            let rows = self
+                .shared
+                .run(|conn| {
+                    // The run's own lines and those of every run below it.
+                    let query = sqlx::query(
+                        "SELECT run_id, at, level, message, fields FROM task_runtime.run_logs
+                          WHERE run_id = $1
+                             OR run_id IN (SELECT id FROM task_runtime.runs WHERE root_run_id = $1)
+                          ORDER BY seq",
+                    )
+                    .bind(key.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    let run_id: String = row.try_get("run_id")?;
+                    Ok(LogLine {
+                        run_id: parse_id(&run_id)?,
+                        at: time(row.try_get("at")?),
+                        level: row.try_get("level")?,
+                        message: row.try_get("message")?,
+                        fields: json_column(row, "fields")?.unwrap_or_default(),
+                    })
+                })
+                .collect::<Result<_, sqlx::Error>>()
+                .map_err(|e| corrupt(&id, e))
+        })
+    }
+
+    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let changes = &self.shared.changes;
+            let notified = changes.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let now = changes.generation.load(Ordering::Acquire);
+            if changes.seen.swap(now, Ordering::AcqRel) != now {
+                return;
+            }
+            let within = if changes.listening.load(Ordering::Acquire) {
+                within
+            } else {
+                within.min(POLL_FALLBACK)
+            };
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep(within) => {}
+            }
+            changes.look();
+        })
+    }
+
+    fn cancel_requests(&self) -> Option<broadcast::Receiver<RunId>> {
+        Some(self.cancels.subscribe())
+    }
+}
+
+/// Ends queued runs without running them (only while still queued); returns their ids.
+const END_QUEUED: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
+    ended AS (
+        UPDATE task_runtime.runs r
+           SET status = e.status, envelope = e.envelope, finished_at = clock.ms,
+               idempotency_key = NULL
+          FROM clock, unnest($1::text[], $2::text[], $3::text[]) AS e(id, status, envelope)
+         WHERE r.id = e.id AND r.status IN ('queued', 'delayed')
+        RETURNING r.id)
+    SELECT id FROM ended UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";
