@@ -315,3 +315,143 @@ async fn a_worker_stopped_past_its_lease_changes_nothing_when_it_comes_back() {
     stop_gracefully(rescuer);
     std::fs::remove_dir_all(&scene.dir).ok();
 }
+
+/// The steps that executed for `run`, in order: (step, attempt, pid).
+fn step_executions(scene: &Scene, run: &RunId) -> Vec<(String, u32, u32)> {
+    scene
+        .executions()
+        .into_iter()
+        .filter(|(id, task, ..)| id == run.as_str() && task.starts_with("step:"))
+        .map(|(_, task, _, pid, attempt)| (task["step:".len()..].to_owned(), attempt, pid))
+        .collect()
+}
+
+fn replayed_flags(envelope: &task_runtime::RunOutput<serde_json::Value>) -> Vec<(String, bool)> {
+    envelope
+        .metadata
+        .steps
+        .iter()
+        .map(|s| (s.task_name.clone(), s.replayed))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_killed_in_its_second_step_does_not_execute_the_first_again() {
+    let scene = Scene::new("steps-kill9");
+    let store = Store::connect(&scene.url).await.unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let mut first = scene.worker("first", "1s", 2);
+    // The second step holds for a minute on the first attempt: the kill lands inside it.
+    let input = json!({ "tenantId": "t", "projectId": "p", "label": "k", "holdMillis": 60_000 });
+    let handle = rt.trigger("three_steps", input).await.unwrap();
+    let id = handle.run_id().clone();
+    eventually(
+        "the second step to begin",
+        Duration::from_secs(30),
+        async || step_executions(&scene, &id).len() == 2,
+    )
+    .await;
+    kill9(&mut first);
+
+    let second = scene.worker("second", "1s", 2);
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(
+        envelope.results,
+        json!({ "first": "first@1", "second": "second@2", "third": "third@2" }),
+        "the first step's output is the one recorded by the killed attempt"
+    );
+    assert_eq!(
+        replayed_flags(&envelope),
+        [
+            ("first".to_owned(), true),
+            ("second".to_owned(), false),
+            ("third".to_owned(), false)
+        ]
+    );
+    let executed: Vec<(String, u32)> = step_executions(&scene, &id)
+        .into_iter()
+        .map(|(step, attempt, _)| (step, attempt))
+        .collect();
+    assert_eq!(
+        executed,
+        [
+            ("first".to_owned(), 1),
+            ("second".to_owned(), 1),
+            ("second".to_owned(), 2),
+            ("third".to_owned(), 2)
+        ],
+        "the first step executed once; the second again after the kill"
+    );
+    let stored = rt.runs().get(&id).await.unwrap().unwrap();
+    assert_eq!(stored.attempts, 2);
+    assert_eq!(stored.retried[0].kind_name(), "workerLost");
+    // The steps are child rows of the run, at their positions.
+    let children = rt.runs().children(&id).await.unwrap();
+    let mut rows: Vec<(String, RunStatus)> = children
+        .iter()
+        .map(|c| (c.task.clone(), c.status))
+        .collect();
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        rows,
+        [
+            ("first".to_owned(), RunStatus::Completed),
+            ("second".to_owned(), RunStatus::Completed),
+            ("third".to_owned(), RunStatus::Completed)
+        ]
+    );
+    stop_gracefully(second);
+    std::fs::remove_dir_all(&scene.dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_task_replays_its_completed_steps_and_a_reordered_replay_fails() {
+    let scene = Scene::new("steps-retry");
+    let store = Store::connect(&scene.url).await.unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let worker = scene.worker("w", "5s", 4);
+
+    // The second step fails on the first attempt: the retry replays the first.
+    let input = json!({ "tenantId": "t", "projectId": "p", "label": "r", "failSecondOn": 1 });
+    let handle = rt.trigger("three_steps", input).await.unwrap();
+    let id = handle.run_id().clone();
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.results["first"], "first@1");
+    assert_eq!(envelope.results["second"], "second@2");
+    assert_eq!(envelope.metadata.attempts, 2);
+    let executed: Vec<String> = step_executions(&scene, &id)
+        .into_iter()
+        .map(|(step, attempt, _)| format!("{step}@{attempt}"))
+        .collect();
+    assert_eq!(executed, ["first@1", "second@1", "second@2", "third@2"]);
+
+    // A second attempt that begins its steps in another order is stopped, not fed the
+    // output recorded for another step.
+    let input = json!({ "tenantId": "t", "projectId": "p", "label": "o" });
+    let envelope = rt
+        .trigger("reordered_steps", input)
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert!(!envelope.job.success);
+    let error = envelope.job.error_detail.as_ref().unwrap();
+    assert_eq!(error.kind_name(), "failed");
+    assert!(!error.is_retryable(), "a reordered replay is not retried");
+    assert_eq!(
+        envelope.job.error.as_deref(),
+        Some(
+            "step 0 is `email` in this attempt, but the run recorded `charge` at that position: \
+             the task's steps changed order (or one is skipped on a condition) since the run \
+             started, and replaying would return another step's output"
+        )
+    );
+    assert_eq!(
+        envelope.metadata.attempts, 2,
+        "stopped at its second attempt"
+    );
+    stop_gracefully(worker);
+    std::fs::remove_dir_all(&scene.dir).ok();
+}

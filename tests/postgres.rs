@@ -619,3 +619,46 @@ async fn per_key_limits_on_one_worker_let_other_keys_proceed() {
         .unwrap();
     assert!(first_of("b") < last_a && first_of("c") < last_a);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_steps_are_journaled_and_a_reordered_replay_is_stopped() {
+    let url = pg::server().database("steps");
+    let (rt, _store) = durable(&url).await;
+    let worker = rt.worker().concurrency(2).start();
+    let input = json!({ "tenantId": "t", "projectId": "p", "label": "o" });
+    let handle = rt.trigger("reordered_steps", input).await.unwrap();
+    let id = handle.run_id().clone();
+    let envelope = handle.wait().await;
+    assert!(!envelope.job.success);
+    let error = envelope.job.error_detail.as_ref().unwrap();
+    assert!(!error.is_retryable());
+    assert!(
+        envelope
+            .job
+            .error
+            .as_deref()
+            .unwrap()
+            .starts_with("step 0 is `email` in this attempt, but the run recorded `charge`"),
+        "{:?}",
+        envelope.job.error
+    );
+    assert_eq!(envelope.metadata.attempts, 2);
+    // The first attempt's two steps are rows under the run, with their outputs.
+    let mut children: Vec<(String, RunStatus)> = rt
+        .runs()
+        .children(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.task, c.status))
+        .collect();
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        children,
+        [
+            ("charge".to_owned(), RunStatus::Completed),
+            ("email".to_owned(), RunStatus::Completed)
+        ]
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -452,3 +452,28 @@ fn each_run_logs_one_span_with_its_fields_and_start_and_end_events() {
     assert_eq!(span["attempt"], 1);
     assert!(span["run_id"].as_str().unwrap().starts_with("run_"));
 }
+
+#[tokio::test(start_paused = true)]
+async fn in_process_steps_run_on_every_attempt_and_are_listed_in_metadata() {
+    // No store, no journal: each attempt runs its steps, in whatever order it has.
+    let rt = Runtime::new();
+    let envelope = rt
+        .trigger_and_wait(
+            "reordered_steps",
+            json!({ "tenantId": "acme", "projectId": "docs", "label": "x" }),
+        )
+        .await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.metadata.attempts, 2);
+    let steps: Vec<(&str, bool, bool)> = envelope
+        .metadata
+        .steps
+        .iter()
+        .map(|s| (s.task_name.as_str(), s.success, s.replayed))
+        .collect();
+    assert_eq!(steps, [("email", true, false), ("charge", true, false)]);
+    assert_ne!(
+        envelope.metadata.steps[0].run_id,
+        envelope.metadata.steps[1].run_id
+    );
+}

@@ -61,6 +61,7 @@ mod registry;
 mod runs;
 mod runtime;
 mod schema;
+mod step;
 mod store;
 mod task;
 #[cfg(feature = "postgres")]

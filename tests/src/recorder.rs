@@ -81,3 +81,101 @@ track! {
         Record = |_prev, original| RecordInput { label: format!("{}/3", original.label), ..original.clone() },
     }
 }
+
+/// What `three_steps` does: each of its `ctx.step`s records its execution; the second
+/// takes `hold_millis` on the first attempt (a window to kill the worker in) and fails on
+/// `fail_second_on`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepsInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub label: String,
+    #[serde(default)]
+    pub hold_millis: u64,
+    #[serde(default)]
+    pub fail_second_on: Option<u32>,
+}
+
+/// Each step's output: the attempt it executed in.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+pub struct StepsOutput {
+    pub first: String,
+    pub second: String,
+    pub third: String,
+}
+
+fn log_step(ctx: &TaskContext, step: &str, label: &str) -> Result<(), TaskError> {
+    let path =
+        std::env::var("FIXTURE_LOG").map_err(|_| TaskError::fatal("FIXTURE_LOG is not set"))?;
+    let line = format!(
+        "{} step:{step} {label} {} {}\n",
+        ctx.run_id(),
+        std::process::id(),
+        ctx.attempt()
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .or_failed()?;
+    file.write_all(line.as_bytes()).or_failed()
+}
+
+/// Three durable steps (`ctx.step`), each recording its execution.
+#[task(id = "three_steps", retry(max_attempts = 5, min_delay = "10ms"))]
+pub async fn three_steps(ctx: &TaskContext, input: StepsInput) -> Result<StepsOutput, TaskError> {
+    let label = input.label.as_str();
+    let first = ctx
+        .step("first", async {
+            log_step(ctx, "first", label)?;
+            Ok::<_, TaskError>(format!("first@{}", ctx.attempt()))
+        })
+        .await?;
+    let second = ctx
+        .step("second", async {
+            log_step(ctx, "second", label)?;
+            if ctx.attempt() == 1 {
+                tokio::time::sleep(Duration::from_millis(input.hold_millis)).await;
+            }
+            if input.fail_second_on == Some(ctx.attempt()) {
+                return Err(TaskError::failed("the second step failed on purpose"));
+            }
+            Ok(format!("second@{}", ctx.attempt()))
+        })
+        .await?;
+    let third = ctx
+        .step("third", async {
+            log_step(ctx, "third", label)?;
+            Ok::<_, TaskError>(format!("third@{}", ctx.attempt()))
+        })
+        .await?;
+    Ok(StepsOutput {
+        first,
+        second,
+        third,
+    })
+}
+
+/// Begins its steps in another order on its second attempt (a deploy that reordered them
+/// while a run was being retried).
+#[task(id = "reordered_steps", retry(max_attempts = 3, min_delay = "10ms"))]
+pub async fn reordered_steps(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, TaskError> {
+    let names = if ctx.attempt() == 1 {
+        ["charge", "email"]
+    } else {
+        ["email", "charge"]
+    };
+    for name in names {
+        ctx.step(name, async { Ok::<_, TaskError>(name.to_owned()) })
+            .await?;
+    }
+    if ctx.attempt() == 1 {
+        return Err(TaskError::failed("first attempt fails after its steps"));
+    }
+    Ok(Recorded {
+        label: input.label,
+        pid: std::process::id(),
+        attempt: ctx.attempt(),
+    })
+}

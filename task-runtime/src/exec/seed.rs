@@ -152,6 +152,8 @@ pub(crate) struct AttemptState {
     pub children: OnceLock<TaskTracker>,
     /// `None` when no concurrency limit applies to the attempt.
     pub slots: Option<Mutex<Slots>>,
+    /// `ctx.step`s begun so far: the next one's position in the journal.
+    pub steps_begun: std::sync::atomic::AtomicU32,
 }
 
 impl AttemptState {

@@ -87,6 +87,11 @@ impl Journal {
         });
     }
 
+    /// Waits until the writes recorded so far are committed.
+    pub(crate) async fn sync(&self) -> Result<(), super::StoreError> {
+        self.store.sync_journal().await
+    }
+
     pub(crate) fn finish(&self, id: &RunId, result: Result<Value, &TaskError>, attempts: u32) {
         let (status, output, error) = match result {
             Ok(output) => (RunStatus::Completed, Some(output), None),

@@ -366,6 +366,8 @@ pub(crate) struct JournalEntry {
     pub parent: RunId,
     pub position: String,
     pub id: RunId,
+    /// The task (or, for `ctx.step`, the step's name) recorded at the position.
+    pub task: String,
     /// The recorded output, when the child completed.
     pub output: Option<Value>,
     pub attempts: u32,
@@ -564,6 +566,10 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     /// Queues journal writes; they are committed in order with the store's other writes,
     /// before any later settle of the root.
     fn record(&self, op: JournalOp);
+
+    /// Resolves once every journal write recorded before the call is committed (a durable
+    /// step's output is on disk before the task goes on).
+    fn sync_journal(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Queues log lines (bounded: beyond the buffer they are dropped and counted).
     fn log(&self, line: LogLine);

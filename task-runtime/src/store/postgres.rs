@@ -1590,7 +1590,7 @@ impl RunStore for PostgresStore {
                 .shared
                 .run(|conn| {
                     let query = sqlx::query(
-                        "SELECT id, parent_run_id, position, status, output, attempts, started_at,
+                        "SELECT id, parent_run_id, position, task, status, output, attempts, started_at,
                                 finished_at
                            FROM task_runtime.runs WHERE root_run_id = $1 AND position IS NOT NULL",
                     )
@@ -1614,6 +1614,7 @@ impl RunStore for PostgresStore {
                         parent: parse_id(&parent)?,
                         position: row.try_get("position")?,
                         id: parse_id(&id)?,
+                        task: row.try_get("task")?,
                         output,
                         attempts: attempts(row)?,
                         duration_ms: match (started, finished) {
@@ -1630,6 +1631,14 @@ impl RunStore for PostgresStore {
     fn record(&self, op: JournalOp) {
         lock(&self.journal.ops).push(op);
         self.journal.wake.notify_one();
+    }
+
+    fn sync_journal(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Waits for a flush under way (which may hold our writes), then flushes the rest.
+            self.journal.flush(&self.shared).await;
+            Ok(())
+        })
     }
 
     fn log(&self, line: LogLine) {

@@ -92,6 +92,8 @@ enum Write {
     ),
     Journal(JournalOp),
     Logs(Vec<LogLine>),
+    /// Answered once the journal writes queued before it are committed.
+    Sync(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// The parts of a `sqlite://` URL.
@@ -474,6 +476,7 @@ enum Done {
         oneshot::Sender<Result<CancelOutcome, StoreError>>,
         CancelOutcome,
     ),
+    Sync(oneshot::Sender<Result<(), StoreError>>),
 }
 
 impl Done {
@@ -485,6 +488,7 @@ impl Done {
             Done::Heartbeat(_, _, _, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Settle(_, tx, r) | Done::EndQueued(_, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Sync(tx) => drop(tx.send(commit)),
         }
     }
 
@@ -499,6 +503,7 @@ impl Done {
             Done::Settle(outcomes, tx, _) => Write::Settle(outcomes, tx),
             Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
             Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
+            Done::Sync(tx) => Write::Sync(tx),
         }
     }
 }
@@ -510,6 +515,7 @@ fn reject(write: Write, error: &StoreError) {
         Write::Heartbeat(_, _, _, tx) => drop(tx.send(Err(error.clone()))),
         Write::Settle(_, tx) | Write::EndQueued(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Sync(tx) => drop(tx.send(Err(error.clone()))),
         Write::Journal(_) | Write::Logs(_) => {}
     }
 }
@@ -546,6 +552,8 @@ async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::
             Ok(r) => Ok(Done::Cancel(id, envelope, tx, r)),
             Err(e) => Err((Write::Cancel(id, envelope, tx), e)),
         },
+        // The journal queued before it is flushed first, in this transaction.
+        Write::Sync(tx) => Ok(Done::Sync(tx)),
         Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
     }
 }
@@ -1392,7 +1400,7 @@ impl RunStore for SqliteStore {
     fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, parent_run_id, position, status, output, attempts, started_at, finished_at
+                "SELECT id, parent_run_id, position, task, status, output, attempts, started_at, finished_at
                  FROM runs WHERE root_run_id = ?1 AND position IS NOT NULL",
             )
             .bind(root.as_str())
@@ -1415,6 +1423,7 @@ impl RunStore for SqliteStore {
                         parent: parse_id(&parent)?,
                         position: row.try_get("position")?,
                         id: parse_id(&id)?,
+                        task: row.try_get("task")?,
                         output,
                         attempts: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(0),
                         duration_ms: match (started, finished) {
@@ -1430,6 +1439,10 @@ impl RunStore for SqliteStore {
 
     fn record(&self, op: JournalOp) {
         let _ = self.writes.send(Write::Journal(op));
+    }
+
+    fn sync_journal(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(self.write(Write::Sync))
     }
 
     fn log(&self, line: LogLine) {
