@@ -1,6 +1,7 @@
 //! Options shared by the three macros: `id = "..."`, `handle = Name`, `retry(..)`,
 //! `timeout = "30s"`, `concurrency = N`, `failure = settle`, `on_success = path`,
-//! `on_failure = path`. Each macro says which keys it
+//! `on_failure = path`, and for tasks `schedule = "0 * * * *"` or
+//! `schedule(cron = "..", timezone = "Europe/Paris")`. Each macro says which keys it
 //! accepts; unknown and duplicated keys are errors at the key, and every error is reported.
 
 use proc_macro2::{Span, TokenStream};
@@ -22,6 +23,7 @@ pub enum Key {
     Failure,
     OnSuccess,
     OnFailure,
+    Schedule,
 }
 
 /// The options every kind accepts after its id: run policy and hooks.
@@ -44,6 +46,7 @@ impl Key {
             Key::Failure => "failure",
             Key::OnSuccess => "on_success",
             Key::OnFailure => "on_failure",
+            Key::Schedule => "schedule",
         }
     }
 }
@@ -93,6 +96,89 @@ pub struct Options {
     /// `Result<(), E: Display>`.
     pub on_success: Option<syn::Path>,
     pub on_failure: Option<syn::Path>,
+    /// `schedule = ".."`: a five-field cron pattern, checked here, with its timezone.
+    pub schedule: Option<Schedule>,
+}
+
+/// A cron schedule declared on a task.
+pub struct Schedule {
+    pub cron: LitStr,
+    pub timezone: LitStr,
+}
+
+impl Schedule {
+    fn parse(meta: &ParseNestedMeta, errors: &mut Errors) -> Result<Schedule> {
+        let key = meta.path.require_ident()?.span();
+        let (cron, timezone) = if meta.input.peek(syn::Token![=]) {
+            (meta.value()?.parse::<LitStr>()?, None)
+        } else {
+            let (mut cron, mut timezone) = (None, None);
+            meta.parse_nested_meta(|inner| {
+                if inner.path.is_ident("cron") {
+                    cron = Some(inner.value()?.parse::<LitStr>()?);
+                } else if inner.path.is_ident("timezone") {
+                    timezone = Some(inner.value()?.parse::<LitStr>()?);
+                } else {
+                    let written = inner.path.to_token_stream().to_string().replace(' ', "");
+                    errors.push(inner.error(unknown(
+                        "schedule option",
+                        &written,
+                        &["cron", "timezone"],
+                    )));
+                    return skip_value(&inner);
+                }
+                Ok(())
+            })?;
+            let Some(cron) = cron else {
+                return Err(syn::Error::new(
+                    key,
+                    "`schedule(..)` needs `cron = \"..\"`, e.g. `schedule(cron = \"0 */6 * * *\", timezone = \"Europe/Paris\")`",
+                ));
+            };
+            (cron, timezone)
+        };
+        if let Err(error) = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Disallowed)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(&cron.value())
+        {
+            errors.push(syn::Error::new(
+                cron.span(),
+                format!(
+                    "invalid cron pattern \"{}\": {}; write five fields, minute hour \
+                     day-of-month month day-of-week, e.g. \"0 */6 * * *\"",
+                    cron.value(),
+                    error.to_string().trim_end_matches('.')
+                ),
+            ));
+        }
+        let timezone = timezone.unwrap_or_else(|| LitStr::new("UTC", key));
+        if timezone.value().parse::<chrono_tz::Tz>().is_err() {
+            errors.push(syn::Error::new(
+                timezone.span(),
+                format!(
+                    "unknown timezone \"{}\": use an IANA name such as \"UTC\", \
+                     \"Europe/Paris\" or \"America/New_York\"",
+                    timezone.value()
+                ),
+            ));
+        }
+        Ok(Schedule { cron, timezone })
+    }
+
+    /// `Some(ScheduleSpec { .. })` for the generated `Task::SCHEDULE`.
+    pub fn tokens(schedule: &Option<Schedule>) -> TokenStream {
+        match schedule {
+            Some(Schedule { cron, timezone, .. }) => quote! {
+                ::core::option::Option::Some(::task_runtime::__private::ScheduleSpec {
+                    cron: #cron,
+                    timezone: #timezone,
+                })
+            },
+            None => quote!(::core::option::Option::None),
+        }
+    }
 }
 
 impl Options {
@@ -143,7 +229,18 @@ impl Options {
                 self.id = Some(lit);
             }
             Key::Handle => self.handle = Some(meta.value()?.parse()?),
-            Key::Timeout => self.timeout = Some(duration(&meta.value()?.parse()?)?),
+            Key::Timeout => {
+                let lit: LitStr = meta.value()?.parse()?;
+                let timeout = duration(&lit)?;
+                if timeout.nanos == 0 {
+                    errors.push(syn::Error::new(
+                        lit.span(),
+                        "a timeout of zero would end every attempt before it starts; \
+                         leave `timeout` out for no timeout, or write e.g. \"30s\"",
+                    ));
+                }
+                self.timeout = Some(timeout);
+            }
             Key::Concurrency => {
                 let lit: LitInt = meta.value()?.parse()?;
                 let n: u32 = lit.base10_parse()?;
@@ -175,6 +272,7 @@ impl Options {
             Key::Retry => self.retry = Some(Retry::parse(meta, errors)?),
             Key::OnSuccess => self.on_success = Some(meta.value()?.parse()?),
             Key::OnFailure => self.on_failure = Some(meta.value()?.parse()?),
+            Key::Schedule => self.schedule = Some(Schedule::parse(meta, errors)?),
         }
         Ok(())
     }

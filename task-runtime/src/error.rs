@@ -123,7 +123,7 @@ fn join(issues: &[Issue]) -> String {
     parts.join("; ")
 }
 
-fn did_you_mean(suggestions: &[String]) -> String {
+pub(crate) fn did_you_mean(suggestions: &[String]) -> String {
     if suggestions.is_empty() {
         String::new()
     } else {

@@ -60,6 +60,7 @@ mod policy;
 mod registry;
 mod runs;
 mod runtime;
+mod schedules;
 mod schema;
 mod step;
 mod store;
@@ -91,6 +92,9 @@ pub use policy::{PolicyError, RetryPolicy, RunPolicy, next_delay};
 pub use registry::{BranchInfo, Registry, RegistryError, TaskDescriptor};
 pub use runs::{RunInfo, RunStatus, Runs};
 pub use runtime::{Runtime, TriggerOptions};
+pub use schedules::{
+    NewSchedule, Schedule, ScheduleError, ScheduleSpec, ScheduledInput, Schedules,
+};
 pub use schema::TaskSchemas;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use store::StoreLogLayer;
@@ -112,8 +116,8 @@ pub use sqlx;
 /// Everything a task module needs: `use task_runtime::prelude::*;`.
 pub mod prelude {
     pub use crate::{
-        BaseInput, Outcome, ResultExt, RunOutput, Runtime, Task, TaskContext, TaskError,
-        orchestrator, task, track,
+        BaseInput, Outcome, ResultExt, RunOutput, Runtime, ScheduledInput, Task, TaskContext,
+        TaskError, orchestrator, task, track,
     };
     pub use schemars::JsonSchema;
     pub use serde::{Deserialize, Serialize};

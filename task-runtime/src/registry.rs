@@ -51,6 +51,8 @@ pub struct TaskDescriptor {
     pub branches: &'static [BranchInfo],
     /// Retry, timeout and concurrency settings.
     pub policy: RunPolicy,
+    /// The cron schedule it declares (`#[task(schedule = "..")]`).
+    pub schedule: Option<crate::schedules::ScheduleSpec>,
     schemas: fn() -> &'static TaskSchemas,
     run_json: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
     run_stored: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, StoredEnd>,
@@ -89,6 +91,7 @@ impl TaskDescriptor {
             steps,
             branches,
             policy: T::POLICY,
+            schedule: T::SCHEDULE,
             schemas: T::schemas,
             run_json: run_json::<T>,
             run_stored: run_stored::<T>,

@@ -301,6 +301,11 @@ impl Runtime {
         self.inner.exec.limits
     }
 
+    /// The cron schedules of this runtime's store: create, list, delete, fire.
+    pub fn schedules(&self) -> crate::schedules::Schedules<'_> {
+        crate::schedules::Schedules { rt: self }
+    }
+
     /// The runs started in the background (`trigger`, `start`).
     pub fn runs(&self) -> Runs<'_> {
         Runs { rt: self }

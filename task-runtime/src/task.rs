@@ -76,6 +76,9 @@ pub trait Task: Send + Sync + 'static {
     const KIND: Kind = Kind::Task;
     /// Retry, timeout and concurrency settings; unset fields take the runtime's defaults.
     const POLICY: RunPolicy = RunPolicy::DEFAULT;
+    /// The cron schedule declared with `#[task(schedule = "..")]`: workers trigger a run of
+    /// it at every fire time.
+    const SCHEDULE: Option<crate::schedules::ScheduleSpec> = None;
 
     /// What a run takes (validated against its JSON Schema on every run).
     type Input: TaskInput;

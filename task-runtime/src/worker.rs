@@ -277,6 +277,9 @@ async fn work(
     );
     let keeper =
         tokio::spawn(keep_leases(shared.clone(), store.clone(), stop.clone()).in_current_span());
+    sync_schedules(&shared).await;
+    #[cfg(feature = "cron")]
+    let scheduler = tokio::spawn(fire_schedules(shared.clone(), stop.clone()).in_current_span());
     let cancels = store
         .cancel_requests()
         .map(|requests| tokio::spawn(forward_cancels(shared.clone(), requests).in_current_span()));
@@ -394,6 +397,8 @@ async fn work(
         }
     }
     keeper.abort();
+    #[cfg(feature = "cron")]
+    scheduler.abort();
     if let Some(cancels) = cancels {
         cancels.abort();
     }
@@ -516,6 +521,44 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             envelope: Box::new(end.envelope),
             expired_before: None,
         },
+    }
+}
+
+/// Brings the schedules declared in this binary's code into the store.
+async fn sync_schedules(shared: &Shared) {
+    #[cfg(feature = "cron")]
+    if let Err(error) = shared.rt.schedules().sync_declared().await {
+        tracing::error!(%error, "the declared schedules could not be stored; they do not fire");
+    }
+    #[cfg(not(feature = "cron"))]
+    if let Some(task) = shared
+        .rt
+        .registry()
+        .entries()
+        .iter()
+        .find(|d| d.schedule.is_some())
+    {
+        tracing::error!(
+            task = task.id,
+            "a task declares a schedule, but task-runtime was built without its `cron` feature: it never fires"
+        );
+    }
+}
+
+/// Fires the store's due schedules, every second, until the worker stops (a fire is a
+/// trigger: the claim loop then executes it like any run).
+#[cfg(feature = "cron")]
+async fn fire_schedules(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        if let Err(error) = shared.rt.schedules().fire_due(SystemTime::now()).await {
+            tracing::warn!(%error, "firing due schedules failed; trying again in a second");
+        }
     }
 }
 

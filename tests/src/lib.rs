@@ -9,6 +9,7 @@ use task_runtime::prelude::*;
 pub mod pg;
 pub mod probe;
 pub mod recorder;
+pub mod scheduled;
 
 use probe::Probe;
 

@@ -39,6 +39,16 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
         Range::of(error).last,
     );
     let registration = registration(handle, description, quote!(&[]), quote!(&[]));
+    let schedule = crate::options::Schedule::tokens(&options.schedule);
+    // A scheduled task is triggered with what the schedule knows: its input must be
+    // `ScheduledInput`, reported at the input type.
+    let scheduled_input = options.schedule.as_ref().map(|_| {
+        let check = respan(
+            quote!(#p::scheduled_input::<#input>),
+            Range::of(input).first,
+        );
+        quote!(const _: fn() = || #check();)
+    });
 
     quote! {
         #item
@@ -51,6 +61,7 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
             impl #p::Task for #handle {
                 const ID: &'static str = #id;
                 const POLICY: #p::RunPolicy = #policy;
+                const SCHEDULE: ::core::option::Option<#p::ScheduleSpec> = #schedule;
                 #hooks
                 #input_type
                 #output_type
@@ -70,6 +81,8 @@ pub fn expand(def: &TaskDef, sig: &Signature) -> TokenStream {
                     #p::schemas::<Self>(&SCHEMAS)
                 }
             }
+
+            #scheduled_input
 
             #registration
         };

@@ -30,6 +30,7 @@ pub fn parse(args: TokenStream, item: ItemFn, errors: &mut Errors) -> TaskDef {
             Key::Concurrency,
             Key::OnSuccess,
             Key::OnFailure,
+            Key::Schedule,
         ],
         errors,
     );

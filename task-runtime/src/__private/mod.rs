@@ -14,6 +14,7 @@ pub use crate::builder::Registered;
 pub use crate::compose::orchestrator::{Branches, FailurePolicy, Outcome};
 pub use crate::policy::{RetryPolicy, RunPolicy};
 pub use crate::registry::{BranchInfo, Registration, TaskDescriptor};
+pub use crate::schedules::{ScheduleSpec, scheduled_input};
 pub use crate::schema::{SchemaCell, TaskSchemas};
 pub use crate::task::{Kind, Task, TaskInput, TaskOutput};
 pub use crate::{TaskContext, TaskError};

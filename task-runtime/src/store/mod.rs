@@ -36,6 +36,7 @@ use crate::envelope::RunOutput;
 use crate::error::TaskError;
 use crate::id::RunId;
 use crate::runs::{RunInfo, RunStatus};
+use crate::schedules::Schedule;
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use log_layer::StoreLogLayer;
@@ -234,6 +235,18 @@ pub enum StoreError {
         /// What the database said.
         reason: String,
     },
+}
+
+/// A schedule's fire: move its next fire time from `expected` to `next` and commit `run`,
+/// together; nothing when another worker moved it first.
+#[derive(Debug, Clone)]
+pub(crate) struct ScheduleFire {
+    pub id: String,
+    pub expected: SystemTime,
+    pub next: Option<SystemTime>,
+    pub slot: SystemTime,
+    /// `None` when the task refused the schedule's input (the fire is skipped, logged).
+    pub run: Option<NewRun>,
 }
 
 /// A run to commit.
@@ -579,6 +592,32 @@ pub(crate) trait RunStore: Send + Sync + 'static {
 
     /// A run's log lines, in order.
     fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>>;
+
+    /// Brings the declared schedules in step with `declared` (the code's): adds new ones,
+    /// updates changed patterns (their next fire time with them), and deletes the declared
+    /// schedules of `known_tasks` that no longer declare one.
+    fn sync_schedules(
+        &self,
+        declared: Vec<Schedule>,
+        known_tasks: Vec<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Stores a created schedule.
+    fn create_schedule(&self, schedule: Schedule) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Every schedule, by id.
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>>;
+
+    /// Deletes a created schedule; `false` when there is none with this id.
+    fn delete_schedule(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Schedules whose next fire time is at or before `now`.
+    fn due_schedules(&self, now: SystemTime) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>>;
+
+    /// Fires a schedule (see [`ScheduleFire`]): the run's id, `None` when another worker
+    /// fired it first.
+    fn fire_schedule(&self, fire: ScheduleFire)
+    -> BoxFuture<'_, Result<Option<RunId>, StoreError>>;
 
     /// Resolves when the store may have changed (a write by this process, or by another
     /// one seen through polling or a notification), or after `within`.

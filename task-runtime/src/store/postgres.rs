@@ -52,15 +52,19 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
     HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
-    Settle, StoreError, later, millis, time,
+    ScheduleFire, Settle, StoreError, later, millis, time,
 };
 use crate::envelope::RunOutput;
 use crate::exec::seed::lock;
 use crate::id::RunId;
 use crate::runs::RunStatus;
+use crate::schedules::Schedule;
 
 /// The migrations, embedded: version, description and SQL.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(1, "runs", include_str!("postgres/0001_runs.sql"))];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "runs", include_str!("postgres/0001_runs.sql")),
+    (2, "schedules", include_str!("postgres/0002_schedules.sql")),
+];
 
 /// The schema everything lives in.
 const SCHEMA: &str = "task_runtime";
@@ -585,6 +589,50 @@ fn to_i64(duration: Duration) -> i64 {
 /// Inserts `runs` on `conn` (in the caller's transaction, if it has one; one with
 /// idempotency keys needs one) and notifies idle workers when that commits. A run holding
 /// a live run's idempotency key is not inserted: that run's id is the answer.
+const SCHEDULE_COLUMNS: &str = "id, task, cron, timezone, tenant_id, project_id, external_id,
+     declared, next_fire_at, last_fired_at, created_at";
+
+fn schedule_of(row: &PgRow) -> Result<Schedule, sqlx::Error> {
+    Ok(Schedule {
+        id: row.try_get("id")?,
+        task: row.try_get("task")?,
+        cron: row.try_get("cron")?,
+        timezone: row.try_get("timezone")?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        external_id: row.try_get("external_id")?,
+        declared: row.try_get("declared")?,
+        next_fire_at: row.try_get::<Option<i64>, _>("next_fire_at")?.map(time),
+        last_fired_at: row.try_get::<Option<i64>, _>("last_fired_at")?.map(time),
+        created_at: time(row.try_get("created_at")?),
+    })
+}
+
+async fn insert_schedule(
+    conn: &mut PgConnection,
+    s: &Schedule,
+    on_conflict: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO task_runtime.schedules ({SCHEDULE_COLUMNS})
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) {on_conflict}"
+    )))
+    .bind(&s.id)
+    .bind(&s.task)
+    .bind(&s.cron)
+    .bind(&s.timezone)
+    .bind(&s.tenant_id)
+    .bind(&s.project_id)
+    .bind(&s.external_id)
+    .bind(s.declared)
+    .bind(s.next_fire_at.map(millis))
+    .bind(s.last_fired_at.map(millis))
+    .bind(millis(s.created_at))
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
+}
+
 pub(crate) async fn insert_runs(
     conn: &mut PgConnection,
     runs: &[NewRun],
@@ -1631,6 +1679,159 @@ impl RunStore for PostgresStore {
     fn record(&self, op: JournalOp) {
         lock(&self.journal.ops).push(op);
         self.journal.wake.notify_one();
+    }
+
+    fn sync_schedules(
+        &self,
+        declared: Vec<Schedule>,
+        known_tasks: Vec<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.shared
+                .run(|conn| {
+                    let (declared, known) = (declared.clone(), known_tasks.clone());
+                    Box::pin(async move {
+                        let mut tx = conn.begin().await?;
+                        // Workers starting at once: one at a time.
+                        sqlx::query(
+                            "LOCK TABLE task_runtime.schedules IN SHARE ROW EXCLUSIVE MODE",
+                        )
+                        .execute(&mut *tx)
+                        .await?;
+                        // A changed pattern starts again from its own next fire time.
+                        let update = "ON CONFLICT (id) DO UPDATE SET task = excluded.task,
+                             cron = excluded.cron, timezone = excluded.timezone,
+                             next_fire_at = CASE WHEN schedules.cron = excluded.cron
+                                                  AND schedules.timezone = excluded.timezone
+                                                 THEN schedules.next_fire_at
+                                                 ELSE excluded.next_fire_at END";
+                        for schedule in &declared {
+                            insert_schedule(&mut tx, schedule, update).await?;
+                        }
+                        let keep: Vec<String> = declared.iter().map(|s| s.id.clone()).collect();
+                        sqlx::query(
+                            "DELETE FROM task_runtime.schedules
+                              WHERE declared AND task = ANY($1) AND NOT (id = ANY($2))",
+                        )
+                        .bind(&known)
+                        .bind(&keep)
+                        .execute(&mut *tx)
+                        .await?;
+                        tx.commit().await
+                    })
+                })
+                .await
+        })
+    }
+
+    fn create_schedule(&self, schedule: Schedule) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.shared
+                .run(|conn| {
+                    let schedule = schedule.clone();
+                    Box::pin(async move { insert_schedule(conn, &schedule, "").await })
+                })
+                .await
+        })
+    }
+
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>> {
+        Box::pin(async move {
+            self.shared
+                .run(|conn| {
+                    Box::pin(async move {
+                        let rows = sqlx::query(AssertSqlSafe(format!(
+                            "SELECT {SCHEDULE_COLUMNS} FROM task_runtime.schedules ORDER BY id"
+                        )))
+                        .fetch_all(&mut *conn)
+                        .await?;
+                        rows.iter().map(schedule_of).collect()
+                    })
+                })
+                .await
+        })
+    }
+
+    fn delete_schedule(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            self.shared
+                .run(|conn| {
+                    let id = id.clone();
+                    Box::pin(async move {
+                        let deleted = sqlx::query(
+                            "DELETE FROM task_runtime.schedules WHERE id = $1 AND NOT declared",
+                        )
+                        .bind(&id)
+                        .execute(&mut *conn)
+                        .await?;
+                        Ok(deleted.rows_affected() == 1)
+                    })
+                })
+                .await
+        })
+    }
+
+    fn due_schedules(&self, now: SystemTime) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>> {
+        Box::pin(async move {
+            let now = millis(now);
+            self.shared
+                .run(|conn| {
+                    Box::pin(async move {
+                        let rows = sqlx::query(AssertSqlSafe(format!(
+                            "SELECT {SCHEDULE_COLUMNS} FROM task_runtime.schedules
+                              WHERE next_fire_at IS NOT NULL AND next_fire_at <= $1
+                              ORDER BY next_fire_at"
+                        )))
+                        .bind(now)
+                        .fetch_all(&mut *conn)
+                        .await?;
+                        rows.iter().map(schedule_of).collect()
+                    })
+                })
+                .await
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        fire: ScheduleFire,
+    ) -> BoxFuture<'_, Result<Option<RunId>, StoreError>> {
+        Box::pin(async move {
+            let fired = self
+                .shared
+                .run(|conn| {
+                    let fire = fire.clone();
+                    Box::pin(async move {
+                        let mut tx = conn.begin().await?;
+                        let moved = sqlx::query(
+                            "UPDATE task_runtime.schedules SET next_fire_at = $1, last_fired_at = $2
+                              WHERE id = $3 AND next_fire_at = $4",
+                        )
+                        .bind(fire.next.map(millis))
+                        .bind(millis(fire.slot))
+                        .bind(&fire.id)
+                        .bind(millis(fire.expected))
+                        .execute(&mut *tx)
+                        .await?;
+                        if moved.rows_affected() == 0 {
+                            return Ok(None);
+                        }
+                        let id = match &fire.run {
+                            Some(run) => insert_runs(&mut tx, std::slice::from_ref(run))
+                                .await?
+                                .into_iter()
+                                .next()
+                                .map(|e| e.id),
+                            None => None,
+                        };
+                        tx.commit().await?;
+                        Ok(id)
+                    })
+                })
+                .await?;
+            self.shared.changes.bump();
+            Ok(fired)
+        })
     }
 
     fn sync_journal(&self) -> BoxFuture<'_, Result<(), StoreError>> {

@@ -29,11 +29,12 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use super::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
     HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
-    Settle, StoreError, later, millis, time,
+    ScheduleFire, Settle, StoreError, later, millis, time,
 };
 use crate::envelope::RunOutput;
 use crate::id::RunId;
 use crate::runs::RunStatus;
+use crate::schedules::Schedule;
 
 /// The migrations, embedded: version and SQL.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -43,6 +44,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "concurrency keys",
         include_str!("sqlite/0002_concurrency_keys.sql"),
     ),
+    (3, "schedules", include_str!("sqlite/0003_schedules.sql")),
 ];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
@@ -94,6 +96,24 @@ enum Write {
     Logs(Vec<LogLine>),
     /// Answered once the journal writes queued before it are committed.
     Sync(oneshot::Sender<Result<(), StoreError>>),
+    Schedule(
+        Box<ScheduleWrite>,
+        oneshot::Sender<Result<ScheduleReply, StoreError>>,
+    ),
+}
+
+/// A write to the schedules.
+enum ScheduleWrite {
+    Sync(Vec<Schedule>, Vec<String>),
+    Create(Schedule),
+    Delete(String),
+    Fire(ScheduleFire),
+}
+
+enum ScheduleReply {
+    Done,
+    Deleted(bool),
+    Fired(Option<RunId>),
 }
 
 /// The parts of a `sqlite://` URL.
@@ -477,6 +497,11 @@ enum Done {
         CancelOutcome,
     ),
     Sync(oneshot::Sender<Result<(), StoreError>>),
+    Schedule(
+        Box<ScheduleWrite>,
+        oneshot::Sender<Result<ScheduleReply, StoreError>>,
+        ScheduleReply,
+    ),
 }
 
 impl Done {
@@ -489,6 +514,7 @@ impl Done {
             Done::Settle(_, tx, r) | Done::EndQueued(_, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Sync(tx) => drop(tx.send(commit)),
+            Done::Schedule(_, tx, r) => drop(tx.send(commit.map(|()| r))),
         }
     }
 
@@ -504,6 +530,7 @@ impl Done {
             Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
             Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
             Done::Sync(tx) => Write::Sync(tx),
+            Done::Schedule(write, tx, _) => Write::Schedule(write, tx),
         }
     }
 }
@@ -516,6 +543,7 @@ fn reject(write: Write, error: &StoreError) {
         Write::Settle(_, tx) | Write::EndQueued(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
         Write::Sync(tx) => drop(tx.send(Err(error.clone()))),
+        Write::Schedule(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Journal(_) | Write::Logs(_) => {}
     }
 }
@@ -554,6 +582,10 @@ async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::
         },
         // The journal queued before it is flushed first, in this transaction.
         Write::Sync(tx) => Ok(Done::Sync(tx)),
+        Write::Schedule(write, tx) => match write_schedule(conn, &write).await {
+            Ok(r) => Ok(Done::Schedule(write, tx, r)),
+            Err(e) => Err((Write::Schedule(write, tx), e)),
+        },
         Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
     }
 }
@@ -636,6 +668,113 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
         });
     }
     Ok(out)
+}
+
+const SCHEDULE_COLUMNS: &str = "id, task, cron, timezone, tenant_id, project_id, external_id,
+     declared, next_fire_at, last_fired_at, created_at";
+
+fn schedule_of(row: &SqliteRow) -> Result<Schedule, sqlx::Error> {
+    Ok(Schedule {
+        id: row.try_get("id")?,
+        task: row.try_get("task")?,
+        cron: row.try_get("cron")?,
+        timezone: row.try_get("timezone")?,
+        tenant_id: row.try_get("tenant_id")?,
+        project_id: row.try_get("project_id")?,
+        external_id: row.try_get("external_id")?,
+        declared: row.try_get::<i64, _>("declared")? != 0,
+        next_fire_at: row.try_get::<Option<i64>, _>("next_fire_at")?.map(time),
+        last_fired_at: row.try_get::<Option<i64>, _>("last_fired_at")?.map(time),
+        created_at: time(row.try_get("created_at")?),
+    })
+}
+
+async fn insert_schedule(
+    conn: &mut Conn,
+    s: &Schedule,
+    on_conflict: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO schedules ({SCHEDULE_COLUMNS})
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {on_conflict}"
+    )))
+    .bind(&s.id)
+    .bind(&s.task)
+    .bind(&s.cron)
+    .bind(&s.timezone)
+    .bind(&s.tenant_id)
+    .bind(&s.project_id)
+    .bind(&s.external_id)
+    .bind(i64::from(s.declared))
+    .bind(s.next_fire_at.map(millis))
+    .bind(s.last_fired_at.map(millis))
+    .bind(millis(s.created_at))
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
+}
+
+async fn write_schedule(
+    conn: &mut Conn,
+    write: &ScheduleWrite,
+) -> Result<ScheduleReply, sqlx::Error> {
+    match write {
+        ScheduleWrite::Sync(declared, known) => {
+            // A changed pattern starts again from its own next fire time.
+            let update = "ON CONFLICT (id) DO UPDATE SET task = excluded.task,
+                 cron = excluded.cron, timezone = excluded.timezone,
+                 next_fire_at = CASE WHEN schedules.cron = excluded.cron
+                                      AND schedules.timezone = excluded.timezone
+                                     THEN schedules.next_fire_at ELSE excluded.next_fire_at END";
+            for schedule in declared {
+                insert_schedule(conn, schedule, update).await?;
+            }
+            let keep: Vec<&str> = declared.iter().map(|s| s.id.as_str()).collect();
+            sqlx::query(AssertSqlSafe(format!(
+                "DELETE FROM schedules WHERE declared = 1 AND task IN ({}) AND id NOT IN ({})",
+                placeholders(known.len(), 1),
+                placeholders(keep.len(), known.len() + 1)
+            )))
+            .bind_all(known)
+            .bind_all(&keep)
+            .execute(&mut *conn)
+            .await?;
+            Ok(ScheduleReply::Done)
+        }
+        ScheduleWrite::Create(schedule) => {
+            insert_schedule(conn, schedule, "").await?;
+            Ok(ScheduleReply::Done)
+        }
+        ScheduleWrite::Delete(id) => {
+            let deleted = sqlx::query("DELETE FROM schedules WHERE id = ?1 AND declared = 0")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Ok(ScheduleReply::Deleted(deleted.rows_affected() == 1))
+        }
+        ScheduleWrite::Fire(fire) => {
+            let moved = sqlx::query(
+                "UPDATE schedules SET next_fire_at = ?1, last_fired_at = ?2
+                 WHERE id = ?3 AND next_fire_at = ?4",
+            )
+            .bind(fire.next.map(millis))
+            .bind(millis(fire.slot))
+            .bind(&fire.id)
+            .bind(millis(fire.expected))
+            .execute(&mut *conn)
+            .await?;
+            if moved.rows_affected() == 0 {
+                return Ok(ScheduleReply::Fired(None));
+            }
+            let Some(run) = &fire.run else {
+                return Ok(ScheduleReply::Fired(None));
+            };
+            let enqueued = enqueue(conn, std::slice::from_ref(run)).await?;
+            Ok(ScheduleReply::Fired(
+                enqueued.into_iter().next().map(|e| e.id),
+            ))
+        }
+    }
 }
 
 fn placeholders(count: usize, first: usize) -> String {
@@ -1443,6 +1582,85 @@ impl RunStore for SqliteStore {
 
     fn sync_journal(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(self.write(Write::Sync))
+    }
+
+    fn sync_schedules(
+        &self,
+        declared: Vec<Schedule>,
+        known_tasks: Vec<String>,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write(|tx| Write::Schedule(Box::new(ScheduleWrite::Sync(declared, known_tasks)), tx))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn create_schedule(&self, schedule: Schedule) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write(|tx| Write::Schedule(Box::new(ScheduleWrite::Create(schedule)), tx))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn list_schedules(&self) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules ORDER BY id"
+            )))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(schedule_of)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    fn delete_schedule(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(|tx| Write::Schedule(Box::new(ScheduleWrite::Delete(id)), tx))
+                .await?
+            {
+                ScheduleReply::Deleted(deleted) => Ok(deleted),
+                _ => Ok(false),
+            }
+        })
+    }
+
+    fn due_schedules(&self, now: SystemTime) -> BoxFuture<'_, Result<Vec<Schedule>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {SCHEDULE_COLUMNS} FROM schedules
+                 WHERE next_fire_at IS NOT NULL AND next_fire_at <= ?1 ORDER BY next_fire_at"
+            )))
+            .bind(millis(now))
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(schedule_of)
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    fn fire_schedule(
+        &self,
+        fire: ScheduleFire,
+    ) -> BoxFuture<'_, Result<Option<RunId>, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(|tx| Write::Schedule(Box::new(ScheduleWrite::Fire(fire)), tx))
+                .await?
+            {
+                ScheduleReply::Fired(id) => Ok(id),
+                _ => Ok(None),
+            }
+        })
     }
 
     fn log(&self, line: LogLine) {
