@@ -1,7 +1,8 @@
 //! The HTTP API over a real listening server (127.0.0.1, an ephemeral port) on a real SQLite
 //! file with a worker: every endpoint, every error status, cursor pagination, API keys
 //! (revocation effective at once), a tenant-isolation sweep, and the event stream with a
-//! reconnect from `Last-Event-ID`.
+//! reconnect from `Last-Event-ID`; the same API on PostgreSQL; and the CLI's `keys` and
+//! `serve` commands as a user runs them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -37,9 +38,11 @@ impl Server {
 
     async fn start_with(name: &str, builder: task_runtime::RuntimeBuilder) -> Server {
         let dir = scratch(name);
-        let store = Store::connect(&format!("sqlite://{}/runs.db", dir.display()))
-            .await
-            .expect("store opens");
+        Server::on(&format!("sqlite://{}/runs.db", dir.display()), builder).await
+    }
+
+    async fn on(url: &str, builder: task_runtime::RuntimeBuilder) -> Server {
+        let store = Store::connect(url).await.expect("store opens");
         let rt = builder.store(store.clone()).build().unwrap();
         let worker = rt.worker().concurrency(4).start();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -796,4 +799,175 @@ async fn run_events_stream_live_and_resume_from_last_event_id() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_and_its_keys_work_on_postgres_too() {
+    let url = task_tests::pg::server().database("http_api");
+    let server = Server::on(&url, Runtime::builder()).await;
+    let new = create_key(&server.store, "acme").await.unwrap();
+    let globex = server.key("globex").await;
+    let id = server.trigger(&new.key, "double", double(21)).await;
+    let run = server.until_status(&new.key, &id, "completed").await;
+    assert_eq!(run["tenantId"], "acme");
+    assert_eq!(run["envelope"]["results"], json!({ "value": 42 }));
+    let (status, error) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{id}"),
+            Some(&globex),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(error["kind"], "notFound");
+    let (_, page) = server
+        .call(Method::GET, "/api/v1/runs", Some(&globex), None)
+        .await;
+    assert_eq!(page["data"], json!([]));
+    revoke_key(&server.store, &new.info.id).await.unwrap();
+    let (status, _) = server
+        .call(Method::GET, "/api/v1/runs", Some(&new.key), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let keys = list_keys(&server.store).await.unwrap();
+    assert_eq!(keys.len(), 2);
+    server.stop().await;
+}
+
+const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
+
+/// `serve` killed (SIGTERM) when the test ends however it ends.
+struct Serving(std::process::Child);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_serve_from_the_command_line() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let dir = scratch("cli");
+    let url = format!("sqlite://{}/runs.db", dir.display());
+    let app = |args: &[&str]| {
+        Command::new(APP)
+            .env("TASK_STORE", &url)
+            .args(args)
+            .output()
+            .expect("the binary runs")
+    };
+    let created = app(&["keys", "create", "--tenant", "acme"]);
+    assert!(created.status.success(), "{created:?}");
+    let key = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(key.starts_with("tk_"), "{key}");
+    let stderr = String::from_utf8(created.stderr).unwrap();
+    assert!(stderr.contains("shown this once"), "{stderr}");
+    let listed = app(&["keys", "list", "--json"]);
+    assert!(listed.status.success());
+    let keys: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(keys[0]["tenantId"], "acme");
+    assert_eq!(keys[0]["lastFour"], key[key.len() - 4..]);
+    assert!(!String::from_utf8_lossy(&listed.stdout).contains(&key));
+    let second = app(&["keys", "create", "--tenant", "acme"]);
+    let second = String::from_utf8(second.stdout).unwrap().trim().to_owned();
+    let table = app(&["keys", "list"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("live"));
+    let missing = app(&["keys", "revoke", "zzzz-none"]);
+    assert_eq!(missing.status.code(), Some(2));
+
+    let mut serve = Serving(
+        Command::new(APP)
+            .env("TASK_STORE", &url)
+            .args(["serve", "--listen", "127.0.0.1:0", "--grace", "5s"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut stderr = BufReader::new(serve.0.stderr.take().unwrap());
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break format!("http://{}", rest.split('/').next().unwrap());
+        }
+    };
+    // Drain the rest of stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    let client = Client::new();
+    let reply: Value = client
+        .post(format!("{base}/api/v1/tasks/double/trigger"))
+        .bearer_auth(&key)
+        .json(&double(4))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let mut finished = Value::Null;
+    for _ in 0..400 {
+        let run: Value = client
+            .get(format!("{base}/api/v1/runs/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if run["status"] == "completed" {
+            finished = run;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        finished["envelope"]["results"],
+        json!({ "value": 8 }),
+        "the worker of serve ran it"
+    );
+
+    // Revoked from another process: refused by the server at once.
+    let revoked = app(&["keys", "revoke", &key[key.len() - 4..]]);
+    assert!(revoked.status.success(), "{revoked:?}");
+    let status = client
+        .get(format!("{base}/api/v1/runs"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let status = client
+        .get(format!("{base}/api/v1/runs"))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::OK);
+
+    // SIGTERM: a graceful stop, exit code 0.
+    let killed = Command::new("kill")
+        .args(["-TERM", &serve.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(status) = serve.0.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(std::time::Instant::now() < deadline, "serve did not stop");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(code, Some(0));
 }
