@@ -201,6 +201,22 @@ async fn a_triggered_run_is_executed_and_read_back_with_its_envelope() {
     let first = server.trigger(&key, "double", body.clone()).await;
     let second = server.trigger(&key, "double", body).await;
     assert_eq!(first, second);
+    // The same key with another payload is a conflict naming the run that holds it.
+    let (status, error) = server
+        .call(
+            Method::POST,
+            "/api/v1/tasks/double/trigger",
+            Some(&key),
+            Some(json!({ "payload": { "projectId": "docs", "value": 2 },
+                         "options": { "idempotencyKey": "order-42" } })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{error}");
+    assert_eq!(error["kind"], "rejected");
+    assert!(
+        error["reason"].as_str().unwrap().contains(&first),
+        "{error}"
+    );
     server.stop().await;
 }
 

@@ -12,6 +12,7 @@
 //! | 401 | no key, an unknown key or a revoked one |
 //! | 403 | the payload's `tenantId` is another tenant than the key's |
 //! | 404 | no such task, no such run, or another tenant's run |
+//! | 409 | the idempotency key is held by a run triggered with another payload |
 //! | 413 | the body is over the runtime's input limit (refused before it is parsed) |
 //! | 422 | the payload breaks the task's input schema, or the options are invalid |
 //! | 503 | the store cannot be reached, or the runtime is shutting down |

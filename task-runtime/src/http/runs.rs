@@ -188,10 +188,32 @@ pub(super) async fn trigger(
     if !issues.is_empty() {
         return Err(ApiError::of(TaskError::invalid_input(issues)));
     }
+    let keyed = options
+        .get_idempotency_key()
+        .map(|key| (key.to_owned(), payload.clone()));
     let handle = rt
         .trigger_with(&id, payload, options)
         .await
         .map_err(|e| ApiError::of(e.error))?;
+    if let Some((key, payload)) = keyed {
+        // A live key returns the run holding it; with another payload that is a conflict.
+        let held = rt
+            .runs()
+            .get(handle.run_id())
+            .await
+            .map_err(ApiError::store)?;
+        if let Some(held) = held
+            && held.input != payload
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                TaskError::rejected(format!(
+                    "idempotency key '{key}' is held by run {} of another payload",
+                    held.id
+                )),
+            ));
+        }
+    }
     Ok(Json(json!({ "id": handle.run_id() })))
 }
 
