@@ -195,6 +195,26 @@ async fn a_triggered_run_is_executed_and_read_back_with_its_envelope() {
     );
     assert!(schema["output"].is_object());
 
+    // The runs page is served at `/`, without a key (it asks for one).
+    let page = server
+        .client
+        .get(format!("{}/", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    assert!(
+        html.contains("/api/v1/runs") && html.contains("/events"),
+        "{html}"
+    );
+
     // An idempotency key returns the first run.
     let body = json!({ "payload": { "projectId": "docs", "value": 1 },
                        "options": { "idempotencyKey": "order-42" } });

@@ -17,6 +17,9 @@
 //! | 422 | the payload breaks the task's input schema, or the options are invalid |
 //! | 503 | the store cannot be reached, or the runtime is shutting down |
 //!
+//! `GET /` is the runs page: the list with filters, a run's detail (input, envelope, its
+//! child runs, logs), following the run live, with cancel and replay buttons.
+//!
 //! Routes: `POST /api/v1/tasks/{id}/trigger`, `GET /api/v1/runs/{id}`,
 //! `GET /api/v1/runs?status=&task=&tag=&cursor=&limit=`, `POST /api/v1/runs/{id}/cancel`,
 //! `POST /api/v1/runs/{id}/replay`, `GET /api/v1/runs/{id}/logs`,
@@ -56,6 +59,7 @@ pub(crate) struct AppState {
 /// ```
 pub fn router(rt: Runtime) -> Router {
     Router::new()
+        .route("/", get(page))
         .route("/api/v1/tasks", get(runs::tasks))
         .route("/api/v1/tasks/{id}/schema", get(runs::schema))
         .route("/api/v1/tasks/{id}/trigger", post(runs::trigger))
@@ -78,6 +82,12 @@ pub async fn serve(
     axum::serve(listener, router(rt))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The runs page: static HTML and script, embedded; it asks for an API key and reads
+/// everything through the API (so it sees only that key's tenant).
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
 }
 
 async fn not_found_route() -> ApiError {
