@@ -991,6 +991,33 @@ async fn keys_and_serve_from_the_command_line() {
         .status();
     assert_eq!(status, StatusCode::OK);
 
+    // An event stream open on a run that waits an hour does not hold the shutdown.
+    let delayed: Value = client
+        .post(format!("{base}/api/v1/tasks/double/trigger"))
+        .bearer_auth(&second)
+        .json(&json!({ "payload": { "projectId": "docs", "value": 1 }, "options": { "delay": "1h" } }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut open = client
+        .get(format!(
+            "{base}/api/v1/runs/{}/events",
+            delayed["id"].as_str().unwrap()
+        ))
+        .bearer_auth(&second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), StatusCode::OK);
+    let first = open.chunk().await.unwrap().unwrap();
+    assert!(
+        String::from_utf8_lossy(&first).contains("delayed"),
+        "{first:?}"
+    );
+
     // SIGTERM: a graceful stop, exit code 0.
     let killed = Command::new("kill")
         .args(["-TERM", &serve.0.id().to_string()])
@@ -1006,4 +1033,13 @@ async fn keys_and_serve_from_the_command_line() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(code, Some(0));
+    // The stream ended with the server.
+    let rest = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(Some(_)) = open.chunk().await {}
+    })
+    .await;
+    assert!(
+        rest.is_ok(),
+        "the event stream stays open after serve stopped"
+    );
 }

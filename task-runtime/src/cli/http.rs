@@ -62,7 +62,7 @@ pub(super) async fn serve(runtime: &Runtime, args: ServeArgs, err: &mut impl Wri
     let worker = runtime.worker().concurrency(args.concurrency).start();
     let _ = writeln!(
         err,
-        "serving the API on http://{address}/api/v1 (Ctrl-C stops)"
+        "serving the runs page on http://{address}/ and the API under /api/v1 (Ctrl-C stops)"
     );
     tracing::info!(%address, worker = worker.id(), "serving");
     let served = crate::http::serve(listener, runtime.clone(), stop_signal()).await;

@@ -18,6 +18,7 @@ use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures_util::Stream;
 use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use super::auth::Caller;
 use super::runs::owned_run;
@@ -67,6 +68,7 @@ impl Cursor {
 
 struct Follow {
     rt: Runtime,
+    stopping: CancellationToken,
     run_id: RunId,
     cursor: Cursor,
     pending: VecDeque<Event>,
@@ -135,10 +137,16 @@ impl Follow {
             if self.cursor.ended {
                 return None;
             }
+            if self.stopping.is_cancelled() {
+                return None;
+            }
             if !self.first
                 && let Some(store) = self.rt.store()
             {
-                store.changed(POLL).await;
+                tokio::select! {
+                    () = store.changed(POLL) => {}
+                    () = self.stopping.cancelled() => return None,
+                }
             }
             self.first = false;
             self.look().await;
@@ -171,6 +179,7 @@ pub(super) async fn events(
     };
     let follow = Follow {
         rt: state.rt.clone(),
+        stopping: state.stopping.clone(),
         run_id: info.id,
         cursor,
         pending: VecDeque::new(),

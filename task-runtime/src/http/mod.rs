@@ -37,6 +37,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
 
 use crate::Runtime;
 use crate::error::{ErrorKind, TaskError};
@@ -48,6 +49,9 @@ pub use auth::{ApiKeyInfo, KeyError, NewApiKey, create_key, list_keys, revoke_ke
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) rt: Runtime,
+    /// Cancelled when [`serve`] stops: event streams end, so open ones do not hold the
+    /// graceful shutdown.
+    pub(crate) stopping: CancellationToken,
 }
 
 /// The API's routes on `rt` (which needs a store: keys and runs live there).
@@ -58,6 +62,10 @@ pub(crate) struct AppState {
 /// # }
 /// ```
 pub fn router(rt: Runtime) -> Router {
+    routes(rt, CancellationToken::new())
+}
+
+fn routes(rt: Runtime, stopping: CancellationToken) -> Router {
     Router::new()
         .route("/", get(page))
         .route("/api/v1/tasks", get(runs::tasks))
@@ -70,17 +78,24 @@ pub fn router(rt: Runtime) -> Router {
         .route("/api/v1/runs/{id}/logs", get(runs::logs))
         .route("/api/v1/runs/{id}/events", get(events::events))
         .fallback(not_found_route)
-        .with_state(AppState { rt })
+        .with_state(AppState { rt, stopping })
 }
 
-/// Serves [`router`] on `listener` until `shutdown` resolves, then lets open requests end.
+/// Serves [`router`] on `listener` until `shutdown` resolves, then lets open requests end
+/// (event streams end at once, with no final event: a client reconnects elsewhere with its
+/// `Last-Event-ID`).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     rt: Runtime,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(rt))
-        .with_graceful_shutdown(shutdown)
+    let stopping = CancellationToken::new();
+    let stop = stopping.clone();
+    axum::serve(listener, routes(rt, stopping))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stop.cancel();
+        })
         .await
 }
 
