@@ -40,12 +40,13 @@
 //! Features: `cli` (default) mounts the command line and its logging setup; `sqlite`
 //! (default) keeps durable runs in an embedded SQLite file; `postgres` keeps them in
 //! PostgreSQL for many workers on many machines (and adds `Runtime::trigger_in`); `test-util`
-//! gives `TaskContext::for_test()` for calling task fns directly in unit tests.
+//! gives `TaskContext::for_test()` for calling task fns directly in unit tests; `http` adds the
+//! HTTP API ([`http::router`]) and the CLI's `serve` and `keys` commands.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 mod builder;
-#[cfg(feature = "cli")]
+#[cfg(any(feature = "cli", feature = "http"))]
 mod catalog;
 mod compose;
 mod context;
@@ -71,6 +72,8 @@ mod worker;
 
 #[cfg(feature = "cli")]
 pub mod cli;
+#[cfg(feature = "http")]
+pub mod http;
 #[cfg(feature = "cli")]
 pub mod logging;
 

@@ -198,7 +198,7 @@ pub(super) async fn worker(runtime: &Runtime, args: WorkerArgs, err: &mut impl W
 }
 
 /// Ctrl-C, or SIGTERM on Unix.
-async fn stop_signal() {
+pub(super) async fn stop_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};

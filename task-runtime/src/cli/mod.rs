@@ -38,6 +38,8 @@ use clap::{Parser, Subcommand};
 use serde::Serialize;
 
 mod durable;
+#[cfg(feature = "http")]
+mod http;
 mod input;
 
 use input::{InputFailure, InputSource, read_input};
@@ -185,6 +187,13 @@ enum Command {
     /// Look at, cancel or replay the store's runs.
     #[command(subcommand)]
     Runs(durable::RunsCommand),
+    /// Serve the HTTP API and run a worker on the store until Ctrl-C or SIGTERM.
+    #[cfg(feature = "http")]
+    Serve(http::ServeArgs),
+    /// Create, list and revoke the HTTP API's keys.
+    #[cfg(feature = "http")]
+    #[command(subcommand)]
+    Keys(http::KeysCommand),
 }
 
 /// Prints clap's message (help and version to `out`, errors to `err`) and returns its code.
@@ -210,10 +219,12 @@ async fn execute(
     logs: Option<logging::StoreSlot>,
 ) -> u8 {
     let Cli { store, command, .. } = cli;
-    let needs_store = matches!(
-        command,
-        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_)
-    );
+    let needs_store = match &command {
+        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) => true,
+        #[cfg(feature = "http")]
+        Command::Serve(_) | Command::Keys(_) => true,
+        Command::List { .. } | Command::Schema { .. } | Command::Run { .. } => false,
+    };
     let builder = if needs_store {
         match Store::connect(&store).await {
             Ok(store) => {
@@ -244,6 +255,10 @@ async fn execute(
         Command::Trigger(args) => durable::trigger(&runtime, args, out, err).await,
         Command::Worker(args) => durable::worker(&runtime, args, err).await,
         Command::Runs(command) => durable::runs(&runtime, command, out, err).await,
+        #[cfg(feature = "http")]
+        Command::Serve(args) => http::serve(&runtime, args, err).await,
+        #[cfg(feature = "http")]
+        Command::Keys(command) => http::keys(&runtime, command, out, err).await,
     }
 }
 

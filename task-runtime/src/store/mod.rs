@@ -434,6 +434,18 @@ pub struct LogLine {
     pub fields: Value,
 }
 
+/// An API key as stored: never the key itself, only its SHA-256 hash (hex).
+#[cfg(feature = "http")]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApiKeyRow {
+    pub id: String,
+    pub tenant_id: String,
+    pub hash: String,
+    pub last_four: String,
+    pub created_at: SystemTime,
+    pub revoked_at: Option<SystemTime>,
+}
+
 /// Which runs to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -589,6 +601,18 @@ pub(crate) trait RunStore: Send + Sync + 'static {
 
     /// Log lines dropped so far.
     fn dropped_logs(&self) -> u64;
+
+    /// Stores a new API key (its hash).
+    #[cfg(feature = "http")]
+    fn insert_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The API key with this id (`Some`), or every key, oldest first (`None`).
+    #[cfg(feature = "http")]
+    fn api_keys(&self, id: Option<String>) -> BoxFuture<'_, Result<Vec<ApiKeyRow>, StoreError>>;
+
+    /// Revokes a key; `false` when no live key has this id.
+    #[cfg(feature = "http")]
+    fn revoke_api_key(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>>;
 
     /// A run's log lines, in order.
     fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>>;

@@ -49,6 +49,8 @@ use tokio::sync::{Notify, Semaphore, broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+#[cfg(feature = "http")]
+use super::ApiKeyRow;
 use super::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
     HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
@@ -64,6 +66,7 @@ use crate::schedules::Schedule;
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "runs", include_str!("postgres/0001_runs.sql")),
     (2, "schedules", include_str!("postgres/0002_schedules.sql")),
+    (3, "api keys", include_str!("postgres/0003_api_keys.sql")),
 ];
 
 /// The schema everything lives in.
@@ -1846,6 +1849,80 @@ impl RunStore for PostgresStore {
         if self.logs.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    #[cfg(feature = "http")]
+    fn insert_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let created_at = millis(key.created_at);
+            self.shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "INSERT INTO task_runtime.api_keys
+                         (id, tenant_id, hash, last_four, created_at, revoked_at)
+                         VALUES ($1, $2, $3, $4, $5, NULL)",
+                    )
+                    .bind(key.id.clone())
+                    .bind(key.tenant_id.clone())
+                    .bind(key.hash.clone())
+                    .bind(key.last_four.clone())
+                    .bind(created_at);
+                    Box::pin(async move { query.execute(conn).await })
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    #[cfg(feature = "http")]
+    fn api_keys(&self, id: Option<String>) -> BoxFuture<'_, Result<Vec<ApiKeyRow>, StoreError>> {
+        Box::pin(async move {
+            let rows = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, tenant_id, hash, last_four, created_at, revoked_at
+                         FROM task_runtime.api_keys
+                         WHERE $1::text IS NULL OR id = $1 ORDER BY created_at, id",
+                    )
+                    .bind(id.clone());
+                    Box::pin(async move { query.fetch_all(conn).await })
+                })
+                .await?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ApiKeyRow {
+                        id: row.try_get("id")?,
+                        tenant_id: row.try_get("tenant_id")?,
+                        hash: row.try_get("hash")?,
+                        last_four: row.try_get("last_four")?,
+                        created_at: time(row.try_get("created_at")?),
+                        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(time),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(|e| self.shared.fail(&e))
+        })
+    }
+
+    #[cfg(feature = "http")]
+    fn revoke_api_key(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let now = millis(SystemTime::now());
+            let done = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "UPDATE task_runtime.api_keys SET revoked_at = $2
+                         WHERE id = $1 AND revoked_at IS NULL",
+                    )
+                    .bind(id.clone())
+                    .bind(now);
+                    Box::pin(async move { query.execute(conn).await })
+                })
+                .await?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     fn dropped_logs(&self) -> u64 {

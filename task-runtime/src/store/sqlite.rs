@@ -26,6 +26,8 @@ use sqlx::sqlite::{
 use sqlx::{AssertSqlSafe, Connection, Row, SqlSafeStr};
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 
+#[cfg(feature = "http")]
+use super::ApiKeyRow;
 use super::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
     HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
@@ -45,6 +47,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("sqlite/0002_concurrency_keys.sql"),
     ),
     (3, "schedules", include_str!("sqlite/0003_schedules.sql")),
+    (4, "api keys", include_str!("sqlite/0004_api_keys.sql")),
 ];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
@@ -1590,9 +1593,11 @@ impl RunStore for SqliteStore {
         known_tasks: Vec<String>,
     ) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            self.write(|tx| Write::Schedule(Box::new(ScheduleWrite::Sync(declared, known_tasks)), tx))
-                .await
-                .map(|_| ())
+            self.write(|tx| {
+                Write::Schedule(Box::new(ScheduleWrite::Sync(declared, known_tasks)), tx)
+            })
+            .await
+            .map(|_| ())
         })
     }
 
@@ -1667,6 +1672,69 @@ impl RunStore for SqliteStore {
         if self.logs.try_send(line).is_err() {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    #[cfg(feature = "http")]
+    fn insert_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            // Rare writes: a pooled connection, waiting for the writer's lock up to the busy
+            // timeout.
+            sqlx::query(
+                "INSERT INTO api_keys (id, tenant_id, hash, last_four, created_at, revoked_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, NULL)",
+            )
+            .bind(&key.id)
+            .bind(&key.tenant_id)
+            .bind(&key.hash)
+            .bind(&key.last_four)
+            .bind(millis(key.created_at))
+            .execute(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            Ok(())
+        })
+    }
+
+    #[cfg(feature = "http")]
+    fn api_keys(&self, id: Option<String>) -> BoxFuture<'_, Result<Vec<ApiKeyRow>, StoreError>> {
+        Box::pin(async move {
+            let rows = sqlx::query(
+                "SELECT id, tenant_id, hash, last_four, created_at, revoked_at FROM api_keys
+                 WHERE ?1 IS NULL OR id = ?1 ORDER BY created_at, id",
+            )
+            .bind(id)
+            .fetch_all(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            rows.iter()
+                .map(|row| {
+                    Ok(ApiKeyRow {
+                        id: row.try_get("id")?,
+                        tenant_id: row.try_get("tenant_id")?,
+                        hash: row.try_get("hash")?,
+                        last_four: row.try_get("last_four")?,
+                        created_at: time(row.try_get("created_at")?),
+                        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(time),
+                    })
+                })
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(|e| self.fail(&e))
+        })
+    }
+
+    #[cfg(feature = "http")]
+    fn revoke_api_key(&self, id: String) -> BoxFuture<'_, Result<bool, StoreError>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "UPDATE api_keys SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+            )
+            .bind(&id)
+            .bind(millis(SystemTime::now()))
+            .execute(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            Ok(done.rows_affected() > 0)
+        })
     }
 
     fn dropped_logs(&self) -> u64 {
