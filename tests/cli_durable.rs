@@ -215,3 +215,67 @@ fn bad_stores_and_ids_are_usage_errors_that_say_why() {
     );
     std::fs::remove_dir_all(&cli.dir).ok();
 }
+
+#[test]
+fn schedules_are_created_listed_and_deleted_from_the_command_line() {
+    let cli = Cli::new("schedules");
+    let created = cli.run(&[
+        "schedules",
+        "create",
+        "--task",
+        "on_schedule",
+        "--cron",
+        "*/5 * * * *",
+        "--timezone",
+        "Europe/Paris",
+        "--tenant",
+        "acme",
+        "--project",
+        "docs",
+    ]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
+    assert!(id.starts_with("sched_"), "{id}");
+
+    let listed = cli.run(&["schedules", "list", "--json"]);
+    assert!(listed.status.success());
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let schedule = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id.as_str())
+        .expect("listed");
+    assert_eq!(schedule["task"], "on_schedule");
+    assert_eq!(schedule["cron"], "*/5 * * * *");
+    assert_eq!(schedule["timezone"], "Europe/Paris");
+    assert_eq!(schedule["tenantId"], "acme");
+    assert_eq!(schedule["declared"], false);
+    assert!(schedule["nextFireAt"].as_str().unwrap().ends_with('Z'));
+    let table = cli.run(&["schedules", "list"]);
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains(&format!("{id}  on_schedule  */5 * * * * (Europe/Paris)")), "{table}");
+
+    // Bad input: exit 2 and a message that says what was wrong.
+    let bad = cli.run(&["schedules", "create", "--task", "on_schedule", "--cron", "0 0 * *"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("invalid cron pattern \"0 0 * *\""), "{stderr}");
+    let bad = cli.run(&["schedules", "create", "--task", "double", "--cron", "0 0 * * *"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("task 'double' cannot be scheduled"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    assert!(cli.run(&["schedules", "delete", &id]).status.success());
+    let again = cli.run(&["schedules", "delete", &id]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains(&format!("no schedule '{id}'")));
+    let declared = cli.run(&["schedules", "delete", "declared:new_year"]);
+    assert_eq!(declared.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&declared.stderr).contains("declared on its task"));
+    std::fs::remove_dir_all(&cli.dir).ok();
+}

@@ -41,6 +41,7 @@ mod durable;
 #[cfg(feature = "http")]
 mod http;
 mod input;
+mod schedules;
 
 use input::{InputFailure, InputSource, read_input};
 
@@ -187,6 +188,9 @@ enum Command {
     /// Look at, cancel or replay the store's runs.
     #[command(subcommand)]
     Runs(durable::RunsCommand),
+    /// List, create or delete the store's cron schedules.
+    #[command(subcommand)]
+    Schedules(schedules::SchedulesCommand),
     /// Serve the HTTP API and run a worker on the store until Ctrl-C or SIGTERM.
     #[cfg(feature = "http")]
     Serve(http::ServeArgs),
@@ -220,7 +224,9 @@ async fn execute(
 ) -> u8 {
     let Cli { store, command, .. } = cli;
     let needs_store = match &command {
-        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) => true,
+        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) | Command::Schedules(_) => {
+            true
+        }
         #[cfg(feature = "http")]
         Command::Serve(_) | Command::Keys(_) => true,
         Command::List { .. } | Command::Schema { .. } | Command::Run { .. } => false,
@@ -255,6 +261,7 @@ async fn execute(
         Command::Trigger(args) => durable::trigger(&runtime, args, out, err).await,
         Command::Worker(args) => durable::worker(&runtime, args, err).await,
         Command::Runs(command) => durable::runs(&runtime, command, out, err).await,
+        Command::Schedules(command) => schedules::schedules(&runtime, command, out, err).await,
         #[cfg(feature = "http")]
         Command::Serve(args) => http::serve(&runtime, args, err).await,
         #[cfg(feature = "http")]
