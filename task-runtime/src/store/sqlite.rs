@@ -814,7 +814,9 @@ async fn claim_runs(
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
     let returning = "RETURNING id, task, input, attempts, lease_token";
     let keyed: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM runs WHERE concurrency_key IS NOT NULL
+        // On its partial index: the planner would pick `runs_by_status` and read every
+        // queued row on every claim.
+        "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due WHERE concurrency_key IS NOT NULL
                           AND status IN ('queued', 'delayed') AND parent_run_id IS NULL)",
     )
     .fetch_one(&mut *conn)
