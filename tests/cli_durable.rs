@@ -233,7 +233,11 @@ fn schedules_are_created_listed_and_deleted_from_the_command_line() {
         "--project",
         "docs",
     ]);
-    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
     let id = String::from_utf8(created.stdout).unwrap().trim().to_owned();
     assert!(id.starts_with("sched_"), "{id}");
 
@@ -255,14 +259,34 @@ fn schedules_are_created_listed_and_deleted_from_the_command_line() {
     let table = cli.run(&["schedules", "list"]);
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.starts_with("ID"), "{table}");
-    assert!(table.contains(&format!("{id}  on_schedule  */5 * * * * (Europe/Paris)")), "{table}");
+    assert!(
+        table.contains(&format!("{id}  on_schedule  */5 * * * * (Europe/Paris)")),
+        "{table}"
+    );
 
     // Bad input: exit 2 and a message that says what was wrong.
-    let bad = cli.run(&["schedules", "create", "--task", "on_schedule", "--cron", "0 0 * *"]);
+    let bad = cli.run(&[
+        "schedules",
+        "create",
+        "--task",
+        "on_schedule",
+        "--cron",
+        "0 0 * *",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("invalid cron pattern \"0 0 * *\""), "{stderr}");
-    let bad = cli.run(&["schedules", "create", "--task", "double", "--cron", "0 0 * * *"]);
+    assert!(
+        stderr.contains("invalid cron pattern \"0 0 * *\""),
+        "{stderr}"
+    );
+    let bad = cli.run(&[
+        "schedules",
+        "create",
+        "--task",
+        "double",
+        "--cron",
+        "0 0 * * *",
+    ]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&bad.stderr).contains("task 'double' cannot be scheduled"),

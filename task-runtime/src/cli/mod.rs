@@ -224,9 +224,7 @@ async fn execute(
 ) -> u8 {
     let Cli { store, command, .. } = cli;
     let needs_store = match &command {
-        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) | Command::Schedules(_) => {
-            true
-        }
+        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) | Command::Schedules(_) => true,
         #[cfg(feature = "http")]
         Command::Serve(_) | Command::Keys(_) => true,
         Command::List { .. } | Command::Schema { .. } | Command::Run { .. } => false,

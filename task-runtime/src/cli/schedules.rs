@@ -94,7 +94,8 @@ pub(super) async fn schedules(
                         .zip(widths)
                         .map(|(cell, width)| format!("{cell:width$}"))
                         .collect();
-                    written = written.and_then(|()| writeln!(out, "{}", line.join("  ").trim_end()));
+                    written =
+                        written.and_then(|()| writeln!(out, "{}", line.join("  ").trim_end()));
                 }
                 finish(written.and_then(|()| out.flush()), SUCCESS)
             }
