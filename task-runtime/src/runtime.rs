@@ -849,6 +849,7 @@ impl Runtime {
     /// The envelope of an input refused before it could be parsed into JSON (too large, too
     /// deep, malformed, a duplicate key): `invalidInput` with the reason, or `notFound` for
     /// an unknown id.
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) fn refuse(&self, id: &str, error: InputError) -> RunOutput<Value> {
         let error = match self.inner.exec.registry.get(id) {
             Some(_) => error.into(),

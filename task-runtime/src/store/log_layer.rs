@@ -45,6 +45,7 @@ impl StoreLogLayer {
     }
 
     /// Starts writing to `store` (the first store attached stays).
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     pub(crate) fn attach(&self, store: &super::Store) {
         let _ = self.store.set(store.inner.clone());
     }

@@ -105,7 +105,8 @@ enum Write {
     ),
 }
 
-/// A write to the schedules.
+/// A write to the schedules (created and fired only with the `cron` feature).
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
 enum ScheduleWrite {
     Sync(Vec<Schedule>, Vec<String>),
     Create(Schedule),
@@ -113,6 +114,7 @@ enum ScheduleWrite {
     Fire(ScheduleFire),
 }
 
+#[cfg_attr(not(feature = "cron"), allow(dead_code))]
 enum ScheduleReply {
     Done,
     Deleted(bool),
