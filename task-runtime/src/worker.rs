@@ -87,6 +87,7 @@ impl WorkerBuilder {
             rt: self.rt.clone(),
             owner: owner.clone(),
             held: Mutex::default(),
+            settled: tokio::sync::Notify::new(),
             lease: self.lease,
             stats: Stats::default(),
         });
@@ -204,7 +205,11 @@ struct Held {
 struct Shared {
     rt: Runtime,
     owner: String,
+    /// Every run claimed and not yet settled: queued here, executing, or ended with its
+    /// settle not yet written.
     held: Mutex<HashMap<RunId, Held>>,
+    /// Signalled when settles were written (their runs are no longer held).
+    settled: tokio::sync::Notify,
     lease: Duration,
     stats: Stats,
 }
@@ -331,9 +336,16 @@ async fn work(
             let (shared, store) = (shared.clone(), store.clone());
             running.spawn(execute_claimed(shared, store, run).in_current_span());
         }
-        let held = running.len() + queue.len();
-        let room = (concurrency + ahead).saturating_sub(held);
-        let want = if room >= min_batch || held == 0 {
+        // Claims fill free slots, and runs whose settle is not written yet count against a
+        // second worker's worth: at most `2 * concurrency` runs are claimed and unrecorded at
+        // a time, so a fault (a kill, a lost server) re-executes no more than that, while
+        // settles still overlap the next runs (on PostgreSQL, settling within one worker's
+        // worth halved the drain rate).
+        let unsettled = lock(&shared.held).len();
+        let room = (concurrency + ahead)
+            .saturating_sub(running.len() + queue.len())
+            .min((2 * concurrency).saturating_sub(unsettled));
+        let want = if room >= min_batch || unsettled == 0 {
             room.min(64)
         } else {
             0
@@ -386,6 +398,8 @@ async fn work(
             biased;
             _ = stop.cancelled() => {}
             Some(outcome) = running.join_next(), if !running.is_empty() => done(outcome),
+            // Settles written: their slots can be claimed again.
+            _ = shared.settled.notified(), if want == 0 => {}
             // Nothing more was due: wait for a trigger (ours or another process's).
             _ = store.changed(wait), if want > 0 && got < want => {}
         }
@@ -463,6 +477,8 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
             shared.stats.executed.fetch_add(1, Ordering::Relaxed);
         }
     }
+    drop(held);
+    shared.settled.notify_one();
 }
 
 /// Executes one claimed attempt and says how to settle it.
