@@ -3,10 +3,11 @@
 //! store URL or file.
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use task_tests::procs::KillOnDrop as Worker;
 
 const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
 
@@ -48,16 +49,6 @@ impl Cli {
                 .spawn()
                 .unwrap(),
         )
-    }
-}
-
-/// A worker process, killed when the test ends however it ends.
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

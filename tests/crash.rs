@@ -4,13 +4,13 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use task_runtime::{RunFilter, RunId, RunStatus, Runtime, Store};
 // The recorder tasks are registered in this process too, so it can trigger them.
-use task_tests as _;
+use task_tests::procs::{KillOnDrop as Worker, signal};
 
 const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
 
@@ -76,33 +76,6 @@ impl Scene {
             })
             .collect()
     }
-}
-
-/// A worker process, killed when the test ends however it ends (a failed assertion must not
-/// leave workers running).
-struct Worker(Child);
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl std::ops::Deref for Worker {
-    type Target = Child;
-
-    fn deref(&self) -> &Child {
-        &self.0
-    }
-}
-
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{signal}"), &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success(), "kill -{signal}");
 }
 
 fn kill9(worker: &mut Worker) {

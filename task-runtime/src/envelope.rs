@@ -333,7 +333,7 @@ pub(crate) mod rfc3339 {
 pub(crate) mod rfc3339_option {
     use std::time::SystemTime;
 
-    use serde::Serializer;
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(crate) fn serialize<S: Serializer>(
         time: &Option<SystemTime>,
@@ -343,5 +343,13 @@ pub(crate) mod rfc3339_option {
             Some(time) => super::rfc3339::serialize(time, s),
             None => s.serialize_none(),
         }
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SystemTime>, D::Error> {
+        let text = Option::<std::borrow::Cow<'de, str>>::deserialize(d)?;
+        text.map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
+            .transpose()
     }
 }

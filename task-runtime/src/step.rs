@@ -60,7 +60,7 @@ impl TaskContext {
         let Some(journal) = self.scope.journal.clone() else {
             let run_id = RunId::new(SystemTime::now());
             let result = body.await.map_err(TaskError::from_error);
-            self.record_step(name, run_id, result.is_ok(), clock);
+            self.record_step(name, run_id, result.is_ok(), millis(clock), 1, false);
             return result;
         };
         let position = format!("do:{index}");
@@ -80,15 +80,8 @@ impl TaskContext {
                 return match serde_json::from_value::<T>(output) {
                     Ok(output) => {
                         tracing::info!(step = name, run_id = %entry.id, "step replayed from the journal");
-                        self.push_step(StepRecord {
-                            task_name: name.to_owned(),
-                            run_id: entry.id.clone(),
-                            success: true,
-                            duration_ms: entry.duration_ms,
-                            attempts: entry.attempts,
-                            replayed: true,
-                            steps: Vec::new(),
-                        });
+                        let id = entry.id.clone();
+                        self.record_step(name, id, true, entry.duration_ms, entry.attempts, true);
                         Ok(output)
                     }
                     Err(error) => Err(TaskError::fatal(format!(
@@ -129,26 +122,39 @@ impl TaskContext {
                 if let Err(error) = journal.sync().await {
                     tracing::warn!(step = name, %error, "recording the step failed; it runs again if the run is retried");
                 }
-                self.record_step(name, run_id, true, clock);
+                self.record_step(name, run_id, true, millis(clock), 1, false);
                 Ok(output)
             }
             Err(error) => {
                 journal.finish(&run_id, Err(&error), 1);
-                self.record_step(name, run_id, false, clock);
+                self.record_step(name, run_id, false, millis(clock), 1, false);
                 Err(error)
             }
         }
     }
 
-    fn record_step(&self, name: &str, run_id: RunId, success: bool, clock: Instant) {
+    /// Lists the step in `metadata.steps`.
+    fn record_step(
+        &self,
+        name: &str,
+        run_id: RunId,
+        success: bool,
+        duration_ms: u64,
+        attempts: u32,
+        replayed: bool,
+    ) {
         self.push_step(StepRecord {
             task_name: name.to_owned(),
             run_id,
             success,
-            duration_ms: clock.elapsed().as_millis().try_into().unwrap_or(u64::MAX),
-            attempts: 1,
-            replayed: false,
+            duration_ms,
+            attempts,
+            replayed,
             steps: Vec::new(),
         });
     }
+}
+
+fn millis(clock: Instant) -> u64 {
+    clock.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
 }

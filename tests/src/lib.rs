@@ -8,6 +8,7 @@ use task_runtime::prelude::*;
 
 pub mod pg;
 pub mod probe;
+pub mod procs;
 pub mod recorder;
 pub mod scheduled;
 

@@ -151,7 +151,7 @@ async fn fire_one(
     if slot > expected {
         tracing::info!(schedule_id = %schedule.id, "fire times were missed while no worker ran; firing once, for the latest");
     }
-    let next = cron.next_after(slot.max(now));
+    let next = cron.next_after(now);
     let input =
         serde_json::to_value(input_of(schedule, slot)).expect("a scheduled input serializes");
     let options =

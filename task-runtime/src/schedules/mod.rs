@@ -44,7 +44,11 @@ pub struct ScheduledInput {
     #[schemars(with = "String", extend("format" = "date-time"))]
     pub timestamp: SystemTime,
     /// The fire time of the schedule's previous run, if it had one.
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "rfc3339_opt")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::envelope::rfc3339_option"
+    )]
     #[schemars(with = "Option<String>", extend("format" = "date-time"))]
     pub last_timestamp: Option<SystemTime>,
     /// The timezone the cron pattern is read in.
@@ -58,27 +62,6 @@ pub struct ScheduledInput {
     /// The schedule's project, when it was created for one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_id: Option<String>,
-}
-
-mod rfc3339_opt {
-    use std::time::SystemTime;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(
-        time: &Option<SystemTime>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        crate::envelope::rfc3339_option::serialize(time, s)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<SystemTime>, D::Error> {
-        let text = Option::<String>::deserialize(d)?;
-        text.map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
-            .transpose()
-    }
 }
 
 /// What a scheduled task's input must be; see [`ScheduledInput`].
