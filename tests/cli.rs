@@ -7,8 +7,6 @@ use serde_json::{Value, json};
 use task_runtime::Runtime;
 use task_runtime::cli::run_with;
 
-use docs_pipeline as _;
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -39,6 +37,9 @@ impl Outcome {
 }
 
 async fn cli(args: &[&str]) -> Outcome {
+    // The example's inputs name files under the repository, the documents root here (the
+    // tests run in `tests/`).
+    docs_pipeline::documents::use_root(root()).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let mut argv = vec!["docs-pipeline"];
     argv.extend_from_slice(args);
@@ -312,4 +313,49 @@ async fn best_effort_records_the_one_bad_document_and_succeeds() {
     let branch = &env["metadata"]["branches"][0];
     assert_eq!(branch["items"]["failed"], 1);
     assert_eq!(branch["items"]["succeeded"], 4);
+}
+
+#[tokio::test]
+async fn a_path_outside_the_documents_root_is_invalid_input_and_nothing_is_read() {
+    let outside = [
+        (
+            "extract_text",
+            json!({ "tenantId": "t", "projectId": "p", "path": "/etc/passwd" }),
+            "/path",
+        ),
+        (
+            "extract_text",
+            json!({ "tenantId": "t", "projectId": "p", "path": "../../../../etc/hostname" }),
+            "/path",
+        ),
+        (
+            "extract_text",
+            json!({ "tenantId": "t", "projectId": "p", "path": "examples/docs/samples/tides.html",
+                    "saveTo": "/tmp/docs-pipeline-stolen.txt" }),
+            "/saveTo",
+        ),
+        (
+            "corpus_stats",
+            json!({ "tenantId": "t", "projectId": "p",
+                    "paths": ["examples/docs/samples/tides.html", "/etc/passwd"] }),
+            "/paths/1",
+        ),
+    ];
+    for (task, input, field) in outside {
+        let out = run_inline(task, &input).await;
+        assert_eq!(out.code, 1, "{task} {input}: {}", out.err);
+        let env = out.json();
+        assert_eq!(env["job"]["success"], false);
+        let error = &env["job"]["errorDetail"];
+        assert_eq!(error["kind"], "invalidInput", "{env}");
+        assert_eq!(error["issues"][0]["path"], field, "{env}");
+        let message = error["issues"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("leads outside the documents root"),
+            "{message}"
+        );
+        // The server's own layout is not told to the caller.
+        assert!(!message.contains(root().to_str().unwrap()), "{message}");
+    }
+    assert!(!std::path::Path::new("/tmp/docs-pipeline-stolen.txt").exists());
 }

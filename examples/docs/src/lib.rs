@@ -8,8 +8,10 @@
 //!
 //! The helpers several tasks share live outside the task modules, so there is one way to do
 //! each thing: [`markup`] turns Markdown and HTML into plain text, [`text`] splits text into
-//! words, sentences and paragraphs.
+//! words, sentences and paragraphs, [`documents`] keeps every file path from an input under
+//! the documents root (`DOCS_ROOT`, or the working directory).
 
+pub mod documents;
 pub mod markup;
 pub mod orchestrators;
 pub mod schemas;

@@ -55,7 +55,12 @@ async fn read_all(paths: &[String]) -> Result<Vec<TextOutput>, TaskError> {
     // Dropping the set (on an error, a timeout or cancellation) aborts the reads still going.
     let mut reads = JoinSet::new();
     for (index, path) in paths.iter().cloned().enumerate() {
-        reads.spawn(async move { (index, read_document(&path).await) });
+        reads.spawn(async move {
+            (
+                index,
+                read_document(&format!("/paths/{index}"), &path).await,
+            )
+        });
     }
     let mut documents = Vec::with_capacity(paths.len());
     while let Some(joined) = reads.join_next().await {
@@ -65,7 +70,7 @@ async fn read_all(paths: &[String]) -> Result<Vec<TextOutput>, TaskError> {
             Err(error) if error.is_panic() => std::panic::resume_unwind(error.into_panic()),
             Err(_) => return Err(TaskError::cancelled("a document read was aborted")),
         };
-        documents.push((index, read.map_err(TaskError::from_error)?));
+        documents.push((index, read?));
     }
     documents.sort_unstable_by_key(|(index, _)| *index);
     Ok(documents
@@ -80,12 +85,15 @@ mod tests {
 
     use super::*;
 
-    /// Temp files named after the test and the process, removed on drop even if the test fails.
+    /// Temp files named after the test and the process, removed on drop even if the test
+    /// fails; under the crate's directory, the documents root of the unit tests.
     struct TempFiles(Vec<PathBuf>);
 
     impl TempFiles {
         fn write(files: &[(&str, &str)]) -> Self {
-            let dir = std::env::temp_dir();
+            let root = crate::documents::use_root(env!("CARGO_MANIFEST_DIR")).unwrap();
+            let dir = root.join(".scratch");
+            std::fs::create_dir_all(&dir).unwrap();
             let paths = files
                 .iter()
                 .map(|(name, contents)| {
@@ -159,5 +167,22 @@ mod tests {
                 .contains("cannot read 'missing/nowhere.txt'")
         );
         assert!(error.is_retryable());
+    }
+
+    #[tokio::test]
+    async fn a_path_outside_the_root_is_invalid_input_naming_its_index() {
+        let files = TempFiles::write(&[("corpus-inside.txt", "Fine text.")]);
+        let mut paths = files.paths();
+        paths.push("/etc/hostname".to_owned());
+        let error = corpus_stats(&TaskContext::for_test(), input(paths))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind_name(), "invalidInput");
+        assert_eq!(error.issues()[0].path, "/paths/1");
+        assert!(
+            error.issues()[0]
+                .message
+                .starts_with("'/etc/hostname' leads outside")
+        );
     }
 }

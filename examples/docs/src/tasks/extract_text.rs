@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use task_runtime::Fatal;
 use task_runtime::prelude::*;
 
+use crate::documents;
 use crate::markup::{html_to_text, markdown_to_text};
 use crate::schemas::extract_text::{ExtractInput, TextOutput};
 use crate::schemas::generic::DocumentFormat;
@@ -68,7 +69,8 @@ impl ExtractError {
     }
 }
 
-/// Extract the plain text of a local .txt, .md or .html file.
+/// Extract the plain text of a local .txt, .md or .html file under the documents root
+/// ([`documents`]; a path leading outside it is `invalidInput`).
 ///
 /// Markdown loses its markup and code blocks; HTML loses its tags, scripts and styles and has
 /// its entities decoded. Whitespace is normalised so paragraphs are separated by exactly one
@@ -76,13 +78,13 @@ impl ExtractError {
 /// also saved atomically (a temporary file renamed into place, removed by cleanup however
 /// the attempt ends).
 #[task(id = "extract_text")]
-pub async fn extract_text(
-    ctx: &TaskContext,
-    input: ExtractInput,
-) -> Result<TextOutput, ExtractError> {
-    let mut document = read_document(&input.path).await?;
+pub async fn extract_text(ctx: &TaskContext, input: ExtractInput) -> Result<TextOutput, TaskError> {
+    let mut document = read_document("/path", &input.path).await?;
     if let Some(target) = input.save_to {
-        save_atomically(ctx, &target, &document.text).await?;
+        let file = documents::resolve_target("/saveTo", &target)?;
+        save_atomically(ctx, &file, &target, &document.text)
+            .await
+            .map_err(TaskError::from_error)?;
         document.saved_to = Some(target);
     }
     tracing::info!(
@@ -99,14 +101,15 @@ pub async fn extract_text(
 /// never read without bound (a symlink to `/dev/zero` would otherwise fill memory).
 pub const MAX_DOCUMENT_BYTES: u64 = 8 * 1024 * 1024;
 
-/// Reads at most [`MAX_DOCUMENT_BYTES`] of a regular file.
-async fn read_bounded(path: &str) -> Result<Vec<u8>, ExtractError> {
+/// Reads at most [`MAX_DOCUMENT_BYTES`] of the regular file `file`; errors name `path`, as
+/// the input gave it.
+async fn read_bounded(file: &Path, path: &str) -> Result<Vec<u8>, ExtractError> {
     use tokio::io::AsyncReadExt;
     let read_error = |source| ExtractError::Read {
         path: path.to_owned(),
         source,
     };
-    let file = tokio::fs::File::open(path).await.map_err(read_error)?;
+    let file = tokio::fs::File::open(file).await.map_err(read_error)?;
     let metadata = file.metadata().await.map_err(read_error)?;
     if !metadata.is_file() {
         let kind = if metadata.is_dir() {
@@ -140,17 +143,22 @@ async fn read_bounded(path: &str) -> Result<Vec<u8>, ExtractError> {
     Ok(raw)
 }
 
-/// Reads and extracts one document. The body of `extract_text`, shared with `corpus_stats`
-/// so both see exactly the same text.
-pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
+/// Reads and extracts the document an input names at `field` (its JSON pointer, named when
+/// the path leads outside the documents root). The body of `extract_text`, shared with
+/// `corpus_stats` so both see exactly the same text.
+pub async fn read_document(field: &str, path: &str) -> Result<TextOutput, TaskError> {
+    // A path outside the root is refused before anything else is said about it.
+    let file = documents::resolve(field, path)?;
     let extension = Path::new(path)
         .extension()
         .and_then(|extension| extension.to_str())
         .unwrap_or_default();
-    // Checked before reading, so an unsupported file is refused without touching the disk.
+    // Checked before reading, so an unsupported file is refused without reading it.
     let format = DocumentFormat::from_extension(extension)
-        .ok_or_else(|| ExtractError::unsupported(path, extension))?;
-    let raw = read_bounded(path).await?;
+        .ok_or_else(|| TaskError::from_error(ExtractError::unsupported(path, extension)))?;
+    let raw = read_bounded(&file, path)
+        .await
+        .map_err(TaskError::from_error)?;
     // A stray invalid byte should cost one character, not the whole document.
     let text = extract(format, &String::from_utf8_lossy(&raw));
     Ok(TextOutput {
@@ -162,11 +170,19 @@ pub async fn read_document(path: &str) -> Result<TextOutput, ExtractError> {
     })
 }
 
-/// Writes `text` to a temporary file beside `target`, then renames it into place. The
+/// Writes `text` to a temporary file beside `file`, then renames it into place (errors name
+/// `target`, as the input gave it). The
 /// temporary file is removed when the attempt ends, whether the write, the rename, a timeout
 /// or a cancellation ended it, unless the cleanup options say `keepTemp`.
-async fn save_atomically(ctx: &TaskContext, target: &str, text: &str) -> Result<(), ExtractError> {
-    let temp = PathBuf::from(format!("{target}.{}.tmp", ctx.run_id()));
+async fn save_atomically(
+    ctx: &TaskContext,
+    file: &Path,
+    target: &str,
+    text: &str,
+) -> Result<(), ExtractError> {
+    let mut temp = file.as_os_str().to_owned();
+    temp.push(format!(".{}.tmp", ctx.run_id()));
+    let temp = PathBuf::from(temp);
     let keep = ctx
         .cleanup_options()
         .and_then(|options| options.get("keepTemp"))
@@ -189,7 +205,7 @@ async fn save_atomically(ctx: &TaskContext, target: &str, text: &str) -> Result<
         source,
     };
     tokio::fs::write(&temp, text).await.map_err(failed)?;
-    tokio::fs::rename(&temp, target).await.map_err(failed)
+    tokio::fs::rename(&temp, file).await.map_err(failed)
 }
 
 /// The plain text of `raw` in `format`, whitespace-normalised.
@@ -217,9 +233,12 @@ mod tests {
 
     const SAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/samples/sourdough.txt");
 
-    /// A fresh directory for one test; removed by the test.
+    /// A fresh directory for one test under the crate's directory, the documents root of
+    /// the unit tests; removed by the test.
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("extract-{name}-{}", std::process::id()));
+        let root = documents::use_root(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = root.join(format!(".scratch/extract-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
@@ -243,12 +262,52 @@ mod tests {
             .run(ExtractText, input(&path))
             .await
             .unwrap_err();
+        // It leads outside the documents root, so it is not even opened.
+        assert_eq!(err.error.kind_name(), "invalidInput");
+        assert_eq!(
+            err.error.issues()[0].to_string(),
+            format!(
+                "/path: '{path}' leads outside the documents root through a symlink (set \
+                 DOCS_ROOT to serve other documents)"
+            )
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_directory_is_refused_without_reading_it() {
+        let dir = scratch("directory");
+        let folder = dir.join("folder.txt");
+        std::fs::create_dir(&folder).unwrap();
+        let path = folder.display().to_string();
+        let err = Runtime::new()
+            .run(ExtractText, input(&path))
+            .await
+            .unwrap_err();
         assert_eq!(
             err.error.to_string(),
-            format!("cannot read '{path}': it is not a regular file (a device, pipe or socket)")
+            format!("cannot read '{path}': it is not a regular file (a directory)")
         );
         assert!(!err.error.is_retryable());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_path_outside_the_root_is_invalid_input_for_reading_and_saving() {
+        let rt = Runtime::new();
+        documents::use_root(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let err = rt
+            .run(ExtractText, input("../../../etc/passwd"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.error.kind_name(), "invalidInput");
+        assert_eq!(err.error.issues()[0].path, "/path");
+        let mut request = input(SAMPLE);
+        request.save_to = Some("/tmp/stolen.txt".to_owned());
+        let err = rt.run(ExtractText, request).await.unwrap_err();
+        assert_eq!(err.error.kind_name(), "invalidInput");
+        assert_eq!(err.error.issues()[0].path, "/saveTo");
+        assert!(!Path::new("/tmp/stolen.txt").exists());
     }
 
     #[tokio::test]
@@ -330,12 +389,13 @@ mod tests {
         let error = extract_text(&TaskContext::for_test(), input(path))
             .await
             .unwrap_err();
-        assert!(matches!(&error, ExtractError::Read { path: p, .. } if p == path));
+        assert!(error.is_retryable());
         assert_eq!(error.to_string(), format!("cannot read '{path}'"));
+        let error = error.downcast_ref::<ExtractError>().unwrap();
+        assert!(matches!(error, ExtractError::Read { path: p, .. } if p == path));
         let source = error.source().expect("the io error is kept as the source");
         let io = source.downcast_ref::<std::io::Error>().unwrap();
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
-        assert!(TaskError::from_error(error).is_retryable());
     }
 
     #[tokio::test]
@@ -343,11 +403,11 @@ mod tests {
         let error = extract_text(&TaskContext::for_test(), input("report.pdf"))
             .await
             .unwrap_err();
-        assert!(
-            matches!(&error, ExtractError::Unsupported { extension, .. } if extension == "pdf")
-        );
-        let task_error = TaskError::from_error(error);
-        assert!(!task_error.is_retryable());
-        assert_eq!(task_error.kind_name(), "failed");
+        assert!(matches!(
+            error.downcast_ref::<ExtractError>(),
+            Some(ExtractError::Unsupported { extension, .. }) if extension == "pdf"
+        ));
+        assert!(!error.is_retryable());
+        assert_eq!(error.kind_name(), "failed");
     }
 }
