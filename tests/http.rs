@@ -4,140 +4,16 @@
 //! reconnect from `Last-Event-ID`; the same API on PostgreSQL; and the CLI's `keys` and
 //! `serve` commands as a user runs them.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use reqwest::{Client, Method, StatusCode};
 use serde_json::{Value, json};
 use task_runtime::http::{create_key, list_keys, revoke_key};
-use task_runtime::{RunFilter, Runtime, Store, Worker};
+use task_runtime::{RunFilter, Runtime};
+use task_tests::api::{Server, scratch};
 #[allow(unused_imports)]
 use task_tests::*;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("http-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Server {
-    base: String,
-    rt: Runtime,
-    store: Store,
-    client: Client,
-    worker: Option<Worker>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl Server {
-    async fn start(name: &str) -> Server {
-        Server::start_with(name, Runtime::builder()).await
-    }
-
-    async fn start_with(name: &str, builder: task_runtime::RuntimeBuilder) -> Server {
-        let dir = scratch(name);
-        Server::on(&format!("sqlite://{}/runs.db", dir.display()), builder).await
-    }
-
-    async fn on(url: &str, builder: task_runtime::RuntimeBuilder) -> Server {
-        let store = Store::connect(url).await.expect("store opens");
-        let rt = builder.store(store.clone()).build().unwrap();
-        let worker = rt.worker().concurrency(4).start();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(task_runtime::http::serve(listener, rt.clone(), async {
-            let _ = stopped.await;
-        }));
-        Server {
-            base,
-            rt,
-            store,
-            client: Client::new(),
-            worker: Some(worker),
-            stop: Some(stop),
-        }
-    }
-
-    async fn key(&self, tenant: &str) -> String {
-        create_key(&self.store, tenant).await.unwrap().key
-    }
-
-    /// A request with `key`, its status and JSON body.
-    async fn call(
-        &self,
-        method: Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(key) = key {
-            request = request.bearer_auth(key);
-        }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        (status, json)
-    }
-
-    async fn raw(&self, path: &str, key: &str, body: Vec<u8>) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap())
-    }
-
-    async fn trigger(&self, key: &str, task: &str, body: Value) -> String {
-        let (status, reply) = self
-            .call(
-                Method::POST,
-                &format!("/api/v1/tasks/{task}/trigger"),
-                Some(key),
-                Some(body),
-            )
-            .await;
-        assert_eq!(status, StatusCode::OK, "{reply}");
-        reply["id"].as_str().unwrap().to_owned()
-    }
-
-    /// Polls the run until its status is `want` (bounded: 10 s).
-    async fn until_status(&self, key: &str, id: &str, want: &str) -> Value {
-        for _ in 0..400 {
-            let (status, run) = self
-                .call(Method::GET, &format!("/api/v1/runs/{id}"), Some(key), None)
-                .await;
-            assert_eq!(status, StatusCode::OK, "{run}");
-            if run["status"] == want {
-                return run;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("run {id} never reached {want}");
-    }
-
-    async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(worker) = self.worker.take() {
-            worker.shutdown(Duration::from_secs(5)).await;
-        }
-    }
-}
 
 fn double(value: i64) -> Value {
     json!({ "payload": { "projectId": "docs", "value": value } })

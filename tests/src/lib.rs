@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 use task_runtime::prelude::*;
 
+pub mod api;
 pub mod pg;
 pub mod probe;
 pub mod procs;
@@ -243,6 +244,14 @@ pub async fn flaky(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, Ta
     retry(max_attempts = 2, min_delay = "10ms")
 )]
 pub async fn slow(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    work_body(ctx, input).await
+}
+
+/// Like `work`, but waits for its probe's gate first (`Probe::open_gate`): a run a test
+/// can hold `executing` for as long as it needs.
+#[task(id = "gated")]
+pub async fn gated(ctx: &TaskContext, input: WorkInput) -> Result<WorkOutput, TaskError> {
+    Probe::get(&input.probe).gate().await;
     work_body(ctx, input).await
 }
 

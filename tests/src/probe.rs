@@ -15,6 +15,8 @@ pub struct Probe {
     events: Mutex<Vec<(Duration, String)>>,
     running: AtomicUsize,
     max_running: AtomicUsize,
+    /// Closed until [`Probe::open_gate`]; the `gated` fixture waits on it.
+    gate: tokio::sync::watch::Sender<bool>,
 }
 
 fn probes() -> &'static Mutex<HashMap<String, Arc<Probe>>> {
@@ -33,6 +35,7 @@ impl Probe {
             events: Mutex::default(),
             running: AtomicUsize::new(0),
             max_running: AtomicUsize::new(0),
+            gate: tokio::sync::watch::Sender::new(false),
         });
         probes().lock().unwrap().insert(name, probe.clone());
         probe
@@ -98,6 +101,18 @@ impl Probe {
     /// The most runs that were inside `enter` at once.
     pub fn max_running(&self) -> usize {
         self.max_running.load(Ordering::SeqCst)
+    }
+
+    /// Lets every current and later [`Probe::gate`] waiter through.
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn gate(&self) {
+        let mut open = self.gate.subscribe();
+        // The sender lives as long as the probe, so the wait ends only when it opens.
+        let _ = open.wait_for(|open| *open).await;
     }
 }
 
