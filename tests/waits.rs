@@ -418,3 +418,117 @@ async fn in_memory_waits_sleep_and_wait_in_process() {
     assert!(timed_out.job.success, "{:?}", timed_out.job.error);
     assert_eq!(timed_out.results["timedOut"], true);
 }
+
+/// The waitpoint-token endpoints: a key's tenant creates, reads and completes its tokens;
+/// another tenant's key gets a 404; a second completion says it changed nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_wait_tokens_are_created_read_and_completed_per_tenant() {
+    let url = sqlite_url("http");
+    let clock = TestClock::new();
+    let probe = Probe::new();
+    let store = Store::connect(&url).await.unwrap();
+    let rt = Runtime::builder()
+        .store(store.clone())
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let worker = rt.worker().concurrency(2).start();
+    let acme = task_runtime::http::create_key(&store, "acme")
+        .await
+        .unwrap()
+        .key;
+    let globex = task_runtime::http::create_key(&store, "globex")
+        .await
+        .unwrap()
+        .key;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!(
+        "http://{}/api/v1/waitpoints/tokens",
+        listener.local_addr().unwrap()
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(task_runtime::http::serve(
+        listener,
+        rt.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let http = reqwest::Client::new();
+
+    let unauthenticated = http.post(&base_url).json(&json!({})).send().await.unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+    let created: Value = http
+        .post(&base_url)
+        .bearer_auth(&acme)
+        .json(&json!({ "timeout": "1h", "tags": ["api"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = created["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("token_"), "{created}");
+    assert_eq!(created["isCached"], false);
+
+    let run = rt
+        .trigger(
+            "approval",
+            input(json!({ "probe": probe.name(), "token": token, "timeoutMs": 60_000 })),
+        )
+        .await
+        .unwrap();
+    let id = run.run_id().clone();
+    until_status(&rt, &id, RunStatus::Waiting).await;
+
+    let other_get = http
+        .get(format!("{base_url}/{token}"))
+        .bearer_auth(&globex)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_get.status(), 404);
+    let other_complete = http
+        .post(format!("{base_url}/{token}/complete"))
+        .bearer_auth(&globex)
+        .json(&json!({ "data": { "ok": false } }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(other_complete.status(), 404);
+
+    let shown: Value = http
+        .get(format!("{base_url}/{token}"))
+        .bearer_auth(&acme)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["status"], "waiting");
+    assert_eq!(shown["tenantId"], "acme");
+    assert_eq!(shown["tags"], json!(["api"]));
+    assert_eq!(shown["runId"], id.as_str());
+
+    let complete = |key: String| {
+        http.post(format!("{base_url}/{token}/complete"))
+            .bearer_auth(key)
+            .json(&json!({ "data": { "ok": true } }))
+            .send()
+    };
+    let first: Value = complete(acme.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(first, json!({ "success": true, "outcome": "completed" }));
+    let envelope = envelope_of(&rt, &id).await;
+    assert_eq!(envelope.results["data"], json!({ "ok": true }));
+    let second: Value = complete(acme.clone()).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        second,
+        json!({ "success": false, "outcome": "alreadyCompleted" })
+    );
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    worker.shutdown(Duration::from_secs(5)).await;
+}
