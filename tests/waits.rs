@@ -148,6 +148,43 @@ async fn sleep_holds_no_slot_and_survives_a_restart(url: &str) {
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// Two runs of a task limited to one at a time, on a worker with room for four: the
+/// second starts while the first sleeps (a waiting run holds no concurrency slot), and both
+/// finish once their hour passed.
+async fn a_waiting_run_holds_no_concurrency_slot(url: &str) {
+    let clock = TestClock::new();
+    let probe = Probe::new();
+    let rt = runtime(url, &clock).await;
+    let worker = rt.worker().concurrency(4).start();
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let run = rt
+            .trigger(
+                "limited_sleeper",
+                input(json!({ "probe": probe.name(), "sleepMs": HOUR.as_millis() as u64 })),
+            )
+            .await
+            .unwrap();
+        ids.push(run.run_id().clone());
+    }
+    for id in &ids {
+        until_status(&rt, id, RunStatus::Waiting).await;
+    }
+    assert_eq!(
+        probe.count("step before"),
+        2,
+        "both started, one after the other"
+    );
+    clock.advance(HOUR + Duration::from_secs(1));
+    for id in &ids {
+        let envelope = envelope_of(&rt, id).await;
+        assert!(envelope.job.success, "{:?}", envelope.job.error);
+    }
+    assert_eq!(probe.count("step before"), 2);
+    assert_eq!(probe.count("step after"), 2);
+    worker.shutdown(Duration::from_secs(5)).await;
+}
+
 /// `tokens complete` through the fixture-app binary (another process).
 fn complete_in_another_process(url: &str, token: &str, data: &str) -> (i32, String, String) {
     let output = Command::new(APP)
@@ -325,6 +362,16 @@ async fn sqlite_sleep_holds_no_slot_and_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_sleep_holds_no_slot_and_survives_a_restart() {
     sleep_holds_no_slot_and_survives_a_restart(&pg::server().database("sleep")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_waiting_run_holds_no_concurrency_slot() {
+    a_waiting_run_holds_no_concurrency_slot(&sqlite_url("limited")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_waiting_run_holds_no_concurrency_slot() {
+    a_waiting_run_holds_no_concurrency_slot(&pg::server().database("limited")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,7 +134,8 @@ pub struct Worker {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerReport {
-    /// Attempts it executed to an end (completed, failed, cancelled, rescheduled).
+    /// Attempts it executed to an end (completed, failed, cancelled, rescheduled, or
+    /// suspended by a durable wait).
     pub executed: u64,
     /// Runs it handed back to the queue at shutdown.
     pub released: u64,

@@ -54,6 +54,12 @@ pub async fn sleeper(ctx: &TaskContext, input: SleepInput) -> Result<Waited, Tas
     })
 }
 
+/// `sleeper`, at most one at a time across every worker of a store.
+#[task(id = "limited_sleeper", concurrency = 1)]
+pub async fn limited_sleeper(ctx: &TaskContext, input: SleepInput) -> Result<Waited, TaskError> {
+    sleeper(ctx, input).await
+}
+
 /// Input of `approval`.
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
