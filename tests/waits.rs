@@ -579,3 +579,55 @@ async fn http_wait_tokens_are_created_read_and_completed_per_tenant() {
     server.await.unwrap().unwrap();
     worker.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A track whose two steps each sleep an hour: the track run waits twice, and each resume
+/// replays what completed (the first step as a whole, then the second step's first
+/// `ctx.step`), so every `ctx.step` executes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_track_whose_steps_sleep_waits_and_resumes_twice() {
+    let url = sqlite_url("track");
+    let clock = TestClock::new();
+    let probe = Probe::new();
+    let rt = runtime(&url, &clock).await;
+    let worker = rt.worker().concurrency(1).start();
+    let run = rt
+        .trigger(
+            "sleep_track",
+            input(json!({ "probe": probe.name(), "sleepMs": HOUR.as_millis() as u64 })),
+        )
+        .await
+        .unwrap();
+    let id = run.run_id().clone();
+    until_status(&rt, &id, RunStatus::Waiting).await;
+    assert_eq!(
+        (probe.count("step before"), probe.count("step after")),
+        (1, 0)
+    );
+    clock.advance(HOUR + Duration::from_secs(1));
+    // Woken, the first step finishes and the second one sleeps.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while probe.count("step before") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the second step never began"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until_status(&rt, &id, RunStatus::Waiting).await;
+    assert_eq!(probe.count("step after"), 1);
+    clock.advance(HOUR + Duration::from_secs(1));
+    let envelope = envelope_of(&rt, &id).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(
+        (probe.count("step before"), probe.count("step after")),
+        (2, 2)
+    );
+    let steps = &envelope.metadata.steps;
+    assert_eq!(steps.len(), 2);
+    assert!(
+        steps[0].replayed,
+        "the first step replayed from the journal"
+    );
+    assert!(!steps[1].replayed);
+    worker.shutdown(Duration::from_secs(5)).await;
+}

@@ -92,3 +92,11 @@ pub async fn approval(ctx: &TaskContext, input: ApprovalInput) -> Result<Waited,
         timed_out,
     })
 }
+
+track! {
+    /// Two `sleeper`s, one after the other: a track whose steps wait.
+    pub SleepTrack("sleep_track")(input: SleepInput) {
+        Sleeper = |input| input.clone(),
+        Sleeper = |_prev, original| original.clone(),
+    }
+}
