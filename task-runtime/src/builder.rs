@@ -42,6 +42,7 @@ pub struct RuntimeBuilder {
     hook_timeout: Duration,
     hooks: Vec<RuntimeHook>,
     store: Option<Store>,
+    clock: crate::clock::Clock,
 }
 
 /// Why a [`Runtime`] could not be built.
@@ -77,6 +78,7 @@ impl Default for RuntimeBuilder {
             hook_timeout: Duration::from_secs(30),
             hooks: Vec::new(),
             store: None,
+            clock: crate::clock::Clock::default(),
         }
     }
 }
@@ -187,6 +189,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Gives the runtime a test's clock for durable waits (`ctx.sleep`, token timeouts, the
+    /// waking of waiting runs), so a test makes an hour pass with
+    /// [`TestClock::advance`](crate::TestClock::advance) instead of waiting for it.
+    #[cfg(feature = "test-util")]
+    pub fn clock(mut self, clock: std::sync::Arc<crate::TestClock>) -> Self {
+        self.clock = crate::clock::Clock::test(clock);
+        self
+    }
+
     fn check(&self) -> Result<(), BuildError> {
         self.default_retry.check()?;
         if self.default_timeout == Some(Duration::ZERO) {
@@ -242,6 +253,8 @@ impl RuntimeBuilder {
             hooks: self.hooks,
             root: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            clock: self.clock,
+            tokens: crate::tokens::MemoryTokens::default(),
         });
         Ok(Runtime::from_executor(exec, self.store))
     }

@@ -48,6 +48,7 @@
 mod builder;
 #[cfg(any(feature = "cli", feature = "http"))]
 mod catalog;
+mod clock;
 mod compose;
 mod context;
 mod envelope;
@@ -66,8 +67,10 @@ mod schema;
 mod step;
 mod store;
 mod task;
+mod tokens;
 #[cfg(feature = "postgres")]
 mod trigger_in;
+mod waits;
 mod worker;
 
 #[cfg(feature = "cli")]
@@ -81,6 +84,8 @@ pub mod logging;
 pub mod __private;
 
 pub use builder::{BuildError, Registered, RuntimeBuilder};
+#[cfg(feature = "test-util")]
+pub use clock::TestClock;
 pub use compose::orchestrator::{FailurePolicy, Outcome};
 pub use context::{CallbackResult, TaskContext};
 pub use envelope::{
@@ -103,6 +108,7 @@ pub use schema::TaskSchemas;
 pub use store::StoreLogLayer;
 pub use store::{CancelOutcome, LogLine, RunFilter, Store, StoreError};
 pub use task::{Kind, Task, TaskInput, TaskOutput};
+pub use tokens::{NewToken, TokenCompletion, TokenError, TokenStatus, Tokens, WaitToken};
 pub use worker::{Worker, WorkerBuilder, WorkerReport};
 
 pub use task_macros::{orchestrator, task, track};

@@ -387,6 +387,12 @@ impl Runs<'_> {
             let envelope = match current {
                 Some(info) => {
                     let mut envelope = envelope;
+                    if info.status == RunStatus::Waiting {
+                        envelope.job.error_detail =
+                            Some(TaskError::cancelled("run cancelled while waiting"));
+                        envelope.job.error =
+                            envelope.job.error_detail.as_ref().map(|e| e.to_string());
+                    }
                     envelope.job.task_name = info.task.into();
                     envelope.job.input = info.input;
                     Box::new(envelope)

@@ -67,13 +67,7 @@ impl TaskContext {
         let mut run_id = None;
         match journal.lookup(&self.run_id, &position) {
             Recorded::Done(entry) if entry.task != name => {
-                return Err(TaskError::fatal(format!(
-                    "step {index} is `{name}` in this attempt, but the run recorded `{}` at \
-                     that position: the task's steps changed order (or one is skipped on a \
-                     condition) since the run started, and replaying would return another \
-                     step's output",
-                    entry.task
-                )));
+                return Err(reordered(index, name, &entry.task));
             }
             Recorded::Done(entry) => {
                 let output = entry.output.clone().unwrap_or(Value::Null);
@@ -134,7 +128,7 @@ impl TaskContext {
     }
 
     /// Lists the step in `metadata.steps`.
-    fn record_step(
+    pub(crate) fn record_step(
         &self,
         name: &str,
         run_id: RunId,
@@ -155,6 +149,16 @@ impl TaskContext {
     }
 }
 
-fn millis(clock: Instant) -> u64 {
+/// The fatal error of a replay that finds another step (or wait) than `name` recorded at
+/// position `index`.
+pub(crate) fn reordered(index: u32, name: &str, recorded: &str) -> TaskError {
+    TaskError::fatal(format!(
+        "step {index} is `{name}` in this attempt, but the run recorded `{recorded}` at that \
+         position: the task's steps changed order (or one is skipped on a condition) since \
+         the run started, and replaying would return another step's output"
+    ))
+}
+
+pub(crate) fn millis(clock: Instant) -> u64 {
     clock.elapsed().as_millis().try_into().unwrap_or(u64::MAX)
 }

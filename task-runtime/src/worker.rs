@@ -134,7 +134,8 @@ pub struct Worker {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerReport {
-    /// Attempts it executed to an end (completed, failed, cancelled, rescheduled).
+    /// Attempts it executed to an end (completed, failed, cancelled, rescheduled, or
+    /// suspended by a durable wait).
     pub executed: u64,
     /// Runs it handed back to the queue at shutdown.
     pub released: u64,
@@ -285,6 +286,8 @@ async fn work(
     sync_schedules(&shared).await;
     #[cfg(feature = "cron")]
     let scheduler = tokio::spawn(fire_schedules(shared.clone(), stop.clone()).in_current_span());
+    let waker =
+        tokio::spawn(wake_waiting(shared.clone(), store.clone(), stop.clone()).in_current_span());
     let cancels = store
         .cancel_requests()
         .map(|requests| tokio::spawn(forward_cancels(shared.clone(), requests).in_current_span()));
@@ -412,6 +415,7 @@ async fn work(
     keeper.abort();
     #[cfg(feature = "cron")]
     scheduler.abort();
+    waker.abort();
     if let Some(cancels) = cancels {
         cancels.abort();
     }
@@ -462,7 +466,8 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
         let token = match settle {
             Settle::Finish { token, .. }
             | Settle::Retry { token, .. }
-            | Settle::Release { token, .. } => *token,
+            | Settle::Release { token, .. }
+            | Settle::Suspend { token, .. } => *token,
         };
         if held.get(id).is_some_and(|h| h.token == token) {
             held.remove(id);
@@ -489,6 +494,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         input,
         attempt,
         token,
+        resumed,
     } = run;
     let (cancel, released) = {
         let held = lock(&shared.held);
@@ -511,8 +517,9 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             expired_before: None,
         };
     };
-    // A run attempted before may have children that completed: load what they recorded.
-    let entries = if attempt > 1 {
+    // A run attempted (or suspended by a wait) before may have children that completed:
+    // load what they recorded.
+    let entries = if attempt > 1 || resumed {
         match store.journal(id.clone()).await {
             Ok(entries) => entries,
             Err(error) => {
@@ -523,14 +530,29 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
     } else {
         Vec::new()
     };
-    let journal = Arc::new(Journal::new(store.clone(), id.clone(), token, entries));
+    let journal = Arc::new(Journal::new(
+        store.clone(),
+        id.clone(),
+        token,
+        entries,
+        cancel.clone(),
+    ));
     let mut seed = Seed::root(cancel);
     seed.run_id = Some(id.clone());
     seed.attempt = Some(attempt);
-    seed.scope.journal = Some(journal);
+    seed.scope.journal = Some(journal.clone());
     let end = descriptor
         .run_stored(shared.rt.executor(), input, seed)
         .await;
+    // A durable wait ended the attempt: the run waits in the store, holding nothing.
+    if let Some(suspension) = journal.suspension() {
+        return Settle::Suspend {
+            id,
+            token,
+            wake_at: suspension.wake_at,
+            wait_token: suspension.token,
+        };
+    }
     if released.load(Ordering::Acquire) {
         return Settle::Release { id, token };
     }
@@ -585,6 +607,35 @@ async fn fire_schedules(shared: Arc<Shared>, stop: CancellationToken) {
         }
         if let Err(error) = shared.rt.schedules().fire_due(SystemTime::now()).await {
             tracing::warn!(%error, "firing due schedules failed; trying again in a second");
+        }
+    }
+}
+
+/// Queues the waiting runs whose wake time came (a sleep's end, a token wait's deadline,
+/// read on the runtime's clock), every second or at the next wake time if sooner, until the
+/// worker stops; the claim loop then takes them like any due run. A completed token wakes
+/// its run itself, at once.
+async fn wake_waiting(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: CancellationToken) {
+    let clock = shared.rt.executor().clock.clone();
+    loop {
+        let mut wait = Duration::from_secs(1);
+        match store.wake_waiting(clock.now()).await {
+            Ok((woken, next)) => {
+                if woken > 0 {
+                    tracing::debug!(woken, "woke waiting runs");
+                }
+                if let Some(next) = next {
+                    let until = next.duration_since(clock.now()).unwrap_or_default();
+                    wait = wait.min(until + Duration::from_millis(1));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "waking waiting runs failed; trying again in a second")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => return,
         }
     }
 }

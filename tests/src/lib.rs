@@ -12,6 +12,7 @@ pub mod probe;
 pub mod procs;
 pub mod recorder;
 pub mod scheduled;
+pub mod waits;
 
 use probe::Probe;
 

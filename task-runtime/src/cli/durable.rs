@@ -13,7 +13,7 @@ use super::{FAILED, SUCCESS, USAGE, finish, unknown_id, write_json};
 use crate::store::{CancelOutcome, RunFilter};
 use crate::{RunId, RunInfo, RunStatus, Runtime, TriggerOptions};
 
-fn duration(text: &str) -> Result<Duration, String> {
+pub(super) fn duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
         .map_err(|e| format!("`{text}` is not a duration like 500ms, 10m or 1h 30m: {e}"))
 }

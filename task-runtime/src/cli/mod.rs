@@ -42,6 +42,7 @@ mod durable;
 mod http;
 mod input;
 mod schedules;
+mod tokens;
 
 use input::{InputFailure, InputSource, read_input};
 
@@ -191,6 +192,9 @@ enum Command {
     /// List, create or delete the store's cron schedules.
     #[command(subcommand)]
     Schedules(schedules::SchedulesCommand),
+    /// Create, complete or show the store's wait tokens (`ctx.wait_for_token`).
+    #[command(subcommand)]
+    Tokens(tokens::TokensCommand),
     /// Serve the HTTP API and run a worker on the store until Ctrl-C or SIGTERM.
     #[cfg(feature = "http")]
     Serve(http::ServeArgs),
@@ -224,7 +228,11 @@ async fn execute(
 ) -> u8 {
     let Cli { store, command, .. } = cli;
     let needs_store = match &command {
-        Command::Trigger(_) | Command::Worker(_) | Command::Runs(_) | Command::Schedules(_) => true,
+        Command::Trigger(_)
+        | Command::Worker(_)
+        | Command::Runs(_)
+        | Command::Schedules(_)
+        | Command::Tokens(_) => true,
         #[cfg(feature = "http")]
         Command::Serve(_) | Command::Keys(_) => true,
         Command::List { .. } | Command::Schema { .. } | Command::Run { .. } => false,
@@ -260,6 +268,7 @@ async fn execute(
         Command::Worker(args) => durable::worker(&runtime, args, err).await,
         Command::Runs(command) => durable::runs(&runtime, command, out, err).await,
         Command::Schedules(command) => schedules::schedules(&runtime, command, out, err).await,
+        Command::Tokens(command) => tokens::tokens(&runtime, command, out, err).await,
         #[cfg(feature = "http")]
         Command::Serve(args) => http::serve(&runtime, args, err).await,
         #[cfg(feature = "http")]

@@ -273,7 +273,17 @@ pub(crate) async fn execute<T: Task>(
     };
     let (result, mut report, retry_in) = in_span!(span, attempts.run());
     report.duration_ms = millis(clock.elapsed());
-    {
+    // A durable wait stopped the attempt: the run is not over, it waits in the store. Its
+    // children stay unfinished in the journal (they run again under their ids on resume),
+    // and no hook fires.
+    let suspended = scope.journal.as_ref().is_some_and(|j| j.is_suspended());
+    if suspended {
+        let _entered = span.enter();
+        tracing::info!(
+            duration_ms = report.duration_ms,
+            "attempt suspended: the run waits"
+        );
+    } else {
         let _entered = span.enter();
         let duration_ms = report.duration_ms;
         match &result {
@@ -295,7 +305,7 @@ pub(crate) async fn execute<T: Task>(
             ),
         }
     }
-    if let Some((journal, _)) = &journal {
+    if let Some((journal, _)) = journal.as_ref().filter(|_| !suspended) {
         let output = result.as_ref().map(|produced| match &produced.json {
             Some(json) => json.clone(),
             None => serde_json::to_value(&produced.typed).unwrap_or_default(),
@@ -303,7 +313,7 @@ pub(crate) async fn execute<T: Task>(
         journal.finish(&run_id, output, report.attempts);
     }
     // Hooks fire once a run is over: not for an attempt that is rescheduled.
-    if retry_in.is_none() && (T::HAS_HOOKS || !exec.hooks.is_empty()) {
+    if retry_in.is_none() && !suspended && (T::HAS_HOOKS || !exec.hooks.is_empty()) {
         let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
         // Boxed: a run without hooks does not carry the hooks' state in its own.
         Box::pin(run_hooks::<T>(exec, when, &event).instrument(span)).await;

@@ -68,6 +68,10 @@ pub(crate) struct Settings {
     /// Every run and every piece of work a run leaves behind (the cleanup of a dropped
     /// attempt), so shutdown can wait for all of it.
     pub tracker: TaskTracker,
+    /// What "now" is for durable waits (the system clock, or a test's).
+    pub clock: crate::clock::Clock,
+    /// Wait tokens of a runtime without a store (in this process's memory).
+    pub tokens: crate::tokens::MemoryTokens,
 }
 
 impl Executor {

@@ -24,11 +24,15 @@
 //! `GET /api/v1/runs?status=&task=&tag=&cursor=&limit=`, `POST /api/v1/runs/{id}/cancel`,
 //! `POST /api/v1/runs/{id}/replay`, `GET /api/v1/runs/{id}/logs`,
 //! `GET /api/v1/runs/{id}/events` (server-sent events), `GET /api/v1/tasks`,
-//! `GET /api/v1/tasks/{id}/schema`.
+//! `GET /api/v1/tasks/{id}/schema`, and wait tokens: `POST /api/v1/waitpoints/tokens`
+//! (`{ "timeout": "1h", "tags": [] }` → `{ "id" }`), `GET /api/v1/waitpoints/tokens/{id}`,
+//! `POST /api/v1/waitpoints/tokens/{id}/complete` (`{ "data": .. }` → `{ "success",
+//! "outcome" }`, `success: false` when it changed nothing).
 
 mod auth;
 mod events;
 mod runs;
+mod tokens;
 
 use std::future::Future;
 
@@ -77,6 +81,12 @@ fn routes(rt: Runtime, stopping: CancellationToken) -> Router {
         .route("/api/v1/runs/{id}/replay", post(runs::replay))
         .route("/api/v1/runs/{id}/logs", get(runs::logs))
         .route("/api/v1/runs/{id}/events", get(events::events))
+        .route("/api/v1/waitpoints/tokens", post(tokens::create))
+        .route("/api/v1/waitpoints/tokens/{id}", get(tokens::get))
+        .route(
+            "/api/v1/waitpoints/tokens/{id}/complete",
+            post(tokens::complete),
+        )
         .fallback(not_found_route)
         .with_state(AppState { rt, stopping })
 }

@@ -78,7 +78,7 @@ struct TriggerBodyOptions {
     tags: Vec<String>,
 }
 
-fn duration(path: &str, text: &str) -> Result<Duration, ApiError> {
+pub(super) fn duration(path: &str, text: &str) -> Result<Duration, ApiError> {
     humantime::parse_duration(text).map_err(|e| {
         ApiError::invalid(
             path,
@@ -107,7 +107,7 @@ impl TriggerBodyOptions {
 }
 
 /// Reads a body of at most `limit` bytes and parses it strictly (duplicate keys refused).
-async fn read_json(rt: &Runtime, body: Body, limit: usize) -> Result<Value, ApiError> {
+pub(super) async fn read_json(rt: &Runtime, body: Body, limit: usize) -> Result<Value, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

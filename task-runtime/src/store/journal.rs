@@ -7,10 +7,11 @@
 //! commits them before the root's settle, fenced by the root's lease token.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 
 use super::{JournalEntry, JournalOp, RunStore};
 use crate::error::TaskError;
@@ -23,6 +24,19 @@ pub(crate) struct Journal {
     root: RunId,
     token: i64,
     recorded: HashMap<(RunId, String), JournalEntry>,
+    /// The root attempt's token: a durable wait stops the attempt through it.
+    cancel: CancellationToken,
+    /// Set by a durable wait that suspends the run.
+    suspended: Mutex<Option<Suspension>>,
+}
+
+/// Why and until when a durable run waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Suspension {
+    /// When it is due again at the latest (a sleep's end, a token wait's deadline).
+    pub wake_at: SystemTime,
+    /// The token whose completion wakes it earlier.
+    pub token: Option<String>,
 }
 
 /// What the journal knows of a position.
@@ -41,6 +55,7 @@ impl Journal {
         root: RunId,
         token: i64,
         entries: Vec<JournalEntry>,
+        cancel: CancellationToken,
     ) -> Self {
         let recorded = entries
             .into_iter()
@@ -51,7 +66,48 @@ impl Journal {
             root,
             token,
             recorded,
+            cancel,
+            suspended: Mutex::default(),
         }
+    }
+
+    /// What was recorded at a position, whatever its state.
+    pub(crate) fn entry(&self, parent: &RunId, position: &str) -> Option<&JournalEntry> {
+        self.recorded.get(&(parent.clone(), position.to_owned()))
+    }
+
+    /// Ends the root's attempt to wait: the worker settles it as `waiting` (see
+    /// [`Suspension`]). With several waits at once (branches of an orchestrator), the run
+    /// wakes at the earliest wake time, and the first token registered wakes it earlier.
+    pub(crate) fn suspend(&self, suspension: Suspension) {
+        {
+            let mut slot = crate::exec::seed::lock(&self.suspended);
+            match slot.as_mut() {
+                Some(held) => {
+                    held.wake_at = held.wake_at.min(suspension.wake_at);
+                    if held.token.is_none() {
+                        held.token = suspension.token;
+                    }
+                }
+                None => *slot = Some(suspension),
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    /// Why the attempt stopped to wait, if it did.
+    pub(crate) fn suspension(&self) -> Option<Suspension> {
+        crate::exec::seed::lock(&self.suspended).clone()
+    }
+
+    /// Whether a wait suspended the run (its attempt is winding down, not failing).
+    pub(crate) fn is_suspended(&self) -> bool {
+        crate::exec::seed::lock(&self.suspended).is_some()
+    }
+
+    /// The store, for waits that look a token up.
+    pub(crate) fn store(&self) -> &Arc<dyn RunStore> {
+        &self.store
     }
 
     pub(crate) fn lookup(&self, parent: &RunId, position: &str) -> Recorded<'_> {

@@ -44,6 +44,7 @@ use crate::error::TaskError;
 use crate::id::RunId;
 use crate::runs::{RunInfo, RunStatus};
 use crate::schedules::Schedule;
+use crate::tokens::{TokenCompletion, WaitToken};
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use log_layer::StoreLogLayer;
@@ -301,6 +302,9 @@ pub(crate) struct ClaimedRun {
     /// The attempt this claim is (1 for the first).
     pub attempt: u32,
     pub token: i64,
+    /// It waited before (a durable wait suspended it): its journal has entries to replay
+    /// even on its first attempt.
+    pub resumed: bool,
 }
 
 /// What a claim took, and when the next queued run is due (`None`: nothing queued).
@@ -350,12 +354,24 @@ pub(crate) enum Settle {
     /// The worker stops before the run finished: back to the queue, the attempt not
     /// counted.
     Release { id: RunId, token: i64 },
+    /// The run waits (a durable sleep or token wait): `waiting` until `wake_at`, or until
+    /// `wait_token` is completed (at once if it already is), holding no lease, the attempt
+    /// not counted.
+    Suspend {
+        id: RunId,
+        token: i64,
+        wake_at: SystemTime,
+        wait_token: Option<String>,
+    },
 }
 
 impl Settle {
     pub(crate) fn id(&self) -> &RunId {
         match self {
-            Settle::Finish { id, .. } | Settle::Retry { id, .. } | Settle::Release { id, .. } => id,
+            Settle::Finish { id, .. }
+            | Settle::Retry { id, .. }
+            | Settle::Release { id, .. }
+            | Settle::Suspend { id, .. } => id,
         }
     }
 }
@@ -392,6 +408,9 @@ pub(crate) struct JournalEntry {
     pub output: Option<Value>,
     pub attempts: u32,
     pub duration_ms: u64,
+    /// The recorded input of a durable wait (`wait:*` entries only): its wake time or
+    /// deadline, fixed when the wait began.
+    pub input: Option<Value>,
 }
 
 /// A write of the journal, fenced by the root's lease token.
@@ -653,6 +672,28 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     #[cfg_attr(not(feature = "cron"), allow(dead_code))]
     fn fire_schedule(&self, fire: ScheduleFire)
     -> BoxFuture<'_, Result<Option<RunId>, StoreError>>;
+
+    /// Stores a new wait token.
+    fn create_token(&self, token: WaitToken) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The token with this id (its stored status: `waiting` or `completed`).
+    fn get_token(&self, id: String) -> BoxFuture<'_, Result<Option<WaitToken>, StoreError>>;
+
+    /// Completes a token, in one transaction with waking the run waiting for it, unless it
+    /// was completed before, its timeout passed (at `now`), or its run was cancelled.
+    fn complete_token(
+        &self,
+        id: String,
+        data: Value,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<TokenCompletion, StoreError>>;
+
+    /// Queues the waiting runs whose wake time is at or before `now`; says how many, and
+    /// when the next waiting run is due.
+    fn wake_waiting(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<(usize, Option<SystemTime>), StoreError>>;
 
     /// Resolves when the store may have changed (a write by this process, or by another
     /// one seen through polling or a notification), or after `within`.

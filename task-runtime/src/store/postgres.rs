@@ -61,12 +61,14 @@ use crate::exec::seed::lock;
 use crate::id::RunId;
 use crate::runs::RunStatus;
 use crate::schedules::Schedule;
+use crate::tokens::{TokenCompletion, TokenStatus, WaitToken};
 
 /// The migrations, embedded: version, description and SQL.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "runs", include_str!("postgres/0001_runs.sql")),
     (2, "schedules", include_str!("postgres/0002_schedules.sql")),
     (3, "api keys", include_str!("postgres/0003_api_keys.sql")),
+    (4, "waits", include_str!("postgres/0004_waits.sql")),
 ];
 
 /// The schema everything lives in.
@@ -1171,6 +1173,8 @@ impl SettleColumns {
                     c.l_id.push(id.to_string());
                     c.l_token.push(*token);
                 }
+                // Written by `suspend`, each in a transaction of its own.
+                Settle::Suspend { .. } => {}
             }
         }
         c
@@ -1246,8 +1250,11 @@ impl RunStore for PostgresStore {
                 .shared
                 .run(|conn| {
                     let query = sqlx::query(
-                        "SELECT id, task, input, attempts, lease_token, next_due
-                           FROM task_runtime.claim($1, $2, $3, $4, $5, $6)",
+                        "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
+                                coalesce(r.waits, 0) AS waits
+                           FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
+                           -- The row as it was before the claim: `waits` is not changed by it.
+                           LEFT JOIN task_runtime.runs r ON r.id = c.id",
                     )
                     .bind(owner.clone())
                     .bind(until)
@@ -1271,6 +1278,7 @@ impl RunStore for PostgresStore {
                         input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
                         attempt: attempts(row)?,
                         token: row.try_get("lease_token")?,
+                        resumed: row.try_get::<i32, _>("waits")? > 0,
                     }))
                 };
                 match read() {
@@ -1362,9 +1370,23 @@ impl RunStore for PostgresStore {
                     Box::pin(async move { query.fetch_all(conn).await })
                 })
                 .await?;
-            self.shared.changes.bump();
-            let applied: std::collections::HashSet<String> =
+            let mut applied: std::collections::HashSet<String> =
                 applied.into_iter().flatten().collect();
+            for outcome in outcomes.iter() {
+                if let Settle::Suspend {
+                    id,
+                    token,
+                    wake_at,
+                    wait_token,
+                } = outcome
+                    && self
+                        .suspend(id, *token, *wake_at, wait_token.as_deref())
+                        .await?
+                {
+                    applied.insert(id.to_string());
+                }
+            }
+            self.shared.changes.bump();
             Ok(outcomes
                 .iter()
                 .map(|o| applied.contains(o.id().as_str()))
@@ -1599,7 +1621,9 @@ impl RunStore for PostgresStore {
                         let current: RunStatus =
                             current.parse().map_err(|e| decode("status", e))?;
                         let outcome = match current {
-                            RunStatus::Queued | RunStatus::Delayed => {
+                            // A waiting run holds no worker: it ends at once, like a
+                            // queued one.
+                            RunStatus::Queued | RunStatus::Delayed | RunStatus::Waiting => {
                                 sqlx::query(END_QUEUED)
                                     .bind(vec![key.clone()])
                                     .bind(vec![status])
@@ -1608,7 +1632,7 @@ impl RunStore for PostgresStore {
                                     .await?;
                                 CancelOutcome::Cancelled
                             }
-                            RunStatus::Executing | RunStatus::Waiting => {
+                            RunStatus::Executing => {
                                 sqlx::query(
                                     "UPDATE task_runtime.runs SET cancel_requested = true
                                       WHERE id = $1",
@@ -1642,7 +1666,7 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT id, parent_run_id, position, task, status, output, attempts, started_at,
-                                finished_at
+                                finished_at, CASE WHEN task LIKE 'wait:%' THEN input END AS input
                            FROM task_runtime.runs WHERE root_run_id = $1 AND position IS NOT NULL",
                     )
                     .bind(key.clone());
@@ -1672,6 +1696,7 @@ impl RunStore for PostgresStore {
                             (Some(s), Some(f)) => u64::try_from(f - s).unwrap_or(0),
                             _ => 0,
                         },
+                        input: json_column(row, "input")?,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()
@@ -1962,6 +1987,111 @@ impl RunStore for PostgresStore {
         })
     }
 
+    fn create_token(&self, token: WaitToken) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "INSERT INTO task_runtime.wait_tokens
+                         (id, tenant_id, tags, status, timeout_at, created_at)
+                         VALUES ($1, $2, $3::jsonb, 'waiting', $4, $5)",
+                    )
+                    .bind(token.id.clone())
+                    .bind(token.tenant_id.clone())
+                    .bind((!token.tags.is_empty()).then(|| json_text(&token.tags)))
+                    .bind(token.timeout_at.map(millis))
+                    .bind(millis(token.created_at));
+                    Box::pin(async move { query.execute(conn).await })
+                })
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn get_token(&self, id: String) -> BoxFuture<'_, Result<Option<WaitToken>, StoreError>> {
+        Box::pin(async move {
+            let row = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query(
+                        "SELECT id, tenant_id, tags::text AS tags, status, data, timeout_at,
+                                created_at, completed_at, run_id
+                           FROM task_runtime.wait_tokens WHERE id = $1",
+                    )
+                    .bind(id.clone());
+                    Box::pin(async move { query.fetch_optional(conn).await })
+                })
+                .await?;
+            row.map(|row| token_of(&row))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn complete_token(
+        &self,
+        id: String,
+        data: Value,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<TokenCompletion, StoreError>> {
+        Box::pin(async move {
+            let data = json_text(&data);
+            let outcome = self
+                .shared
+                .run(|conn| {
+                    let (id, data) = (id.clone(), data.clone());
+                    Box::pin(async move { complete_token(conn, &id, &data, millis(now)).await })
+                })
+                .await?;
+            if outcome == TokenCompletion::Completed {
+                self.shared.changes.bump();
+            }
+            Ok(outcome)
+        })
+    }
+
+    fn wake_waiting(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<(usize, Option<SystemTime>), StoreError>> {
+        Box::pin(async move {
+            let now = millis(now);
+            let next: Option<i64> = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query_scalar(
+                        "SELECT min(run_at) FROM task_runtime.runs
+                          WHERE status = 'waiting' AND parent_run_id IS NULL",
+                    );
+                    Box::pin(async move { query.fetch_one(conn).await })
+                })
+                .await?;
+            if next.is_none_or(|next| next > now) {
+                return Ok((0, next.map(time)));
+            }
+            // Due now on the server's clock, which claims read (`now` may be a test's).
+            let woken: i64 = self
+                .shared
+                .run(|conn| {
+                    let query = sqlx::query_scalar(
+                        "WITH woken AS (
+                            UPDATE task_runtime.runs SET status = 'queued', run_at = task_runtime.now_ms()
+                             WHERE status = 'waiting' AND parent_run_id IS NULL AND run_at <= $1
+                            RETURNING id)
+                         SELECT count(*) FROM woken, (SELECT pg_notify('task_runtime', '')) AS n",
+                    )
+                    .bind(now);
+                    Box::pin(async move { query.fetch_one(conn).await })
+                })
+                .await?;
+            self.shared.changes.bump();
+            Ok((usize::try_from(woken).unwrap_or(0), None))
+        })
+    }
+
     fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let changes = &self.shared.changes;
@@ -1990,6 +2120,155 @@ impl RunStore for PostgresStore {
     }
 }
 
+fn token_of(row: &PgRow) -> Result<WaitToken, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let run_id: Option<String> = row.try_get("run_id")?;
+    Ok(WaitToken {
+        id: row.try_get("id")?,
+        status: if status == "completed" {
+            TokenStatus::Completed
+        } else {
+            TokenStatus::Waiting
+        },
+        tenant_id: row.try_get("tenant_id")?,
+        tags: json_column(row, "tags")?.unwrap_or_default(),
+        created_at: time(row.try_get("created_at")?),
+        timeout_at: row.try_get::<Option<i64>, _>("timeout_at")?.map(time),
+        completed_at: row.try_get::<Option<i64>, _>("completed_at")?.map(time),
+        data: json_column(row, "data")?,
+        run_id: run_id.as_deref().map(parse_id).transpose()?,
+    })
+}
+
+/// Completes a token in one transaction with waking its run. The token's row is locked
+/// first, as `suspend` locks it: a run suspending while its token is completed is either
+/// seen waiting here, or sees the token completed there.
+async fn complete_token(
+    conn: &mut PgConnection,
+    id: &str,
+    data: &str,
+    now: i64,
+) -> Result<TokenCompletion, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let row: Option<(String, Option<i64>, Option<String>)> = sqlx::query_as(
+        "SELECT status, timeout_at, run_id FROM task_runtime.wait_tokens WHERE id = $1 FOR UPDATE",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((status, timeout_at, run_id)) = row else {
+        return Ok(TokenCompletion::NotFound);
+    };
+    if status == "completed" {
+        return Ok(TokenCompletion::AlreadyCompleted);
+    }
+    if timeout_at.is_some_and(|t| t <= now) {
+        return Ok(TokenCompletion::TimedOut);
+    }
+    if let Some(run_id) = &run_id {
+        let run_status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM task_runtime.runs WHERE id = $1")
+                .bind(run_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if run_status.as_deref() == Some("cancelled") {
+            return Ok(TokenCompletion::RunCancelled);
+        }
+    }
+    sqlx::query(
+        "UPDATE task_runtime.wait_tokens SET status = 'completed', data = $2, completed_at = $3
+          WHERE id = $1",
+    )
+    .bind(id)
+    .bind(data)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    if let Some(run_id) = &run_id {
+        sqlx::query(
+            "UPDATE task_runtime.runs SET status = 'queued', run_at = task_runtime.now_ms()
+              WHERE id = $1 AND status = 'waiting'",
+        )
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query("SELECT pg_notify('task_runtime', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(TokenCompletion::Completed)
+}
+
+impl PostgresStore {
+    /// Settles an attempt that suspended for a wait: `waiting` until `wake_at`, or queued at
+    /// once when its token was completed meanwhile (see `complete_token`); `false` when the
+    /// lease was no longer ours.
+    async fn suspend(
+        &self,
+        id: &RunId,
+        token: i64,
+        wake_at: SystemTime,
+        wait_token: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let (id, wait_token, wake_at) = (
+            id.to_string(),
+            wait_token.map(str::to_owned),
+            millis(wake_at),
+        );
+        self.shared
+            .run(|conn| {
+                let (id, wait_token) = (id.clone(), wait_token.clone());
+                Box::pin(async move {
+                    let mut tx = conn.begin().await?;
+                    let completed = match &wait_token {
+                        Some(wait_token) => {
+                            let status: Option<String> = sqlx::query_scalar(
+                                "SELECT status FROM task_runtime.wait_tokens WHERE id = $1 FOR UPDATE",
+                            )
+                            .bind(wait_token)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            status.as_deref() == Some("completed")
+                        }
+                        None => false,
+                    };
+                    let applied = sqlx::query(
+                        "UPDATE task_runtime.runs
+                            SET status = CASE WHEN $3 THEN 'queued' ELSE 'waiting' END,
+                                run_at = CASE WHEN $3 THEN task_runtime.now_ms() ELSE $4 END,
+                                attempts = attempts - 1, waits = waits + 1, expire_at = NULL,
+                                lease_owner = NULL, lease_expires_at = NULL
+                          WHERE id = $1 AND lease_token = $2 AND status = 'executing'",
+                    )
+                    .bind(&id)
+                    .bind(token)
+                    .bind(completed)
+                    .bind(wake_at)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+                        == 1;
+                    if applied && let Some(wait_token) = &wait_token {
+                        sqlx::query("UPDATE task_runtime.wait_tokens SET run_id = $2 WHERE id = $1")
+                            .bind(wait_token)
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    if applied && completed {
+                        sqlx::query("SELECT pg_notify('task_runtime', '')")
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    tx.commit().await?;
+                    Ok(applied)
+                })
+            })
+            .await
+    }
+}
+
 /// Ends queued runs without running them (only while still queued); returns their ids.
 const END_QUEUED: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
     ended AS (
@@ -1997,6 +2276,6 @@ const END_QUEUED: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
            SET status = e.status, envelope = e.envelope, finished_at = clock.ms,
                idempotency_key = NULL
           FROM clock, unnest($1::text[], $2::text[], $3::text[]) AS e(id, status, envelope)
-         WHERE r.id = e.id AND r.status IN ('queued', 'delayed')
+         WHERE r.id = e.id AND r.status IN ('queued', 'delayed', 'waiting')
         RETURNING r.id)
     SELECT id FROM ended UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";

@@ -37,6 +37,7 @@ use crate::envelope::RunOutput;
 use crate::id::RunId;
 use crate::runs::RunStatus;
 use crate::schedules::Schedule;
+use crate::tokens::{TokenCompletion, TokenStatus, WaitToken};
 
 /// The migrations, embedded: version and SQL.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -48,6 +49,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (3, "schedules", include_str!("sqlite/0003_schedules.sql")),
     (4, "api keys", include_str!("sqlite/0004_api_keys.sql")),
+    (5, "waits", include_str!("sqlite/0005_waits.sql")),
 ];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
@@ -103,6 +105,23 @@ enum Write {
         Box<ScheduleWrite>,
         oneshot::Sender<Result<ScheduleReply, StoreError>>,
     ),
+    Token(
+        Box<TokenWrite>,
+        oneshot::Sender<Result<TokenReply, StoreError>>,
+    ),
+}
+
+/// A write of wait tokens and waiting runs.
+enum TokenWrite {
+    Create(WaitToken),
+    Complete(String, Value, SystemTime),
+    Wake(SystemTime),
+}
+
+enum TokenReply {
+    Done,
+    Completed(TokenCompletion),
+    Woken(usize),
 }
 
 /// A write to the schedules (created and fired only with the `cron` feature).
@@ -507,6 +526,11 @@ enum Done {
         oneshot::Sender<Result<ScheduleReply, StoreError>>,
         ScheduleReply,
     ),
+    Token(
+        Box<TokenWrite>,
+        oneshot::Sender<Result<TokenReply, StoreError>>,
+        TokenReply,
+    ),
 }
 
 impl Done {
@@ -520,6 +544,7 @@ impl Done {
             Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Sync(tx) => drop(tx.send(commit)),
             Done::Schedule(_, tx, r) => drop(tx.send(commit.map(|()| r))),
+            Done::Token(_, tx, r) => drop(tx.send(commit.map(|()| r))),
         }
     }
 
@@ -536,6 +561,7 @@ impl Done {
             Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
             Done::Sync(tx) => Write::Sync(tx),
             Done::Schedule(write, tx, _) => Write::Schedule(write, tx),
+            Done::Token(write, tx, _) => Write::Token(write, tx),
         }
     }
 }
@@ -549,6 +575,7 @@ fn reject(write: Write, error: &StoreError) {
         Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
         Write::Sync(tx) => drop(tx.send(Err(error.clone()))),
         Write::Schedule(_, tx) => drop(tx.send(Err(error.clone()))),
+        Write::Token(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Journal(_) | Write::Logs(_) => {}
     }
 }
@@ -590,6 +617,10 @@ async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::
         Write::Schedule(write, tx) => match write_schedule(conn, &write).await {
             Ok(r) => Ok(Done::Schedule(write, tx, r)),
             Err(e) => Err((Write::Schedule(write, tx), e)),
+        },
+        Write::Token(write, tx) => match write_token(conn, &write).await {
+            Ok(r) => Ok(Done::Token(write, tx, r)),
+            Err(e) => Err((Write::Token(write, tx), e)),
         },
         Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
     }
@@ -814,7 +845,7 @@ async fn claim_runs(
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    let returning = "RETURNING id, task, input, attempts, lease_token";
+    let returning = "RETURNING id, task, input, attempts, lease_token, waits";
     let keyed: bool = sqlx::query_scalar(
         // On its partial index: the planner would pick `runs_by_status` and read every
         // queued row on every claim.
@@ -952,6 +983,7 @@ async fn claim_runs(
                 input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
                 attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 token: row.try_get("lease_token")?,
+                resumed: row.try_get::<i64, _>("waits")? > 0,
             })
         })
         .collect()
@@ -1118,6 +1150,44 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 .execute(&mut *conn)
                 .await?
             }
+            Settle::Suspend {
+                id,
+                token,
+                wake_at,
+                wait_token,
+            } => {
+                // A token completed before this settle (while the attempt wound down) wakes
+                // the run at once: the writer orders this against `complete_token`.
+                let result = sqlx::query(
+                    "UPDATE runs SET
+                            status = CASE WHEN ?3 IS NOT NULL AND EXISTS (SELECT 1 FROM wait_tokens
+                                        WHERE wait_tokens.id = ?3 AND wait_tokens.status = 'completed')
+                                     THEN 'queued' ELSE 'waiting' END,
+                            run_at = CASE WHEN ?3 IS NOT NULL AND EXISTS (SELECT 1 FROM wait_tokens
+                                        WHERE wait_tokens.id = ?3 AND wait_tokens.status = 'completed')
+                                     THEN ?4 ELSE ?5 END,
+                            attempts = attempts - 1, waits = waits + 1, expire_at = NULL,
+                            lease_owner = NULL, lease_expires_at = NULL
+                     WHERE id = ?1 AND lease_token = ?2 AND status = 'executing'",
+                )
+                .bind(id.as_str())
+                .bind(token)
+                .bind(wait_token)
+                .bind(now)
+                .bind(millis(*wake_at))
+                .execute(&mut *conn)
+                .await?;
+                if result.rows_affected() == 1
+                    && let Some(wait_token) = wait_token
+                {
+                    sqlx::query("UPDATE wait_tokens SET run_id = ?2 WHERE id = ?1")
+                        .bind(wait_token)
+                        .bind(id.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                result
+            }
         };
         applied[i] = result.rows_affected() == 1;
     }
@@ -1133,7 +1203,7 @@ async fn end_queued(
     for (id, envelope) in ends {
         let result = sqlx::query(
             "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3, idempotency_key = NULL
-             WHERE id = ?4 AND status IN ('queued', 'delayed')",
+             WHERE id = ?4 AND status IN ('queued', 'delayed', 'waiting')",
         )
         .bind(RunStatus::of_envelope(envelope).as_str())
         .bind(json_text(&envelope))
@@ -1160,11 +1230,12 @@ async fn cancel(
     };
     let status = parse_status(&status)?;
     match status {
-        RunStatus::Queued | RunStatus::Delayed => {
+        // A waiting run holds no worker: it ends at once, like a queued one.
+        RunStatus::Queued | RunStatus::Delayed | RunStatus::Waiting => {
             end_queued(conn, &[(id.clone(), Box::new(envelope.clone()))]).await?;
             Ok(CancelOutcome::Cancelled)
         }
-        RunStatus::Executing | RunStatus::Waiting => {
+        RunStatus::Executing => {
             sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = ?1")
                 .bind(id.as_str())
                 .execute(&mut *conn)
@@ -1546,7 +1617,8 @@ impl RunStore for SqliteStore {
     fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, parent_run_id, position, task, status, output, attempts, started_at, finished_at
+                "SELECT id, parent_run_id, position, task, status, output, attempts, started_at, finished_at,
+                        CASE WHEN task LIKE 'wait:%' THEN input END AS input
                  FROM runs WHERE root_run_id = ?1 AND position IS NOT NULL",
             )
             .bind(root.as_str())
@@ -1576,6 +1648,7 @@ impl RunStore for SqliteStore {
                             (Some(s), Some(f)) => u64::try_from(f - s).unwrap_or(0),
                             _ => 0,
                         },
+                        input: json_column(row, "input")?,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()
@@ -1668,6 +1741,80 @@ impl RunStore for SqliteStore {
             {
                 ScheduleReply::Fired(id) => Ok(id),
                 _ => Ok(None),
+            }
+        })
+    }
+
+    fn create_token(&self, token: WaitToken) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            self.write(|tx| Write::Token(Box::new(TokenWrite::Create(token)), tx))
+                .await
+                .map(|_| ())
+        })
+    }
+
+    fn get_token(&self, id: String) -> BoxFuture<'_, Result<Option<WaitToken>, StoreError>> {
+        Box::pin(async move {
+            let row = sqlx::query(
+                "SELECT id, tenant_id, tags, status, data, timeout_at, created_at, completed_at, run_id
+                 FROM wait_tokens WHERE id = ?1",
+            )
+            .bind(&id)
+            .fetch_optional(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            row.map(|row| token_of(&row))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt {
+                    id: id.clone(),
+                    reason: e.to_string(),
+                })
+        })
+    }
+
+    fn complete_token(
+        &self,
+        id: String,
+        data: Value,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<TokenCompletion, StoreError>> {
+        Box::pin(async move {
+            match self
+                .write(|tx| Write::Token(Box::new(TokenWrite::Complete(id, data, now)), tx))
+                .await?
+            {
+                TokenReply::Completed(outcome) => Ok(outcome),
+                _ => Ok(TokenCompletion::NotFound),
+            }
+        })
+    }
+
+    fn wake_waiting(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<(usize, Option<SystemTime>), StoreError>> {
+        Box::pin(async move {
+            // A read first: the writer (and the other processes' claim loops) is disturbed
+            // only when a waiting run is due.
+            let next: Option<i64> = sqlx::query_scalar(
+                "SELECT min(run_at) FROM runs INDEXED BY runs_waiting
+                 WHERE status = 'waiting' AND parent_run_id IS NULL",
+            )
+            .fetch_one(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            match next {
+                Some(next) if next <= millis(now) => {
+                    let woken = match self
+                        .write(|tx| Write::Token(Box::new(TokenWrite::Wake(now)), tx))
+                        .await?
+                    {
+                        TokenReply::Woken(n) => n,
+                        _ => 0,
+                    };
+                    Ok((woken, None))
+                }
+                next => Ok((0, next.map(time))),
             }
         })
     }
@@ -1799,6 +1946,106 @@ impl RunStore for SqliteStore {
                 _ = tokio::time::sleep(within) => {}
             }
         })
+    }
+}
+
+fn token_of(row: &SqliteRow) -> Result<WaitToken, sqlx::Error> {
+    let status: String = row.try_get("status")?;
+    let run_id: Option<String> = row.try_get("run_id")?;
+    Ok(WaitToken {
+        id: row.try_get("id")?,
+        status: if status == "completed" {
+            TokenStatus::Completed
+        } else {
+            TokenStatus::Waiting
+        },
+        tenant_id: row.try_get("tenant_id")?,
+        tags: json_column(row, "tags")?.unwrap_or_default(),
+        created_at: time(row.try_get("created_at")?),
+        timeout_at: row.try_get::<Option<i64>, _>("timeout_at")?.map(time),
+        completed_at: row.try_get::<Option<i64>, _>("completed_at")?.map(time),
+        data: json_column(row, "data")?,
+        run_id: run_id.as_deref().map(parse_id).transpose()?,
+    })
+}
+
+async fn write_token(conn: &mut Conn, write: &TokenWrite) -> Result<TokenReply, sqlx::Error> {
+    match write {
+        TokenWrite::Create(token) => {
+            sqlx::query(
+                "INSERT INTO wait_tokens (id, tenant_id, tags, status, timeout_at, created_at)
+                 VALUES (?1, ?2, ?3, 'waiting', ?4, ?5)",
+            )
+            .bind(&token.id)
+            .bind(&token.tenant_id)
+            .bind((!token.tags.is_empty()).then(|| json_text(&token.tags)))
+            .bind(token.timeout_at.map(millis))
+            .bind(millis(token.created_at))
+            .execute(&mut *conn)
+            .await?;
+            Ok(TokenReply::Done)
+        }
+        TokenWrite::Complete(id, data, now) => {
+            let row: Option<(String, Option<i64>, Option<String>)> =
+                sqlx::query_as("SELECT status, timeout_at, run_id FROM wait_tokens WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            let Some((status, timeout_at, run_id)) = row else {
+                return Ok(TokenReply::Completed(TokenCompletion::NotFound));
+            };
+            if status == "completed" {
+                return Ok(TokenReply::Completed(TokenCompletion::AlreadyCompleted));
+            }
+            if timeout_at.is_some_and(|t| t <= millis(*now)) {
+                return Ok(TokenReply::Completed(TokenCompletion::TimedOut));
+            }
+            if let Some(run_id) = &run_id {
+                let run_status: Option<String> =
+                    sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
+                        .bind(run_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if run_status.as_deref() == Some("cancelled") {
+                    return Ok(TokenReply::Completed(TokenCompletion::RunCancelled));
+                }
+            }
+            let at = millis(SystemTime::now());
+            sqlx::query(
+                "UPDATE wait_tokens SET status = 'completed', data = ?2, completed_at = ?3 WHERE id = ?1",
+            )
+            .bind(id)
+            .bind(json_text(data))
+            .bind(millis(*now))
+            .execute(&mut *conn)
+            .await?;
+            if let Some(run_id) = &run_id {
+                // Due now on the system clock, which claims read.
+                sqlx::query(
+                    "UPDATE runs SET status = 'queued', run_at = ?2 WHERE id = ?1 AND status = 'waiting'",
+                )
+                .bind(run_id)
+                .bind(at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok(TokenReply::Completed(TokenCompletion::Completed))
+        }
+        TokenWrite::Wake(now) => {
+            // Due now on the system clock, which claims read (`now` may be a test's clock).
+            let woken = sqlx::query(
+                "UPDATE runs SET status = 'queued', run_at = ?2
+                 WHERE id IN (SELECT id FROM runs INDEXED BY runs_waiting
+                              WHERE status = 'waiting' AND parent_run_id IS NULL AND run_at <= ?1)",
+            )
+            .bind(millis(*now))
+            .bind(millis(SystemTime::now()))
+            .execute(&mut *conn)
+            .await?;
+            Ok(TokenReply::Woken(
+                usize::try_from(woken.rows_affected()).unwrap_or(usize::MAX),
+            ))
+        }
     }
 }
 
