@@ -119,7 +119,7 @@ fn row_status(id: &str) -> String {
     )
 }
 
-const DETAIL: &str = "return { title: document.getElementById('d-title').textContent, \
+const DETAIL: &str = "return { loaded: document.getElementById('detail').dataset.loaded, \
      hidden: document.getElementById('detail').hidden, \
      status: document.getElementById('d-status').textContent, \
      error: document.getElementById('d-error').textContent, \
@@ -138,7 +138,7 @@ async fn open_detail(client: &Client, id: &str) -> Value {
         .await
         .unwrap();
     until(client, &format!("the detail of {id}"), DETAIL, |detail| {
-        detail["title"] == id && detail["status"] != ""
+        detail["loaded"] == id
     })
     .await
 }
