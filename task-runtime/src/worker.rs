@@ -200,6 +200,10 @@ struct Held {
     cancel: CancellationToken,
     /// Stopped by shutdown: hand it back instead of recording how it ended.
     released: Arc<AtomicBool>,
+    /// The attempt ended and its settle is on its way to the store: a heartbeat that finds
+    /// the row no longer executing raced that write (the settle itself reports a lease
+    /// that was really lost).
+    ending: bool,
 }
 
 #[derive(Debug)]
@@ -236,6 +240,7 @@ impl Shared {
                 token: run.token,
                 cancel,
                 released: Arc::new(AtomicBool::new(false)),
+                ending: false,
             },
         );
     }
@@ -311,6 +316,11 @@ async fn work(
         tokio::spawn(settle_loop(shared.clone(), store.clone(), settle_queue).in_current_span());
     let done = |outcome: Result<Settle, tokio::task::JoinError>| match outcome {
         Ok(settle) => {
+            if let Some(held) = lock(&shared.held).get_mut(settle.id())
+                && held.token == settle.token()
+            {
+                held.ending = true;
+            }
             let _ = finished.send(settle);
         }
         Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
@@ -463,12 +473,7 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
     let mut held = lock(&shared.held);
     for ((id, settle), applied) in ids.iter().zip(settles.iter()).zip(applied) {
         // Only this attempt's entry: the run may have been claimed again meanwhile.
-        let token = match settle {
-            Settle::Finish { token, .. }
-            | Settle::Retry { token, .. }
-            | Settle::Release { token, .. }
-            | Settle::Suspend { token, .. } => *token,
-        };
+        let token = settle.token();
         if held.get(id).is_some_and(|h| h.token == token) {
             held.remove(id);
             shared.rt.executed(id);
@@ -681,7 +686,7 @@ async fn keep_leases(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: Cancel
                 Ok(reply) => {
                     let held = lock(&shared.held);
                     for id in &reply.lost {
-                        if let Some(run) = held.get(id) {
+                        if let Some(run) = held.get(id).filter(|run| !run.ending) {
                             tracing::warn!(run_id = %id, "lease lost (it expired and was reclaimed): stopping the run");
                             run.cancel.cancel();
                         }

@@ -374,6 +374,16 @@ impl Settle {
             | Settle::Suspend { id, .. } => id,
         }
     }
+
+    /// The fencing token of the attempt this settles.
+    pub(crate) fn token(&self) -> i64 {
+        match self {
+            Settle::Finish { token, .. }
+            | Settle::Retry { token, .. }
+            | Settle::Release { token, .. }
+            | Settle::Suspend { token, .. } => *token,
+        }
+    }
 }
 
 /// An executing run whose lease expired (its worker is gone).
