@@ -1,10 +1,11 @@
 //! Durable runs on the SQLite store, on a real file: trigger throughput (batched and one by
 //! one), drain throughput of no-op runs and of 3-step tracks with a worker of concurrency
-//! 16, trigger->start latency (worker in this process, and in another one), and the drain
-//! rate after 200 000 finished runs.
+//! 16, trigger->start latency (worker in this process, and in another one), the drain
+//! rate after 200 000 finished runs, and the wake-up latency of waiting runs (a completed
+//! token, a passed sleep).
 //!
 //! `cargo bench -p task-runtime --bench sqlite_store [-- MODE] [-- --synchronous full]`
-//! with MODE one of `enqueue`, `drain`, `track`, `latency`, `latency-remote`, `aged`
+//! with MODE one of `enqueue`, `drain`, `track`, `latency`, `latency-remote`, `aged`, `wake`
 //! (default: all, each in a fresh process). Files go to a fresh directory under
 //! `$TMPDIR` (set `BENCH_DIR` to use another disk).
 
@@ -63,6 +64,45 @@ pub async fn stamp(_ctx: &TaskContext, input: StampInput) -> Result<NoopOutput, 
     Ok(NoopOutput { value: 0 })
 }
 
+/// Input of the waiting benchmarks: a token to wait for, or a time to sleep until.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WakeInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    #[serde(default)]
+    pub token: Option<String>,
+    #[serde(default)]
+    pub until_nanos: u64,
+}
+
+/// How late the run resumed, in nanoseconds.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Woke {
+    pub late_nanos: u64,
+}
+
+/// Waits for its token (completed with the completion's time) or sleeps until its time,
+/// then says how long after that moment it resumed.
+#[task(id = "wake")]
+pub async fn wake(ctx: &TaskContext, input: WakeInput) -> Result<Woke, TaskError> {
+    let due = match &input.token {
+        Some(token) => {
+            ctx.wait_for_token::<u64>(token, Duration::from_secs(3600))
+                .await?
+        }
+        None => {
+            ctx.sleep_until(UNIX_EPOCH + Duration::from_nanos(input.until_nanos))
+                .await?;
+            input.until_nanos
+        }
+    };
+    Ok(Woke {
+        late_nanos: now_nanos().saturating_sub(due),
+    })
+}
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -70,13 +110,14 @@ fn now_nanos() -> u64 {
         .unwrap_or(0)
 }
 
-const MODES: [&str; 6] = [
+const MODES: [&str; 7] = [
     "enqueue",
     "drain",
     "track",
     "latency",
     "latency-remote",
     "aged",
+    "wake",
 ];
 
 fn bench_dir(name: &str) -> PathBuf {
@@ -183,6 +224,102 @@ async fn run_mode(mode: &str, synchronous: &str) {
                 rates[10],
                 (rates[10] / rates[0] - 1.0) * 100.0
             );
+        }
+        "wake" => {
+            let worker = rt.worker().concurrency(16).start();
+            let base = json!({ "tenantId": "tenant-0001", "projectId": "project-0001" });
+            let with = |extra: serde_json::Value| {
+                let mut input = base.clone();
+                input
+                    .as_object_mut()
+                    .unwrap()
+                    .extend(extra.as_object().unwrap().clone());
+                input
+            };
+            let waiting = |ids: Vec<task_runtime::RunId>| {
+                let rt = rt.clone();
+                async move {
+                    for id in ids {
+                        while rt.runs().get(&id).await.expect("read").expect("run").status
+                            != task_runtime::RunStatus::Waiting
+                        {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                }
+            };
+            let lateness = |ids: Vec<task_runtime::RunId>| {
+                let rt = rt.clone();
+                async move {
+                    let mut late = Vec::new();
+                    for id in ids {
+                        let out = rt.runs().wait(&id).await.expect("read").expect("run");
+                        assert!(out.job.success, "{:?}", out.job.error);
+                        late.push(out.results["lateNanos"].as_u64().expect("late") as f64 / 1e6);
+                    }
+                    late.sort_by(f64::total_cmp);
+                    late
+                }
+            };
+            // Tokens: 500 runs wait; each token is completed in turn, and the run's
+            // resumption is awaited before the next (the wake-up, not a queue).
+            let samples = 500;
+            let mut tokens = Vec::new();
+            let mut ids = Vec::new();
+            for _ in 0..samples {
+                let token = rt
+                    .tokens()
+                    .create(task_runtime::NewToken::new())
+                    .await
+                    .expect("token");
+                let handle = rt
+                    .trigger("wake", with(json!({ "token": token.id })))
+                    .await
+                    .expect("committed");
+                tokens.push(token.id);
+                ids.push(handle.run_id().clone());
+            }
+            waiting(ids.clone()).await;
+            let mut completing = Vec::new();
+            for (token, id) in tokens.iter().zip(&ids) {
+                let started = Instant::now();
+                rt.tokens()
+                    .complete(token, json!(now_nanos()))
+                    .await
+                    .expect("complete");
+                completing.push(started.elapsed().as_secs_f64() * 1e3);
+                rt.runs().wait(id).await.expect("read");
+            }
+            completing.sort_by(f64::total_cmp);
+            let late = lateness(ids).await;
+            println!(
+                "wake: token completed -> run resumed, {samples} runs one at a time: p50 {:.3} ms, p95 {:.3} ms, p99 {:.3} ms (complete() itself: p50 {:.3} ms, p99 {:.3} ms)",
+                percentile(&late, 0.5),
+                percentile(&late, 0.95),
+                percentile(&late, 0.99),
+                percentile(&completing, 0.5),
+                percentile(&completing, 0.99)
+            );
+            // Sleeps: 200 runs sleep until moments spread over the next 4 s.
+            let samples = 200;
+            let start = now_nanos() + 1_000_000_000;
+            let mut ids = Vec::new();
+            for i in 0..samples {
+                let until = start + i * 20_000_000;
+                let handle = rt
+                    .trigger("wake", with(json!({ "untilNanos": until })))
+                    .await
+                    .expect("committed");
+                ids.push(handle.run_id().clone());
+            }
+            let late = lateness(ids).await;
+            println!(
+                "wake: sleep until t -> run resumed, {samples} runs due over 4 s: p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms",
+                percentile(&late, 0.5),
+                percentile(&late, 0.95),
+                percentile(&late, 0.99)
+            );
+            worker.shutdown(Duration::from_secs(5)).await;
         }
         "latency" | "latency-remote" => {
             let log = dir.join("started.log");

@@ -88,6 +88,7 @@ impl WorkerBuilder {
             owner: owner.clone(),
             held: Mutex::default(),
             settled: tokio::sync::Notify::new(),
+            suspended: tokio::sync::Notify::new(),
             lease: self.lease,
             stats: Stats::default(),
         });
@@ -215,6 +216,9 @@ struct Shared {
     held: Mutex<HashMap<RunId, Held>>,
     /// Signalled when settles were written (their runs are no longer held).
     settled: tokio::sync::Notify,
+    /// Signalled when a run of this worker started waiting: the wake pass looks again, in
+    /// case it is due before the pass's next look.
+    suspended: tokio::sync::Notify,
     lease: Duration,
     stats: Stats,
 }
@@ -484,6 +488,10 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
         } else if matches!(settle, Settle::Release { .. }) {
             shared.stats.released.fetch_add(1, Ordering::Relaxed);
         } else {
+            if matches!(settle, Settle::Suspend { .. }) {
+                // Stored as a permit: the wake pass sees it even if it was busy just now.
+                shared.suspended.notify_one();
+            }
             shared.stats.executed.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -617,8 +625,8 @@ async fn fire_schedules(shared: Arc<Shared>, stop: CancellationToken) {
 }
 
 /// Queues the waiting runs whose wake time came (a sleep's end, a token wait's deadline,
-/// read on the runtime's clock), every second or at the next wake time if sooner, until the
-/// worker stops; the claim loop then takes them like any due run. A completed token wakes
+/// read on the runtime's clock), every second or at the next wake time if sooner (looked up
+/// again whenever one of this worker's runs starts waiting), until the worker stops; the claim loop then takes them like any due run. A completed token wakes
 /// its run itself, at once.
 async fn wake_waiting(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: CancellationToken) {
     let clock = shared.rt.executor().clock.clone();
@@ -628,6 +636,9 @@ async fn wake_waiting(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: Cance
             Ok((woken, next)) => {
                 if woken > 0 {
                     tracing::debug!(woken, "woke waiting runs");
+                    // A pass that woke runs does not say when the next one is due: look
+                    // again at once (a read), rather than sleeping a whole second.
+                    continue;
                 }
                 if let Some(next) = next {
                     let until = next.duration_since(clock.now()).unwrap_or_default();
@@ -640,6 +651,8 @@ async fn wake_waiting(shared: Arc<Shared>, store: Arc<dyn RunStore>, stop: Cance
         }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
+            // A run of ours started waiting: its wake time may come before `wait` is over.
+            _ = shared.suspended.notified() => {}
             _ = stop.cancelled() => return,
         }
     }

@@ -65,7 +65,7 @@ pub(crate) struct SqliteStore {
     dropped: Arc<AtomicU64>,
     reads: SqlitePool,
     /// A connection of its own for `PRAGMA data_version`, which counts commits by other
-    /// connections since this one's last look.
+    /// connections (this process's writer included), and the version its last look saw.
     watch: Mutex<(SqliteConnection, i64)>,
     local: Arc<Notify>,
     poll: Duration,
@@ -402,8 +402,23 @@ async fn writer_task(
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 512).await > 0 {
         let writes = std::mem::take(&mut batch);
+        // A batch that made runs due (new runs, a completed token, woken waits) also leaves
+        // a permit: a claim loop whose claim was answered from this very batch, before
+        // these writes, is not yet waiting when `notify_waiters` runs, and would otherwise
+        // sleep its idle poll. Claims, settles and heartbeats leave none (a claim loop
+        // would wake itself).
+        let due = writes.iter().any(|write| match write {
+            Write::Enqueue(..) => true,
+            Write::Token(token, _) => {
+                matches!(**token, TokenWrite::Complete(..) | TokenWrite::Wake(_))
+            }
+            _ => false,
+        });
         apply_batch(&mut conn, writes, &path, busy).await;
         local.notify_waiters();
+        if due {
+            local.notify_one();
+        }
     }
 }
 
@@ -1924,20 +1939,29 @@ impl RunStore for SqliteStore {
         Box::pin(async move {
             let local = self.local.notified();
             let others = async {
+                // This call's own baseline: the version the last look (by any caller) saw.
+                // A shared "seen" that the first caller to notice a commit moves on would
+                // hide that commit from every other caller waiting at the same time (a
+                // worker waiting beside `runs().wait` then slept its whole idle poll).
+                let mut baseline = None;
                 loop {
-                    tokio::time::sleep(self.poll).await;
-                    let mut watch = self.watch.lock().await;
-                    let (conn, seen) = &mut *watch;
-                    match data_version(conn).await {
-                        Ok(version) if version != *seen => {
-                            *seen = version;
-                            return;
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            tracing::debug!(error = %self.fail(&error), "polling the store for changes failed");
+                    {
+                        let mut watch = self.watch.lock().await;
+                        let (conn, last) = &mut *watch;
+                        match data_version(conn).await {
+                            Ok(version) => {
+                                let since = *baseline.get_or_insert(*last);
+                                *last = version;
+                                if version != since {
+                                    return;
+                                }
+                            }
+                            Err(error) => {
+                                tracing::debug!(error = %self.fail(&error), "polling the store for changes failed");
+                            }
                         }
                     }
+                    tokio::time::sleep(self.poll).await;
                 }
             };
             tokio::select! {
