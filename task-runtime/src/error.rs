@@ -59,8 +59,9 @@ pub enum ErrorKind {
         /// Every violation, with its JSON pointer.
         issues: Vec<Issue>,
     },
-    /// No task, track or orchestrator is registered under this id.
-    #[error("no task with id '{id}'{}", did_you_mean(suggestions))]
+    /// No task, track or orchestrator is registered under this id; or, when the id is a
+    /// run id, no such run (or not one the caller may see).
+    #[error("no {} with id '{id}'{}", if id.parse::<crate::RunId>().is_ok() { "run" } else { "task" }, did_you_mean(suggestions))]
     NotFound {
         /// The id asked for.
         id: String,
@@ -577,6 +578,19 @@ fn is_marked_fatal(error: &(dyn StdError + 'static)) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn not_found_says_run_for_a_run_id_and_task_otherwise() {
+        let run = crate::RunId::new(std::time::SystemTime::now()).to_string();
+        assert_eq!(
+            TaskError::not_found(run.clone(), Vec::new()).to_string(),
+            format!("no run with id '{run}'")
+        );
+        assert_eq!(
+            TaskError::not_found("doubel", vec!["double".to_owned()]).to_string(),
+            "no task with id 'doubel' (did you mean double?)"
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("could not read the file")]
