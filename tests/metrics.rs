@@ -7,8 +7,8 @@ use std::time::Duration;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use task_runtime::{RunFilter, RunStatus};
-use task_tests::probe::Probe;
 use task_tests::api::Server;
+use task_tests::probe::Probe;
 
 /// The value of the sample `name{labels}` (labels given as `k="v"` pairs, in any order).
 fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -39,7 +39,10 @@ async fn scrape(server: &Server) -> String {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let kind = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let kind = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(kind.starts_with("text/plain; version=0.0.4"), "{kind}");
     response.text().await.unwrap()
 }
@@ -65,7 +68,11 @@ async fn metrics_after_a_known_workload_match_the_store() {
     let key = server.key("acme").await;
     // The first scrape: the server is up and its recorder installed; nothing has run yet.
     let before = scrape(&server).await;
-    assert_eq!(sample(&before, "task_queue_depth", &[]), Some(0.0), "{before}");
+    assert_eq!(
+        sample(&before, "task_queue_depth", &[]),
+        Some(0.0),
+        "{before}"
+    );
     assert_eq!(
         sample(&before, "task_queue_oldest_age_seconds", &[]),
         Some(0.0)
@@ -87,13 +94,21 @@ async fn metrics_after_a_known_workload_match_the_store() {
     let gate = Probe::new();
     let mut gated = Vec::new();
     for i in 0..4 {
-        gated.push(server.trigger(&key, "gated", work(&gate, &format!("g{i}"), false)).await);
+        gated.push(
+            server
+                .trigger(&key, "gated", work(&gate, &format!("g{i}"), false))
+                .await,
+        );
     }
     for id in &gated {
         server.until_status(&key, id, "executing").await;
     }
     for i in 4..7 {
-        gated.push(server.trigger(&key, "gated", work(&gate, &format!("g{i}"), false)).await);
+        gated.push(
+            server
+                .trigger(&key, "gated", work(&gate, &format!("g{i}"), false))
+                .await,
+        );
     }
     // Let the queued ones age: the age is measured in milliseconds.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -106,7 +121,7 @@ async fn metrics_after_a_known_workload_match_the_store() {
         "{busy}"
     );
     let age = sample(&busy, "task_queue_oldest_age_seconds", &[]).unwrap();
-    assert!(age >= 0.05 && age < 60.0, "oldest queued age {age}");
+    assert!((0.05..60.0).contains(&age), "oldest queued age {age}");
 
     for (status, want) in [
         (RunStatus::Completed, "completed"),

@@ -143,7 +143,10 @@ fn progress_is_plain_lines_in_a_pipe() {
     // `runs show --follow` on a run triggered without waiting.
     let triggered = cli.run(&["trigger", "record_fan", "--input", INPUT]);
     assert_eq!(triggered.status.code(), Some(0));
-    let id = String::from_utf8(triggered.stdout).unwrap().trim().to_owned();
+    let id = String::from_utf8(triggered.stdout)
+        .unwrap()
+        .trim()
+        .to_owned();
     let shown = cli.run(&["runs", "show", &id, "--follow"]);
     let stderr = String::from_utf8(shown.stderr.clone()).unwrap();
     assert_eq!(shown.status.code(), Some(0), "{stderr}");
@@ -169,7 +172,16 @@ impl Tmux {
         };
         let status = tmux
             .command()
-            .args(["-f", "/dev/null", "new-session", "-d", "-s", "t", "-x", "150"])
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-s",
+                "t",
+                "-x",
+                "150",
+            ])
             .args(["-y", "40", "sh"])
             .status()
             .expect("tmux runs (apt-get install -y tmux)");
@@ -184,9 +196,15 @@ impl Tmux {
     }
 
     fn send_line(&self, text: &str) {
-        let literal = self.command().args(["send-keys", "-t", "t", "-l", text]).status();
+        let literal = self
+            .command()
+            .args(["send-keys", "-t", "t", "-l", text])
+            .status();
         assert!(literal.unwrap().success());
-        let enter = self.command().args(["send-keys", "-t", "t", "Enter"]).status();
+        let enter = self
+            .command()
+            .args(["send-keys", "-t", "t", "Enter"])
+            .status();
         assert!(enter.unwrap().success());
     }
 
@@ -236,11 +254,17 @@ fn progress_is_a_bar_in_a_terminal() {
         if screen.lines().any(|l| l.starts_with("EXITED ")) {
             break screen;
         }
-        assert!(Instant::now() < deadline, "the run never finished:\n{screen}");
+        assert!(
+            Instant::now() < deadline,
+            "the run never finished:\n{screen}"
+        );
         std::thread::sleep(Duration::from_millis(40));
     };
     let running = seen_running.unwrap_or_else(|| panic!("no bar while it ran:\n{screen}"));
-    assert!(running.contains("=>") || running.contains("=="), "{running}");
+    assert!(
+        running.contains("=>") || running.contains("=="),
+        "{running}"
+    );
     assert!(screen.lines().any(|l| l == "EXITED 0"), "{screen}");
     // The bar stays, finished, above the envelope.
     let finished: Vec<&str> = screen

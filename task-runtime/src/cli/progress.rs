@@ -63,11 +63,9 @@ impl Display {
     fn new() -> Display {
         if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
             let bar = ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr());
-            let style = ProgressStyle::with_template(
-                "{spinner} {prefix} [{bar:30}] {wide_msg}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style = ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
             bar.set_style(style);
             bar.enable_steady_tick(Duration::from_millis(120));
             Display::Bar(bar)
@@ -174,9 +172,10 @@ async fn snapshot(
                     if line.run_id != run.id || line.message != FAN_OUT {
                         continue;
                     }
-                    if let (Some(branch), Some(items)) =
-                        (line.fields["branch"].as_str(), line.fields["items"].as_u64())
-                    {
+                    if let (Some(branch), Some(items)) = (
+                        line.fields["branch"].as_str(),
+                        line.fields["items"].as_u64(),
+                    ) {
                         sizes.insert(branch.to_owned(), items);
                     }
                 }
@@ -185,7 +184,13 @@ async fn snapshot(
             let total = descriptor
                 .branches
                 .iter()
-                .map(|b| if b.each { sizes.get(b.name).copied() } else { Some(1) })
+                .map(|b| {
+                    if b.each {
+                        sizes.get(b.name).copied()
+                    } else {
+                        Some(1)
+                    }
+                })
                 .sum::<Option<u64>>();
             (&["branch:", "item:"], total)
         }

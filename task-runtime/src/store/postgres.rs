@@ -1977,7 +1977,11 @@ impl RunStore for PostgresStore {
                     })
                 })
                 .await?;
-            Ok(crate::metrics::QueueStats::new(depth, oldest.map(time), now))
+            Ok(crate::metrics::QueueStats::new(
+                depth,
+                oldest.map(time),
+                now,
+            ))
         })
     }
 

@@ -1908,7 +1908,11 @@ impl RunStore for SqliteStore {
             .fetch_one(&self.reads)
             .await
             .map_err(|e| self.fail(&e))?;
-            Ok(crate::metrics::QueueStats::new(depth, oldest.map(time), now))
+            Ok(crate::metrics::QueueStats::new(
+                depth,
+                oldest.map(time),
+                now,
+            ))
         })
     }
 
