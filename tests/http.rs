@@ -846,6 +846,25 @@ async fn keys_and_serve_from_the_command_line() {
         json!({ "value": 8 }),
         "the worker of serve ran it"
     );
+    // `serve` counts what its worker ran on `GET /metrics` (no key needed).
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"task_runs_finished_total{task="double",status="completed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "task_queue_depth 0"),
+        "{metrics}"
+    );
 
     // Revoked from another process: refused by the server at once.
     let revoked = app(&["keys", "revoke", &key[key.len() - 4..]]);
