@@ -744,6 +744,14 @@ async fn the_api_and_its_keys_work_on_postgres_too() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let keys = list_keys(&server.store).await.unwrap();
     assert_eq!(keys.len(), 2);
+    // The queue gauges read PostgreSQL too (nothing waits: the one run completed).
+    let (status, metrics) = server.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "task_queue_depth 0"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 

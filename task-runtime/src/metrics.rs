@@ -23,8 +23,6 @@
 //! exporter.) Without a recorder installed, recording is a no-op; with the feature off,
 //! nothing here is compiled and the recording calls are empty inline functions.
 
-use std::time::Duration;
-
 #[cfg(feature = "metrics")]
 pub use imp::*;
 
@@ -46,18 +44,39 @@ pub(crate) fn run_finished(task: &'static str, status: &'static str) {
     let _ = (task, status);
 }
 
-/// An attempt ended, successfully or not, after `took`.
-#[inline]
-pub(crate) fn attempt_ended(task: &'static str, success: bool, took: Duration) {
+/// When an attempt began: without the feature, nothing (not even a clock read).
+pub(crate) struct AttemptClock {
     #[cfg(feature = "metrics")]
+    began: std::time::Instant,
+}
+
+impl AttemptClock {
+    #[inline]
+    pub(crate) fn start() -> Self {
+        AttemptClock {
+            #[cfg(feature = "metrics")]
+            began: std::time::Instant::now(),
+        }
+    }
+
+    /// The attempt ended, successfully or not.
+    #[inline]
+    pub(crate) fn ended(self, task: &'static str, success: bool) {
+        #[cfg(feature = "metrics")]
+        attempt_took(task, success, self.began.elapsed());
+        #[cfg(not(feature = "metrics"))]
+        let _ = (task, success);
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn attempt_took(task: &'static str, success: bool, took: std::time::Duration) {
     ::metrics::histogram!(
         imp::ATTEMPT_DURATION,
         "task" => task,
         "outcome" => if success { "success" } else { "failure" }
     )
     .record(took.as_secs_f64());
-    #[cfg(not(feature = "metrics"))]
-    let _ = (task, success, took);
 }
 
 /// `n` expired leases were reclaimed.

@@ -72,9 +72,9 @@ impl<T: Task> Attempts<'_, T> {
             report.attempts += 1;
             let attempt = report.attempts;
             tracing::Span::current().record("attempt", attempt);
-            let began = std::time::Instant::now();
+            let clock = crate::metrics::AttemptClock::start();
             let outcome = self.attempt(attempt, timeout, &mut report).await;
-            crate::metrics::attempt_ended(T::ID, outcome.is_ok(), began.elapsed());
+            clock.ended(T::ID, outcome.is_ok());
             let error = match outcome {
                 Ok(produced) => break Ok(produced),
                 Err(error) => error,
