@@ -744,6 +744,14 @@ async fn the_api_and_its_keys_work_on_postgres_too() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let keys = list_keys(&server.store).await.unwrap();
     assert_eq!(keys.len(), 2);
+    // The queue gauges read PostgreSQL too (nothing waits: the one run completed).
+    let (status, metrics) = server.call(Method::GET, "/metrics", None, None).await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "task_queue_depth 0"),
+        "{metrics}"
+    );
     server.stop().await;
 }
 
@@ -845,6 +853,25 @@ async fn keys_and_serve_from_the_command_line() {
         finished["envelope"]["results"],
         json!({ "value": 8 }),
         "the worker of serve ran it"
+    );
+    // `serve` counts what its worker ran on `GET /metrics` (no key needed).
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == r#"task_runs_finished_total{task="double",status="completed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "task_queue_depth 0"),
+        "{metrics}"
     );
 
     // Revoked from another process: refused by the server at once.

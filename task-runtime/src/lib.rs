@@ -58,6 +58,10 @@ mod handle;
 mod id;
 mod input;
 mod json;
+#[cfg(feature = "metrics")]
+pub mod metrics;
+#[cfg(not(feature = "metrics"))]
+mod metrics;
 mod policy;
 mod registry;
 mod runs;

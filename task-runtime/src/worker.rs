@@ -776,6 +776,7 @@ async fn reclaim(shared: &Shared, store: &Arc<dyn RunStore>) {
         Ok(applied) => {
             let n = applied.iter().filter(|a| **a).count() as u64;
             shared.stats.reclaimed.fetch_add(n, Ordering::Relaxed);
+            crate::metrics::leases_reclaimed(n);
         }
         Err(error) => tracing::warn!(%error, "reclaiming expired leases failed"),
     }

@@ -82,6 +82,34 @@ track! {
     }
 }
 
+/// Input of `record_fan`: a lead and `items` recorded tracks, each step taking `millis`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RecordFanInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub label: String,
+    pub items: u32,
+    #[serde(default)]
+    pub millis: u64,
+}
+
+orchestrator! {
+    /// A recorded lead beside `items` recorded tracks, two at a time (the CLI's progress).
+    pub RecordFan("record_fan")(input: RecordFanInput) {
+        lead: Record = |input| RecordInput {
+            base: input.base.clone(),
+            label: format!("{}/lead", input.label),
+            millis: input.millis,
+        },
+        items: each(|input| (0..input.items).map(|i| RecordInput {
+            base: input.base.clone(),
+            label: format!("{}/{i}", input.label),
+            millis: input.millis,
+        }).collect::<Vec<_>>()) => RecordTrack, concurrency = 2,
+    }
+}
+
 /// What `three_steps` does: each of its `ctx.step`s records its execution; the second
 /// takes `hold_millis` on the first attempt (a window to kill the worker in) and fails on
 /// `fail_second_on`.

@@ -45,7 +45,8 @@ pub(super) struct TriggerArgs {
     /// A tag for the run (repeatable).
     #[arg(long = "tag", value_name = "TAG")]
     tags: Vec<String>,
-    /// Wait for the run to finish and print its envelope (exit 1 when it failed).
+    /// Wait for the run to finish and print its envelope (exit 1 when it failed); a track's
+    /// or an orchestrator's progress is shown on stderr meanwhile.
     #[arg(long)]
     wait: bool,
 }
@@ -99,6 +100,10 @@ pub(super) enum RunsCommand {
         /// Print JSON: the run with its `children`, recursively.
         #[arg(long)]
         json: bool,
+        /// Wait for it to finish first, showing a track's or an orchestrator's progress
+        /// (items done / total, the step running) on stderr.
+        #[arg(long)]
+        follow: bool,
     },
     /// The log lines of a run and the runs below it.
     Logs {
@@ -163,6 +168,9 @@ pub(super) async fn trigger(
             writeln!(out, "{}", handle.run_id()).and_then(|()| out.flush()),
             SUCCESS,
         );
+    }
+    if let Err(error) = super::progress::follow(runtime, handle.run_id(), err).await {
+        tracing::warn!(%error, "cannot show the run's progress; waiting for it");
     }
     let envelope = handle.wait().await;
     let code = if envelope.job.success {
@@ -258,7 +266,10 @@ pub(super) async fn runs(
                 Err(error) => fail(err, &error),
             }
         }
-        RunsCommand::Show { id, json } => {
+        RunsCommand::Show { id, json, follow } => {
+            if follow && let Err(error) = super::progress::follow(runtime, &id, err).await {
+                return fail(err, &error);
+            }
             let run = match runs.get(&id).await {
                 Ok(Some(run)) => run,
                 Ok(None) => return fail(err, &format!("no run {id} in the store")),

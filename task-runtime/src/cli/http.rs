@@ -59,6 +59,11 @@ pub(super) async fn serve(runtime: &Runtime, args: ServeArgs, err: &mut impl Wri
         }
     };
     let address = listener.local_addr().unwrap_or(args.listen);
+    // Before the worker starts, so that its first runs are counted (`GET /metrics`).
+    #[cfg(feature = "metrics")]
+    if let Err(error) = crate::metrics::Prometheus::install() {
+        tracing::warn!(%error, "no metrics on /metrics");
+    }
     let worker = runtime.worker().concurrency(args.concurrency).start();
     let _ = writeln!(
         err,

@@ -41,6 +41,7 @@ mod durable;
 #[cfg(feature = "http")]
 mod http;
 mod input;
+mod progress;
 mod schedules;
 mod tokens;
 

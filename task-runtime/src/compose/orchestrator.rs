@@ -196,6 +196,8 @@ impl<'a> Branches<'a> {
     ) -> Each<T::Output> {
         let items: Vec<T::Input> = items.into_iter().collect();
         let total = items.len();
+        // Read back by the CLI's progress display (`cli::progress`): an `each` branch's size.
+        tracing::info!(branch = name, items = total, "fan-out started");
         let seed = self.branch_seed();
         let window = concurrency.unwrap_or(seed.exec.max_fan_out).max(1);
         let workers = tokio::runtime::Handle::current().metrics().num_workers();

@@ -63,13 +63,18 @@ impl<T: Task> Attempts<'_, T> {
         if let Some(attempt) = self.durable {
             report.attempts = attempt.saturating_sub(1);
         }
+        if report.attempts == 0 {
+            crate::metrics::run_started(T::ID);
+        }
         let retry = T::POLICY.retry.unwrap_or(self.exec.default_retry);
         let timeout = T::POLICY.timeout.or(self.exec.default_timeout);
         let result = loop {
             report.attempts += 1;
             let attempt = report.attempts;
             tracing::Span::current().record("attempt", attempt);
+            let clock = crate::metrics::AttemptClock::start();
             let outcome = self.attempt(attempt, timeout, &mut report).await;
+            clock.ended(T::ID, outcome.is_ok());
             let error = match outcome {
                 Ok(produced) => break Ok(produced),
                 Err(error) => error,

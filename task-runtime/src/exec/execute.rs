@@ -304,6 +304,14 @@ pub(crate) async fn execute<T: Task>(
                 "run failed"
             ),
         }
+        if retry_in.is_none() {
+            let status = match &result {
+                Ok(_) => "completed",
+                Err(error) if error.kind_name() == "cancelled" => "cancelled",
+                Err(_) => "failed",
+            };
+            crate::metrics::run_finished(T::ID, status);
+        }
     }
     if let Some((journal, _)) = journal.as_ref().filter(|_| !suspended) {
         let output = result.as_ref().map(|produced| match &produced.json {

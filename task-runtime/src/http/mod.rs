@@ -17,6 +17,10 @@
 //! | 422 | the payload breaks the task's input schema, or the options are invalid |
 //! | 503 | the store cannot be reached, or the runtime is shutting down |
 //!
+//! With feature `metrics`, `GET /metrics` is the process's metrics in the Prometheus text
+//! format (see [`crate::metrics`]), without an API key: it holds counts by task id and
+//! status, no tenant's data. The router installs the Prometheus recorder when it is built.
+//!
 //! `GET /` is the runs page: the list with filters, a run's detail (input, envelope, its
 //! child runs, logs), following the run live, with cancel and replay buttons.
 //!
@@ -56,6 +60,9 @@ pub(crate) struct AppState {
     /// Cancelled when [`serve`] stops: event streams end, so open ones do not hold the
     /// graceful shutdown.
     pub(crate) stopping: CancellationToken,
+    /// The recorder `GET /metrics` renders, or why there is none.
+    #[cfg(feature = "metrics")]
+    pub(crate) metrics: Result<crate::metrics::Prometheus, crate::metrics::MetricsError>,
 }
 
 /// The API's routes on `rt` (which needs a store: keys and runs live there).
@@ -70,7 +77,16 @@ pub fn router(rt: Runtime) -> Router {
 }
 
 fn routes(rt: Runtime, stopping: CancellationToken) -> Router {
-    Router::new()
+    #[cfg(feature = "metrics")]
+    let metrics = crate::metrics::Prometheus::install();
+    #[cfg(feature = "metrics")]
+    if let Err(error) = &metrics {
+        tracing::warn!(%error, "GET /metrics will answer 503");
+    }
+    let router = Router::new();
+    #[cfg(feature = "metrics")]
+    let router = router.route("/metrics", get(scrape));
+    router
         .route("/", get(page))
         .route("/api/v1/tasks", get(runs::tasks))
         .route("/api/v1/tasks/{id}/schema", get(runs::schema))
@@ -88,7 +104,38 @@ fn routes(rt: Runtime, stopping: CancellationToken) -> Router {
             post(tokens::complete),
         )
         .fallback(not_found_route)
-        .with_state(AppState { rt, stopping })
+        .with_state(AppState {
+            rt,
+            stopping,
+            #[cfg(feature = "metrics")]
+            metrics,
+        })
+}
+
+/// `GET /metrics`: the Prometheus text format.
+#[cfg(feature = "metrics")]
+async fn scrape(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let prometheus = match &state.metrics {
+        Ok(prometheus) => prometheus,
+        Err(error) => {
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                TaskError::rejected(error.to_string()),
+            )
+            .into_response();
+        }
+    };
+    match prometheus.render(state.rt.store_handle()).await {
+        Ok(text) => (
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(error) => ApiError::store(error).into_response(),
+    }
 }
 
 /// Serves [`router`] on `listener` until `shutdown` resolves, then lets open requests end

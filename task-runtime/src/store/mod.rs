@@ -638,6 +638,14 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     /// Log lines dropped so far.
     fn dropped_logs(&self) -> u64;
 
+    /// Top-level runs waiting for a worker: queued ones and delayed ones whose time has come,
+    /// and the earliest time one of the due ones became due (metrics' queue depth and age).
+    #[cfg(feature = "metrics")]
+    fn queue_stats(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<crate::metrics::QueueStats, StoreError>>;
+
     /// Stores a new API key (its hash).
     #[cfg(feature = "http")]
     fn insert_api_key(&self, key: ApiKeyRow) -> BoxFuture<'_, Result<(), StoreError>>;

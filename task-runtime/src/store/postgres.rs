@@ -1954,6 +1954,37 @@ impl RunStore for PostgresStore {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    #[cfg(feature = "metrics")]
+    fn queue_stats(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<crate::metrics::QueueStats, StoreError>> {
+        Box::pin(async move {
+            let at = millis(now);
+            let (depth, oldest): (i64, Option<i64>) = self
+                .shared
+                .run(|conn| {
+                    Box::pin(async move {
+                        // Reads the claims' partial index (`runs_due`): only unfinished rows.
+                        sqlx::query_as(
+                            "SELECT COUNT(*), MIN(run_at) FROM task_runtime.runs
+                              WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+                                AND (status = 'queued' OR run_at <= $1)",
+                        )
+                        .bind(at)
+                        .fetch_one(&mut *conn)
+                        .await
+                    })
+                })
+                .await?;
+            Ok(crate::metrics::QueueStats::new(
+                depth,
+                oldest.map(time),
+                now,
+            ))
+        })
+    }
+
     fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>> {
         Box::pin(async move {
             let key = id.to_string();

@@ -1907,6 +1907,30 @@ impl RunStore for SqliteStore {
         self.dropped.load(Ordering::Relaxed)
     }
 
+    #[cfg(feature = "metrics")]
+    fn queue_stats(
+        &self,
+        now: SystemTime,
+    ) -> BoxFuture<'_, Result<crate::metrics::QueueStats, StoreError>> {
+        Box::pin(async move {
+            // Reads the claims' partial index (`runs_due`): only unfinished rows.
+            let (depth, oldest): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COUNT(*), MIN(run_at) FROM runs
+                  WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+                    AND (status = 'queued' OR run_at <= ?1)",
+            )
+            .bind(millis(now))
+            .fetch_one(&self.reads)
+            .await
+            .map_err(|e| self.fail(&e))?;
+            Ok(crate::metrics::QueueStats::new(
+                depth,
+                oldest.map(time),
+                now,
+            ))
+        })
+    }
+
     fn logs(&self, id: RunId) -> BoxFuture<'_, Result<Vec<LogLine>, StoreError>> {
         Box::pin(async move {
             // The run's own lines and those of every run below it.
