@@ -294,3 +294,32 @@ fn schedules_are_created_listed_and_deleted_from_the_command_line() {
     assert!(String::from_utf8_lossy(&declared.stderr).contains("declared on its task"));
     std::fs::remove_dir_all(&cli.dir).ok();
 }
+
+#[test]
+fn processes_opening_a_new_store_file_at_once_all_migrate_it() {
+    // Each round is a fresh file opened by six processes at the same moment: they race
+    // migration by migration, and every one must come up on the full schema.
+    for round in 0..3 {
+        let cli = Cli::new(&format!("migrate-race-{round}"));
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                cli.command()
+                    .args(["runs", "list", "--json"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("the binary runs")
+            })
+            .collect();
+        for child in children {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {}",
+                stderr(&output)
+            );
+            assert_eq!(stdout(&output).trim(), "[]", "round {round}");
+        }
+        let _ = std::fs::remove_dir_all(&cli.dir);
+    }
+}

@@ -360,8 +360,16 @@ async fn migrate(
 ) -> Result<(), StoreError> {
     let migrator = migrator();
     let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
+    // Processes opening a new file at once race migration by migration: a loser's failed
+    // attempt means another process applied that migration, so it tries again, at most
+    // once per migration (each failure is another one applied).
     let mut outcome = migrator.run(&mut *conn).await;
-    if outcome.is_err() {
+    for attempt in 1..=MIGRATIONS.len() as u32 {
+        use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
+        if !matches!(outcome, Err(Execute(_) | ExecuteMigration(..))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
         outcome = migrator.run(&mut *conn).await;
     }
     match outcome {
