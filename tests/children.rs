@@ -283,3 +283,27 @@ async fn killing_a_worker_mid_fan_out_duplicates_no_child() {
     let twice = executed.values().filter(|n| **n > 1).count();
     assert!(twice <= 2 * 4, "{twice} items executed more than once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_parent_runs_its_failed_child_again_at_the_same_position() {
+    let scene = Scene::new("retried");
+    let rt = runtime(&scene).await;
+    let _w = scene.worker("w1", 2);
+    let handle = rt.trigger("fan_retried", fan(10, 0, &[4])).await.unwrap();
+    let parent = handle.run_id().clone();
+    let envelope = finished(&rt, &parent).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.metadata.attempts, 2, "the parent was retried once");
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["label"], format!("i{i}"));
+    }
+    let executed = scene.executed();
+    assert_eq!(executed.get("i4"), Some(&2), "the failed item ran again");
+    assert!((0..10).all(|i| executed.contains_key(&format!("i{i}"))));
+    // Again at its position, as the same row: no second child.
+    let children = rt.runs().children(&parent).await.unwrap();
+    assert_eq!(items_of(&children).len(), 10);
+    assert!(children.iter().all(|c| c.status == RunStatus::Completed));
+}

@@ -254,3 +254,38 @@ orchestrator! {
         items: each(|input| input.items()) => FanItem, concurrency = 100,
     }
 }
+
+/// Like `fan_item`, but with `fail` it fails (retryably, and with no retries of its own) on
+/// its first execution only, noted in a file beside `FIXTURE_LOG`.
+#[task(id = "flaky_item")]
+pub async fn flaky_item(ctx: &TaskContext, input: FanItemInput) -> Result<Recorded, TaskError> {
+    log_execution(ctx, &input.label)?;
+    if input.fail {
+        let log =
+            std::env::var("FIXTURE_LOG").map_err(|_| TaskError::fatal("FIXTURE_LOG is not set"))?;
+        let marker = format!("{log}.failed-{}", input.label);
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+        {
+            return Err(TaskError::failed(format!(
+                "item {} fails once",
+                input.label
+            )));
+        }
+    }
+    Ok(Recorded {
+        label: input.label,
+        pid: std::process::id(),
+        attempt: ctx.attempt(),
+    })
+}
+
+orchestrator! {
+    /// Flaky items under a parent that is retried once.
+    pub FanRetried("fan_retried", retry(max_attempts = 2, min_delay = "10ms"))(input: FanInput) {
+        items: each(|input| input.items()) => FlakyItem, concurrency = 100,
+    }
+}

@@ -388,6 +388,11 @@ pub(crate) struct NewChild {
     pub tenant_id: Option<String>,
     pub project_id: Option<String>,
     pub input: Value,
+    /// The parent's attempt that queues it.
+    pub parent_attempt: u32,
+    /// The child exists at its position already and failed in an earlier attempt of the
+    /// parent: queue that row again (fresh attempts, its journal kept) instead of a new one.
+    pub again: bool,
 }
 
 impl Settle {
@@ -458,8 +463,9 @@ pub(crate) enum SpawnedEnd {
     Open,
     /// Completed: its output is the entry's `output`.
     Completed,
-    /// Failed, cancelled or expired, with the error of its envelope.
-    Failed(TaskError),
+    /// Failed, cancelled or expired, with the error of its envelope, in this attempt of
+    /// the parent (the one that queued it last).
+    Failed(TaskError, u32),
 }
 
 /// A write of the journal, fenced by the root's lease token.

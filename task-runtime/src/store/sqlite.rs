@@ -1247,27 +1247,30 @@ async fn wake_parents(conn: &mut Conn, now: i64) -> Result<(), sqlx::Error> {
 async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut added = 0;
-    // Six parameters a row, three before them.
-    for chunk in spawn.children.chunks(CHUNK * 4) {
+    let (again, new): (Vec<&NewChild>, Vec<&NewChild>) =
+        spawn.children.iter().partition(|child| child.again);
+    // Seven parameters a row, three before them.
+    for chunk in new.chunks(CHUNK * 4) {
         let rows = (0..chunk.len())
             .map(|i| {
-                let b = 4 + 6 * i;
+                let b = 4 + 7 * i;
                 format!(
-                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
                     b + 1,
                     b + 2,
                     b + 3,
                     b + 4,
-                    b + 5
+                    b + 5,
+                    b + 6
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         let mut query = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs (id, task, tenant_id, project_id, input, position, status, run_at,
-                               created_at, spawned_by, root_run_id)
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, 'queued',
-                    ?3, ?3, ?1, ?1
+            "INSERT INTO runs (id, task, tenant_id, project_id, input, position, spawn_attempt,
+                               status, run_at, created_at, spawned_by, root_run_id)
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
+                    'queued', ?3, ?3, ?1, ?1
              FROM (VALUES {rows}) AS v WHERE {ROOT_HELD}
              ON CONFLICT DO NOTHING"
         )))
@@ -1281,9 +1284,33 @@ async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::E
                 .bind(&child.tenant_id)
                 .bind(&child.project_id)
                 .bind(json_text(&child.input))
-                .bind(&child.position);
+                .bind(&child.position)
+                .bind(i64::from(child.parent_attempt));
         }
         let result = query.execute(&mut *conn).await?;
+        added += usize::try_from(result.rows_affected()).unwrap_or(0);
+    }
+    // Children that failed in an earlier attempt of the parent: queued again with fresh
+    // attempts; `waits` makes their claim load the journal they keep.
+    for chunk in again.chunks(CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
+        let attempt = chunk.iter().map(|c| c.parent_attempt).max().unwrap_or(1);
+        let result = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET status = 'queued', run_at = ?3, attempts = 0, retried = NULL,
+                    envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
+                    cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL,
+                    waits = waits + 1, spawn_attempt = ?4
+             WHERE spawned_by = ?1 AND status IN ('failed', 'cancelled', 'expired')
+               AND {ROOT_HELD} AND id IN ({})",
+            placeholders(ids.len(), 5)
+        )))
+        .bind(spawn.parent.as_str())
+        .bind(spawn.token)
+        .bind(now)
+        .bind(i64::from(attempt))
+        .bind_all(&ids)
+        .execute(&mut *conn)
+        .await?;
         added += usize::try_from(result.rows_affected()).unwrap_or(0);
     }
     Ok(added)
@@ -1715,6 +1742,7 @@ impl RunStore for SqliteStore {
             let rows = sqlx::query(
                 "SELECT id, coalesce(parent_run_id, spawned_by) AS parent_run_id, position, task, status,
                         output, attempts, started_at, finished_at, spawned_by IS NOT NULL AS spawned,
+                        spawn_attempt,
                         CASE WHEN spawned_by IS NOT NULL AND status IN ('completed', 'failed', 'cancelled', 'expired')
                              THEN envelope END AS envelope,
                         CASE WHEN task LIKE 'wait:%' THEN input END AS input
@@ -1740,7 +1768,11 @@ impl RunStore for SqliteStore {
                         (true, None) => (None, Some(SpawnedEnd::Open)),
                         (true, Some(envelope)) => match envelope.job.error_detail {
                             None => (Some(envelope.results), Some(SpawnedEnd::Completed)),
-                            Some(error) => (None, Some(SpawnedEnd::Failed(error))),
+                            Some(error) => {
+                                let at = row.try_get::<i64, _>("spawn_attempt")?;
+                                let at = u32::try_from(at).unwrap_or(0);
+                                (None, Some(SpawnedEnd::Failed(error, at)))
+                            }
                         },
                     };
                     let started: Option<i64> = row.try_get("started_at")?;

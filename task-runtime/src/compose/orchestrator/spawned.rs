@@ -13,7 +13,10 @@
 //! Under fail-fast, a failed child cancels the siblings still queued or executing.
 //!
 //! A position is enqueued once: a re-attempted parent finds its children in its journal,
-//! and the store's unique (parent, position) index refuses a second one regardless.
+//! and the store's unique (parent, position) index refuses a second one regardless. A
+//! retried parent (a new attempt, not a resume) queues the same row again for a child that
+//! failed or was cancelled in an earlier attempt of its own, as an in-attempt retry would
+//! run that branch again; completed children replay.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,6 +47,8 @@ pub(super) struct Spawner {
     project_id: Option<String>,
     policy: FailurePolicy,
     now: SystemTime,
+    /// The parent's attempt: children that failed in an earlier one are queued again.
+    attempt: u32,
     /// The attempt's cancellation: a suspension cancels it.
     cancel: tokio_util::sync::CancellationToken,
     plan: Mutex<Vec<Planned>>,
@@ -88,6 +93,7 @@ impl Spawner {
             project_id: ctx.project_id().map(str::to_owned),
             policy,
             now: ctx.exec.clock.now(),
+            attempt: ctx.attempt(),
             cancel: ctx.cancel.clone(),
             plan: Mutex::default(),
             resolved: tokio::sync::OnceCell::new(),
@@ -174,7 +180,7 @@ impl Spawner {
                     None => format!("branch:{}", branch.name),
                 };
                 let Some(entry) = self.journal.entry(&self.parent, &position) else {
-                    missing.push((position, input));
+                    missing.push((position, input, None));
                     continue;
                 };
                 match &entry.spawned {
@@ -184,7 +190,11 @@ impl Spawner {
                             .results
                             .insert(position, (entry.id.clone(), Ok(output)));
                     }
-                    Some(SpawnedEnd::Failed(error)) => {
+                    // Failed in an earlier attempt of this (retried) parent: run it again.
+                    Some(SpawnedEnd::Failed(_, at)) if *at < self.attempt => {
+                        missing.push((position, input, Some(entry.id.clone())));
+                    }
+                    Some(SpawnedEnd::Failed(error, _)) => {
                         failed = true;
                         resolved
                             .results
@@ -208,10 +218,11 @@ impl Spawner {
                 more_later = true;
                 missing.truncate(room);
             }
-            for (position, input) in missing {
+            for (position, input, existing) in missing {
                 match input {
                     Ok(input) => {
-                        let id = RunId::new(SystemTime::now());
+                        let again = existing.is_some();
+                        let id = existing.unwrap_or_else(|| RunId::new(SystemTime::now()));
                         let text = |key: &str, parent: &Option<String>| {
                             input
                                 .get(key)
@@ -226,6 +237,8 @@ impl Spawner {
                             tenant_id: text("tenantId", &self.tenant_id),
                             project_id: text("projectId", &self.project_id),
                             input,
+                            parent_attempt: self.attempt,
+                            again,
                         });
                         open.push(Open {
                             position,
@@ -257,12 +270,14 @@ impl Spawner {
         if !fresh.is_empty() {
             let count = fresh.len();
             let store = self.journal.store();
+            let clock = std::time::Instant::now();
             match store
                 .spawn(self.parent.clone(), self.journal.token(), fresh)
                 .await
             {
                 Ok(added) => {
-                    tracing::info!(run_id = %self.parent, planned = count, added, "children enqueued for any worker");
+                    let enqueue_us = u64::try_from(clock.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    tracing::info!(run_id = %self.parent, planned = count, added, enqueue_us, "children enqueued for any worker");
                 }
                 Err(error) => {
                     tracing::warn!(run_id = %self.parent, %error, "enqueueing the children failed");

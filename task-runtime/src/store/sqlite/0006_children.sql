@@ -3,6 +3,9 @@
 -- `parent_run_id` stays NULL, so every claim, lease and wait index serves them as it is);
 -- `spawned_by` is their parent, `root_run_id` and `position` their place in its journal.
 ALTER TABLE runs ADD COLUMN spawned_by TEXT;
+-- The parent's attempt that (re)queued the child: a retried parent queues again the children
+-- that failed in an earlier attempt of its own, not those that failed in this one.
+ALTER TABLE runs ADD COLUMN spawn_attempt INTEGER NOT NULL DEFAULT 1;
 
 -- A parent waiting for its spawned children: woken when at most `wait_children` of them are
 -- unfinished, or (`wait_children_fail` = 1) when one of them failed.
