@@ -120,8 +120,11 @@ pub struct One<O> {
     task: &'static str,
     started: Instant,
     /// `None` when the branch is a spawned run (its result comes from the journal).
-    handle: Option<JoinHandle<(RunId, bool, Result<O, TaskError>)>>,
+    handle: Option<JoinHandle<BranchDone<O>>>,
 }
+
+/// A finished branch: its run, whether it replayed, its result.
+type BranchDone<O> = (RunId, bool, Result<O, TaskError>);
 
 /// An `each` branch started by [`Branches::each`].
 #[derive(Debug)]
