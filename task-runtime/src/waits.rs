@@ -123,6 +123,7 @@ impl TaskContext {
             Suspension {
                 wake_at,
                 token: None,
+                children: None,
             },
         )
         .await
@@ -234,6 +235,7 @@ impl TaskContext {
             Suspension {
                 wake_at: deadline,
                 token: Some(token.to_owned()),
+                children: None,
             },
         )
         .await

@@ -564,6 +564,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             token,
             wake_at: suspension.wake_at,
             wait_token: suspension.token,
+            children: suspension.children,
         };
     }
     if released.load(Ordering::Acquire) {

@@ -207,3 +207,113 @@ pub async fn reordered_steps(ctx: &TaskContext, input: RecordInput) -> Result<Re
         attempt: ctx.attempt(),
     })
 }
+
+/// One item of a fan-out: records its execution, takes `millis`, fails (not retried) when
+/// `fail`.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanItemInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub label: String,
+    #[serde(default)]
+    pub millis: u64,
+    #[serde(default)]
+    pub fail: bool,
+}
+
+/// Records its execution (see [`FanItemInput`]).
+#[task(id = "fan_item", retry(max_attempts = 3, min_delay = "10ms"))]
+pub async fn fan_item(ctx: &TaskContext, input: FanItemInput) -> Result<Recorded, TaskError> {
+    log_execution(ctx, &input.label)?;
+    tokio::time::sleep(Duration::from_millis(input.millis)).await;
+    if input.fail {
+        return Err(TaskError::fatal(format!(
+            "item {} fails on purpose",
+            input.label
+        )));
+    }
+    Ok(Recorded {
+        label: input.label,
+        pid: std::process::id(),
+        attempt: ctx.attempt(),
+    })
+}
+
+/// Input of the fan-outs: `count` items labelled `i0`, `i1`, ..., those at `fail` failing.
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FanInput {
+    #[serde(flatten)]
+    pub base: BaseInput,
+    pub count: usize,
+    #[serde(default)]
+    pub millis: u64,
+    #[serde(default)]
+    pub fail: Vec<usize>,
+}
+
+impl FanInput {
+    fn items(&self) -> Vec<FanItemInput> {
+        (0..self.count)
+            .map(|i| FanItemInput {
+                base: self.base.clone(),
+                label: format!("i{i}"),
+                millis: self.millis,
+                fail: self.fail.contains(&i),
+            })
+            .collect()
+    }
+}
+
+orchestrator! {
+    /// `count` recorded items, at most 100 unfinished at once, beside one lead item; fails
+    /// fast.
+    pub Fan("fan")(input: FanInput) {
+        lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
+        items: each(|input| input.items()) => FanItem, concurrency = 100,
+    }
+}
+
+orchestrator! {
+    /// `fan`, settling: every item runs, each with its outcome.
+    pub FanSettle("fan_settle", failure = settle)(input: FanInput) {
+        lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
+        items: each(|input| input.items()) => FanItem, concurrency = 100,
+    }
+}
+
+/// Like `fan_item`, but with `fail` it fails (retryably, and with no retries of its own) on
+/// its first execution only, noted in a file beside `FIXTURE_LOG`.
+#[task(id = "flaky_item")]
+pub async fn flaky_item(ctx: &TaskContext, input: FanItemInput) -> Result<Recorded, TaskError> {
+    log_execution(ctx, &input.label)?;
+    if input.fail {
+        let log =
+            std::env::var("FIXTURE_LOG").map_err(|_| TaskError::fatal("FIXTURE_LOG is not set"))?;
+        let marker = format!("{log}.failed-{}", input.label);
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&marker)
+            .is_ok()
+        {
+            return Err(TaskError::failed(format!(
+                "item {} fails once",
+                input.label
+            )));
+        }
+    }
+    Ok(Recorded {
+        label: input.label,
+        pid: std::process::id(),
+        attempt: ctx.attempt(),
+    })
+}
+
+orchestrator! {
+    /// Flaky items under a parent that is retried once.
+    pub FanRetried("fan_retried", retry(max_attempts = 2, min_delay = "10ms"))(input: FanInput) {
+        items: each(|input| input.items()) => FlakyItem, concurrency = 100,
+    }
+}

@@ -37,6 +37,8 @@ pub(crate) struct Suspension {
     pub wake_at: SystemTime,
     /// The token whose completion wakes it earlier.
     pub token: Option<String>,
+    /// The spawned children whose settles wake it (an orchestrator waiting for them).
+    pub children: Option<super::ChildWait>,
 }
 
 /// What the journal knows of a position.
@@ -88,6 +90,9 @@ impl Journal {
                     if held.token.is_none() {
                         held.token = suspension.token;
                     }
+                    if held.children.is_none() {
+                        held.children = suspension.children;
+                    }
                 }
                 None => *slot = Some(suspension),
             }
@@ -103,6 +108,16 @@ impl Journal {
     /// Whether a wait suspended the run (its attempt is winding down, not failing).
     pub(crate) fn is_suspended(&self) -> bool {
         crate::exec::seed::lock(&self.suspended).is_some()
+    }
+
+    /// The run this journal belongs to (the claimed root).
+    pub(crate) fn root(&self) -> &RunId {
+        &self.root
+    }
+
+    /// The root's lease token.
+    pub(crate) fn token(&self) -> i64 {
+        self.token
     }
 
     /// The store, for waits that look a token up.

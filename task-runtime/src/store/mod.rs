@@ -362,7 +362,37 @@ pub(crate) enum Settle {
         token: i64,
         wake_at: SystemTime,
         wait_token: Option<String>,
+        /// Waiting for its spawned children (an orchestrator's branches and items run as
+        /// runs of their own): woken at once when the condition already holds, else by the
+        /// settle of the child that makes it hold.
+        children: Option<ChildWait>,
     },
+}
+
+/// When a parent waiting for its spawned children is woken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChildWait {
+    /// When at most this many of its children are unfinished (0: all of them ended).
+    pub open_at_most: u32,
+    /// Or when one of them failed (fail-fast: the parent cancels the others).
+    pub on_failure: bool,
+}
+
+/// A child run an orchestrator enqueues for any worker to claim: a row of its own, queued,
+/// at `position` of its parent (unique there: enqueued again, it is not enqueued twice).
+#[derive(Debug, Clone)]
+pub(crate) struct NewChild {
+    pub id: RunId,
+    pub position: String,
+    pub task: String,
+    pub tenant_id: Option<String>,
+    pub project_id: Option<String>,
+    pub input: Value,
+    /// The parent's attempt that queues it.
+    pub parent_attempt: u32,
+    /// The child exists at its position already and failed in an earlier attempt of the
+    /// parent: queue that row again (fresh attempts, its journal kept) instead of a new one.
+    pub again: bool,
 }
 
 impl Settle {
@@ -421,6 +451,21 @@ pub(crate) struct JournalEntry {
     /// The recorded input of a durable wait (`wait:*` entries only): its wake time or
     /// deadline, fixed when the wait began.
     pub input: Option<Value>,
+    /// A child spawned as a run of its own (see [`NewChild`]): whether it ended, and its
+    /// error when it ended without an output.
+    pub spawned: Option<SpawnedEnd>,
+}
+
+/// Where a spawned child stands, as its parent's journal sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SpawnedEnd {
+    /// Queued, executing or waiting.
+    Open,
+    /// Completed: its output is the entry's `output`.
+    Completed,
+    /// Failed, cancelled or expired, with the error of its envelope, in this attempt of
+    /// the parent (the one that queued it last).
+    Failed(TaskError, u32),
 }
 
 /// A write of the journal, fenced by the root's lease token.
@@ -623,6 +668,30 @@ pub(crate) trait RunStore: Send + Sync + 'static {
 
     /// Every journal entry under `root`.
     fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>>;
+
+    /// Whether this store runs an orchestrator's children as runs of their own, claimed by
+    /// any worker ([`spawn`](Self::spawn)); otherwise they execute inside the parent's
+    /// attempt.
+    fn spawns_children(&self) -> bool {
+        false
+    }
+
+    /// Enqueues the children of `parent` (a root run whose lease `token` holds) in chunks
+    /// of multi-row statements; a position that already has a child keeps it. Says how many
+    /// were new. Only called when [`spawns_children`](Self::spawns_children) says so.
+    fn spawn(
+        &self,
+        parent: RunId,
+        token: i64,
+        children: Vec<NewChild>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let _ = (parent, token, children);
+        Box::pin(async {
+            Err(StoreError::Backend {
+                reason: "this store does not run children as runs of their own".to_owned(),
+            })
+        })
+    }
 
     /// Queues journal writes; they are committed in order with the store's other writes,
     /// before any later settle of the root.

@@ -1378,6 +1378,7 @@ impl RunStore for PostgresStore {
                     token,
                     wake_at,
                     wait_token,
+                    ..
                 } = outcome
                     && self
                         .suspend(id, *token, *wake_at, wait_token.as_deref())
@@ -1697,6 +1698,8 @@ impl RunStore for PostgresStore {
                             _ => 0,
                         },
                         input: json_column(row, "input")?,
+                        // PostgreSQL runs children inside the parent's attempt.
+                        spawned: None,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()

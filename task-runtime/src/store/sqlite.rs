@@ -30,8 +30,8 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 use super::ApiKeyRow;
 use super::{
     CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
-    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
-    ScheduleFire, Settle, StoreError, later, millis, time,
+    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewChild, NewRun, RunFilter, RunInfo,
+    RunStore, ScheduleFire, Settle, SpawnedEnd, StoreError, later, millis, time,
 };
 use crate::envelope::RunOutput;
 use crate::id::RunId;
@@ -50,6 +50,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "schedules", include_str!("sqlite/0003_schedules.sql")),
     (4, "api keys", include_str!("sqlite/0004_api_keys.sql")),
     (5, "waits", include_str!("sqlite/0005_waits.sql")),
+    (6, "children", include_str!("sqlite/0006_children.sql")),
 ];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
@@ -97,6 +98,7 @@ enum Write {
         Box<RunOutput<Value>>,
         oneshot::Sender<Result<CancelOutcome, StoreError>>,
     ),
+    Spawn(Box<Spawn>, oneshot::Sender<Result<usize, StoreError>>),
     Journal(JournalOp),
     Logs(Vec<LogLine>),
     /// Answered once the journal writes queued before it are committed.
@@ -109,6 +111,13 @@ enum Write {
         Box<TokenWrite>,
         oneshot::Sender<Result<TokenReply, StoreError>>,
     ),
+}
+
+/// Children a parent enqueues (see [`RunStore::spawn`]).
+struct Spawn {
+    parent: RunId,
+    token: i64,
+    children: Vec<NewChild>,
 }
 
 /// A write of wait tokens and waiting runs.
@@ -544,6 +553,11 @@ enum Done {
         CancelOutcome,
     ),
     Sync(oneshot::Sender<Result<(), StoreError>>),
+    Spawn(
+        Box<Spawn>,
+        oneshot::Sender<Result<usize, StoreError>>,
+        usize,
+    ),
     Schedule(
         Box<ScheduleWrite>,
         oneshot::Sender<Result<ScheduleReply, StoreError>>,
@@ -566,6 +580,7 @@ impl Done {
             Done::Settle(_, tx, r) | Done::EndQueued(_, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Sync(tx) => drop(tx.send(commit)),
+            Done::Spawn(_, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Schedule(_, tx, r) => drop(tx.send(commit.map(|()| r))),
             Done::Token(_, tx, r) => drop(tx.send(commit.map(|()| r))),
         }
@@ -583,6 +598,7 @@ impl Done {
             Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
             Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
             Done::Sync(tx) => Write::Sync(tx),
+            Done::Spawn(spawn, tx, _) => Write::Spawn(spawn, tx),
             Done::Schedule(write, tx, _) => Write::Schedule(write, tx),
             Done::Token(write, tx, _) => Write::Token(write, tx),
         }
@@ -597,6 +613,7 @@ fn reject(write: Write, error: &StoreError) {
         Write::Settle(_, tx) | Write::EndQueued(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
         Write::Sync(tx) => drop(tx.send(Err(error.clone()))),
+        Write::Spawn(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Schedule(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Token(_, tx) => drop(tx.send(Err(error.clone()))),
         Write::Journal(_) | Write::Logs(_) => {}
@@ -637,6 +654,10 @@ async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::
         },
         // The journal queued before it is flushed first, in this transaction.
         Write::Sync(tx) => Ok(Done::Sync(tx)),
+        Write::Spawn(spawn, tx) => match spawn_children(conn, &spawn).await {
+            Ok(r) => Ok(Done::Spawn(spawn, tx, r)),
+            Err(e) => Err((Write::Spawn(spawn, tx), e)),
+        },
         Write::Schedule(write, tx) => match write_schedule(conn, &write).await {
             Ok(r) => Ok(Done::Schedule(write, tx, r)),
             Err(e) => Err((Write::Schedule(write, tx), e)),
@@ -1178,6 +1199,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 token,
                 wake_at,
                 wait_token,
+                children,
             } => {
                 // A token completed before this settle (while the attempt wound down) wakes
                 // the run at once: the writer orders this against `complete_token`.
@@ -1190,7 +1212,8 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                                         WHERE wait_tokens.id = ?3 AND wait_tokens.status = 'completed')
                                      THEN ?4 ELSE ?5 END,
                             attempts = attempts - 1, waits = waits + 1, expire_at = NULL,
-                            lease_owner = NULL, lease_expires_at = NULL
+                            lease_owner = NULL, lease_expires_at = NULL,
+                            wait_children = ?6, wait_children_fail = ?7
                      WHERE id = ?1 AND lease_token = ?2 AND status = 'executing'",
                 )
                 .bind(id.as_str())
@@ -1198,6 +1221,8 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 .bind(wait_token)
                 .bind(now)
                 .bind(millis(*wake_at))
+                .bind(children.map(|c| i64::from(c.open_at_most)))
+                .bind(children.is_some_and(|c| c.on_failure))
                 .execute(&mut *conn)
                 .await?;
                 if result.rows_affected() == 1
@@ -1214,7 +1239,104 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
         };
         applied[i] = result.rows_affected() == 1;
     }
+    // The settle of a parent's last child (or the one that leaves room) wakes the parent;
+    // so does a parent's own suspension when its children already ended meanwhile. One
+    // writer orders both, so no wake is missed.
+    wake_parents(conn, now).await?;
     Ok(applied)
+}
+
+/// Queues the parents waiting for spawned children whose wake condition holds.
+async fn wake_parents(conn: &mut Conn, now: i64) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        // At its creation time: ahead of its own queued children, so a fail-fast parent
+        // cancels them before they run.
+        "UPDATE runs SET status = 'queued', run_at = min(created_at, ?1), wait_children = NULL, wait_children_fail = 0
+         WHERE id IN (SELECT p.id FROM runs AS p INDEXED BY runs_waiting_children
+                      WHERE p.status = 'waiting' AND p.wait_children IS NOT NULL
+                        AND ((SELECT count(*) FROM runs AS c WHERE c.spawned_by = p.id
+                                AND c.status IN ('queued', 'delayed', 'executing', 'waiting')) <= p.wait_children
+                             OR (p.wait_children_fail = 1 AND EXISTS (SELECT 1 FROM runs AS c
+                                 WHERE c.spawned_by = p.id AND c.status IN ('failed', 'cancelled', 'expired')))))",
+    )
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Enqueues a parent's children, a multi-row statement per chunk, fenced by the parent's
+/// lease; a position that has a child already keeps it.
+async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::Error> {
+    let now = millis(SystemTime::now());
+    let mut added = 0;
+    let (again, new): (Vec<&NewChild>, Vec<&NewChild>) =
+        spawn.children.iter().partition(|child| child.again);
+    // Seven parameters a row, three before them.
+    for chunk in new.chunks(CHUNK * 4) {
+        let rows = (0..chunk.len())
+            .map(|i| {
+                let b = 4 + 7 * i;
+                format!(
+                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5,
+                    b + 6
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut query = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO runs (id, task, tenant_id, project_id, input, position, spawn_attempt,
+                               status, run_at, created_at, spawned_by, root_run_id)
+             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
+                    'queued', ?3, ?3, ?1, ?1
+             FROM (VALUES {rows}) AS v WHERE {ROOT_HELD}
+             ON CONFLICT DO NOTHING"
+        )))
+        .bind(spawn.parent.as_str())
+        .bind(spawn.token)
+        .bind(now);
+        for child in chunk {
+            query = query
+                .bind(child.id.as_str())
+                .bind(&child.task)
+                .bind(&child.tenant_id)
+                .bind(&child.project_id)
+                .bind(json_text(&child.input))
+                .bind(&child.position)
+                .bind(i64::from(child.parent_attempt));
+        }
+        let result = query.execute(&mut *conn).await?;
+        added += usize::try_from(result.rows_affected()).unwrap_or(0);
+    }
+    // Children that failed in an earlier attempt of the parent: queued again with fresh
+    // attempts; `waits` makes their claim load the journal they keep.
+    for chunk in again.chunks(CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
+        let attempt = chunk.iter().map(|c| c.parent_attempt).max().unwrap_or(1);
+        let result = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE runs SET status = 'queued', run_at = ?3, attempts = 0, retried = NULL,
+                    envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
+                    cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL,
+                    waits = waits + 1, spawn_attempt = ?4
+             WHERE spawned_by = ?1 AND status IN ('failed', 'cancelled', 'expired')
+               AND {ROOT_HELD} AND id IN ({})",
+            placeholders(ids.len(), 5)
+        )))
+        .bind(spawn.parent.as_str())
+        .bind(spawn.token)
+        .bind(now)
+        .bind(i64::from(attempt))
+        .bind_all(&ids)
+        .execute(&mut *conn)
+        .await?;
+        added += usize::try_from(result.rows_affected()).unwrap_or(0);
+    }
+    Ok(added)
 }
 
 async fn end_queued(
@@ -1236,6 +1358,7 @@ async fn end_queued(
         .await?;
         applied.push(result.rows_affected() == 1);
     }
+    wake_parents(conn, now).await?;
     Ok(applied)
 }
 
@@ -1451,8 +1574,8 @@ fn run_info(row: &SqliteRow) -> Result<RunInfo, sqlx::Error> {
     })
 }
 
-const RUN_COLUMNS: &str =
-    "id, task, status, tenant_id, project_id, attempts, tags, parent_run_id, root_run_id,
+const RUN_COLUMNS: &str = "id, task, status, tenant_id, project_id, attempts, tags,
+     coalesce(parent_run_id, spawned_by) AS parent_run_id, root_run_id,
      position, replay_of, idempotency_key, created_at, run_at, started_at, finished_at, input,
      envelope, output, error, retried";
 
@@ -1572,7 +1695,7 @@ impl RunStore for SqliteStore {
 
     fn list(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
         Box::pin(async move {
-            let mut clauses = vec!["parent_run_id IS NULL".to_owned()];
+            let mut clauses = vec!["parent_run_id IS NULL AND spawned_by IS NULL".to_owned()];
             let mut binds: Vec<String> = Vec::new();
             let mut bind = |clause: &str, value: String| {
                 binds.push(value);
@@ -1616,7 +1739,7 @@ impl RunStore for SqliteStore {
     fn children(&self, parent: RunId) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 ORDER BY id"
+                "SELECT {RUN_COLUMNS} FROM runs WHERE parent_run_id = ?1 OR spawned_by = ?1 ORDER BY id"
             )))
             .bind(parent.as_str())
             .fetch_all(&self.reads)
@@ -1640,7 +1763,11 @@ impl RunStore for SqliteStore {
     fn journal(&self, root: RunId) -> BoxFuture<'_, Result<Vec<JournalEntry>, StoreError>> {
         Box::pin(async move {
             let rows = sqlx::query(
-                "SELECT id, parent_run_id, position, task, status, output, attempts, started_at, finished_at,
+                "SELECT id, coalesce(parent_run_id, spawned_by) AS parent_run_id, position, task, status,
+                        output, attempts, started_at, finished_at, spawned_by IS NOT NULL AS spawned,
+                        spawn_attempt,
+                        CASE WHEN spawned_by IS NOT NULL AND status IN ('completed', 'failed', 'cancelled', 'expired')
+                             THEN envelope END AS envelope,
                         CASE WHEN task LIKE 'wait:%' THEN input END AS input
                  FROM runs WHERE root_run_id = ?1 AND position IS NOT NULL",
             )
@@ -1653,14 +1780,28 @@ impl RunStore for SqliteStore {
                     let id: String = row.try_get("id")?;
                     let parent: String = row.try_get("parent_run_id")?;
                     let status: String = row.try_get("status")?;
-                    let output = if status == "completed" {
-                        Some(json_column::<Value>(row, "output")?.unwrap_or_default())
-                    } else {
-                        None
+                    let spawned = row.try_get::<bool, _>("spawned")?;
+                    let envelope = json_column::<RunOutput<Value>>(row, "envelope")?;
+                    let (output, spawned) = match (spawned, envelope) {
+                        (false, _) if status == "completed" => (
+                            Some(json_column::<Value>(row, "output")?.unwrap_or_default()),
+                            None,
+                        ),
+                        (false, _) => (None, None),
+                        (true, None) => (None, Some(SpawnedEnd::Open)),
+                        (true, Some(envelope)) => match envelope.job.error_detail {
+                            None => (Some(envelope.results), Some(SpawnedEnd::Completed)),
+                            Some(error) => {
+                                let at = row.try_get::<i64, _>("spawn_attempt")?;
+                                let at = u32::try_from(at).unwrap_or(0);
+                                (None, Some(SpawnedEnd::Failed(error, at)))
+                            }
+                        },
                     };
                     let started: Option<i64> = row.try_get("started_at")?;
                     let finished: Option<i64> = row.try_get("finished_at")?;
                     Ok(JournalEntry {
+                        spawned,
                         parent: parse_id(&parent)?,
                         position: row.try_get("position")?,
                         id: parse_id(&id)?,
@@ -1677,6 +1818,24 @@ impl RunStore for SqliteStore {
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(|e| corrupt(&root, e))
         })
+    }
+
+    fn spawns_children(&self) -> bool {
+        true
+    }
+
+    fn spawn(
+        &self,
+        parent: RunId,
+        token: i64,
+        children: Vec<NewChild>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        let spawn = Box::new(Spawn {
+            parent,
+            token,
+            children,
+        });
+        Box::pin(self.write(|tx| Write::Spawn(spawn, tx)))
     }
 
     fn record(&self, op: JournalOp) {

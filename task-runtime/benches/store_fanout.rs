@@ -1,0 +1,134 @@
+//! Children on any worker, through the SQLite store: an orchestrator fans out over 10 000
+//! no-op items, each a queued run of its own that the worker claims, while the parent waits
+//! suspended. Measured: the enqueue (the parent's multi-row write of its children, as the
+//! runtime logs it), the completion throughput of the children (first start to last
+//! finish, from their rows), and trigger to the parent's end.
+//!
+//! `cargo bench -p task-runtime --bench store_fanout [-- ITEMS]` (default 10 000). Two
+//! shapes: every item enqueued at once (`concurrency = 10_000`), and the default window
+//! (the runtime's `max_fan_out`, 1024 unfinished at most, refilled as half of them end).
+//! The file goes to a fresh directory under `$TMPDIR` (`BENCH_DIR` for another disk).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::{FanInput, Noop, fan_input, item, tokio_runtime};
+use task_runtime::prelude::*;
+use task_runtime::{RunStatus, Store};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+orchestrator! {
+    /// Every item enqueued in one write.
+    pub FanAll("fan_all")(input: FanInput) {
+        items: each(|input| (0..input.count).map(|i| item(&input.base, i)).collect::<Vec<_>>()) => Noop, concurrency = 10_000,
+    }
+}
+
+/// The `children enqueued` events of the runtime: (children added, microseconds).
+#[derive(Clone, Default)]
+struct Enqueues(Arc<Mutex<Vec<(u64, u64)>>>);
+
+#[derive(Default)]
+struct Fields {
+    enqueued: bool,
+    added: u64,
+    enqueue_us: u64,
+}
+
+impl Visit for Fields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "added" => self.added = value,
+            "enqueue_us" => self.enqueue_us = value,
+            _ => {}
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.enqueued = format!("{value:?}").contains("children enqueued");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Enqueues {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if fields.enqueued {
+            self.0
+                .lock()
+                .unwrap()
+                .push((fields.added, fields.enqueue_us));
+        }
+    }
+}
+
+fn secs(from: SystemTime, to: SystemTime) -> f64 {
+    to.duration_since(from).unwrap_or_default().as_secs_f64()
+}
+
+async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("store-fanout-{task}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = Store::connect(&format!("sqlite://{}/runs.db", dir.display()))
+        .await
+        .unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let worker = rt.worker().concurrency(16).start();
+    enqueues.0.lock().unwrap().clear();
+
+    let clock = Instant::now();
+    let input = serde_json::to_value(fan_input(items)).unwrap();
+    let handle = rt.trigger(task, input).await.unwrap();
+    let envelope = rt.runs().wait(handle.run_id()).await.unwrap().unwrap();
+    let total = clock.elapsed();
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(
+        envelope.results["items"].as_array().map(Vec::len),
+        Some(items as usize)
+    );
+    worker.shutdown(Duration::from_secs(5)).await;
+
+    let children = rt.runs().children(handle.run_id()).await.unwrap();
+    assert_eq!(children.len(), items as usize);
+    assert!(children.iter().all(|c| c.status == RunStatus::Completed));
+    let first_start = children.iter().filter_map(|c| c.started_at).min().unwrap();
+    let last_finish = children.iter().filter_map(|c| c.finished_at).max().unwrap();
+    let span = secs(first_start, last_finish);
+    let writes = enqueues.0.lock().unwrap().clone();
+    let added: u64 = writes.iter().map(|(n, _)| n).sum();
+    let enqueue_ms: f64 = writes.iter().map(|(_, us)| *us as f64 / 1000.0).sum();
+    assert_eq!(added, u64::from(items), "every child enqueued once");
+    println!(
+        "{task}: {items} children; enqueue {enqueue_ms:.1} ms in {} write(s) ({:.0} children/s); \
+         children first start -> last finish {span:.2} s ({:.0} children/s); trigger -> parent done {:.2} s",
+        writes.len(),
+        f64::from(items) / (enqueue_ms / 1000.0),
+        f64::from(items) / span,
+        total.as_secs_f64(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn main() {
+    let items: u32 = std::env::args()
+        .skip(1)
+        .find_map(|arg| arg.parse().ok())
+        .unwrap_or(10_000);
+    let enqueues = Enqueues::default();
+    let subscriber = tracing_subscriber::registry().with(enqueues.clone());
+    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let runtime = tokio_runtime();
+    runtime.block_on(async {
+        measure("fan_all", items, &enqueues).await;
+        measure("fan_out", items, &enqueues).await;
+    });
+}

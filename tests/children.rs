@@ -1,0 +1,309 @@
+//! Children on any worker: on SQLite, an orchestrator's `each` items are runs of their own,
+//! claimed by any `fixture-app` worker process sharing the file, while the parent waits
+//! without a worker slot; fail-fast cancels the queued siblings of a failed item, settle
+//! keeps every outcome, and a worker killed with `kill -9` duplicates no child.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use task_runtime::{RunId, RunInfo, RunStatus, Runtime, Store};
+use task_tests::procs::{KillOnDrop as Worker, signal};
+
+const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
+
+struct Scene {
+    dir: PathBuf,
+    url: String,
+    log: PathBuf,
+}
+
+impl Scene {
+    fn new(name: &str) -> Scene {
+        let dir = std::env::temp_dir().join(format!("children-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Scene {
+            url: format!("sqlite://{}/runs.db", dir.display()),
+            log: dir.join("executions.log"),
+            dir,
+        }
+    }
+
+    fn worker(&self, name: &str, concurrency: u32) -> Worker {
+        let stderr = std::fs::File::create(self.dir.join(format!("{name}.stderr"))).unwrap();
+        let child = Command::new(APP)
+            .args([
+                "--store",
+                &self.url,
+                "worker",
+                "--concurrency",
+                &concurrency.to_string(),
+                "--lease",
+                "1s",
+                "--grace",
+                "5s",
+            ])
+            .env("FIXTURE_LOG", &self.log)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the worker starts");
+        Worker(child)
+    }
+
+    /// Every execution line: (run id, task, label, pid, attempt).
+    fn executions(&self) -> Vec<(String, String, String, u32, u32)> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let parts: Vec<&str> = line.split(' ').collect();
+                (
+                    parts[0].to_owned(),
+                    parts[1].to_owned(),
+                    parts[2].to_owned(),
+                    parts[3].parse().unwrap(),
+                    parts[4].parse().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    /// How often each label executed.
+    fn executed(&self) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for (_, _, label, _, _) in self.executions() {
+            *counts.entry(label).or_default() += 1;
+        }
+        counts
+    }
+
+    /// How often the parent suspended to wait, read from its row.
+    async fn waits(&self, id: &RunId) -> i64 {
+        use sqlx::Connection;
+        let path = self.dir.join("runs.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        sqlx::query_scalar("SELECT waits FROM runs WHERE id = ?1")
+            .bind(id.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    }
+}
+
+async fn runtime(scene: &Scene) -> Runtime {
+    let store = Store::connect(&scene.url).await.unwrap();
+    Runtime::builder().store(store).build().unwrap()
+}
+
+fn fan(count: usize, millis: u64, fail: &[usize]) -> Value {
+    json!({ "tenantId": "t", "projectId": "p", "count": count, "millis": millis, "fail": fail })
+}
+
+/// The parent's envelope, once it finished (bounded, so a lost wake fails the test).
+async fn finished(rt: &Runtime, id: &RunId) -> task_runtime::RunOutput<Value> {
+    tokio::time::timeout(Duration::from_secs(180), rt.runs().wait(id))
+        .await
+        .expect("the parent finishes")
+        .unwrap()
+        .expect("the parent exists")
+}
+
+/// Waits (polling, bounded) until `done` holds.
+async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let start = Instant::now();
+    while !done().await {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn items_of(children: &[RunInfo]) -> Vec<&RunInfo> {
+    children
+        .iter()
+        .filter(|c| {
+            c.position
+                .as_deref()
+                .is_some_and(|p| p.starts_with("item:"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_over_1000_items_runs_on_two_worker_processes_while_the_parent_holds_no_slot() {
+    let scene = Scene::new("two-workers");
+    let rt = runtime(&scene).await;
+    // One slot each: a parent that kept its slot while it waits would leave its worker
+    // unable to execute a single item.
+    let w1 = scene.worker("w1", 1);
+    let w2 = scene.worker("w2", 1);
+    let handle = rt.trigger("fan", fan(1000, 1, &[])).await.unwrap();
+    let parent = handle.run_id().clone();
+    let envelope = finished(&rt, &parent).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+
+    // Every item's output, in item order.
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1000);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["label"], format!("i{i}"), "item {i} in its place");
+    }
+    // Executed by both processes.
+    let pids: HashSet<u64> = items.iter().map(|i| i["pid"].as_u64().unwrap()).collect();
+    let workers: HashSet<u64> = [w1.id(), w2.id()].into_iter().map(u64::from).collect();
+    assert_eq!(pids, workers, "both workers executed items");
+    // Each item executed exactly once, and is one row of its own at its position.
+    let executed = scene.executed();
+    for i in 0..1000 {
+        assert_eq!(
+            executed.get(&format!("i{i}")),
+            Some(&1),
+            "item i{i} ran once"
+        );
+    }
+    let children = rt.runs().children(&parent).await.unwrap();
+    let items = items_of(&children);
+    assert_eq!(items.len(), 1000, "one row per item");
+    let positions: HashSet<&str> = items.iter().filter_map(|c| c.position.as_deref()).collect();
+    assert_eq!(positions.len(), 1000);
+    assert!(items.iter().all(|c| c.status == RunStatus::Completed));
+    assert!(
+        items
+            .iter()
+            .all(|c| c.parent_run_id.as_ref() == Some(&parent)),
+        "each item names its parent"
+    );
+    // The parent waited (suspended, no slot) rather than executing its items itself.
+    assert!(scene.waits(&parent).await >= 1, "the parent suspended");
+    // Children are not top-level runs.
+    let listed = rt
+        .runs()
+        .list(task_runtime::RunFilter::new())
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1, "only the parent is listed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_item_fails_the_parent_and_cancels_its_queued_siblings() {
+    let scene = Scene::new("fail-fast");
+    let rt = runtime(&scene).await;
+    let _w = scene.worker("w1", 2);
+    let handle = rt.trigger("fan", fan(300, 5, &[5])).await.unwrap();
+    let parent = handle.run_id().clone();
+    let envelope = finished(&rt, &parent).await;
+    assert!(!envelope.job.success);
+    let error = envelope.job.error.clone().unwrap();
+    assert!(
+        error.contains("branch 'items' item 5 failed"),
+        "the error names the item: {error}"
+    );
+    // Nothing is left running or queued, some siblings were cancelled, and the items past
+    // the window were never enqueued.
+    let mut children = Vec::new();
+    eventually("every child ended", async || {
+        children = rt.runs().children(&parent).await.unwrap();
+        children.iter().all(|c| c.status.is_finished())
+    })
+    .await;
+    let items = items_of(&children);
+    assert!(items.len() <= 100, "at most the window was enqueued");
+    let cancelled = items
+        .iter()
+        .filter(|c| c.status == RunStatus::Cancelled)
+        .count();
+    assert!(cancelled > 0, "queued siblings were cancelled");
+    let executed = scene.executed();
+    assert!(executed.len() < 301, "not every item executed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settle_completes_with_every_item_s_outcome() {
+    let scene = Scene::new("settle");
+    let rt = runtime(&scene).await;
+    let _w = scene.worker("w1", 2);
+    let handle = rt.trigger("fan_settle", fan(20, 0, &[3, 7])).await.unwrap();
+    let envelope = finished(&rt, handle.run_id()).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    for (i, item) in items.iter().enumerate() {
+        if i == 3 || i == 7 {
+            let message = item["error"]["message"].as_str().unwrap_or_default();
+            assert!(
+                message.contains(&format!("item i{i} fails on purpose")),
+                "item {i}: {item}"
+            );
+        } else {
+            assert_eq!(item["ok"]["label"], format!("i{i}"), "item {i}: {item}");
+        }
+    }
+    assert_eq!(envelope.results["lead"]["ok"]["label"], "lead");
+    let executed = scene.executed();
+    assert_eq!(executed.len(), 21, "every item and the lead executed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_fan_out_duplicates_no_child() {
+    let scene = Scene::new("kill9");
+    let rt = runtime(&scene).await;
+    let mut w1 = scene.worker("w1", 4);
+    let handle = rt.trigger("fan", fan(400, 5, &[])).await.unwrap();
+    let parent = handle.run_id().clone();
+    eventually("a first share of the items executed", async || {
+        scene.executions().len() >= 60
+    })
+    .await;
+    signal(&w1.0, "KILL");
+    w1.0.wait().unwrap();
+    let _w2 = scene.worker("w2", 4);
+    let envelope = finished(&rt, &parent).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 400);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["label"], format!("i{i}"));
+    }
+    let children = rt.runs().children(&parent).await.unwrap();
+    let items = items_of(&children);
+    assert_eq!(items.len(), 400, "one row per item, none enqueued twice");
+    // Only what the killed worker held ran twice: its 4 slots, plus at most as many runs
+    // again whose settle it had not written yet (the worker's bound, as in tests/crash.rs).
+    let executed = scene.executed();
+    assert_eq!(executed.len(), 401, "every item and the lead executed");
+    let twice = executed.values().filter(|n| **n > 1).count();
+    assert!(twice <= 2 * 4, "{twice} items executed more than once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_parent_runs_its_failed_child_again_at_the_same_position() {
+    let scene = Scene::new("retried");
+    let rt = runtime(&scene).await;
+    let _w = scene.worker("w1", 2);
+    let handle = rt.trigger("fan_retried", fan(10, 0, &[4])).await.unwrap();
+    let parent = handle.run_id().clone();
+    let envelope = finished(&rt, &parent).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.metadata.attempts, 2, "the parent was retried once");
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 10);
+    for (i, item) in items.iter().enumerate() {
+        assert_eq!(item["label"], format!("i{i}"));
+    }
+    let executed = scene.executed();
+    assert_eq!(executed.get("i4"), Some(&2), "the failed item ran again");
+    assert!((0..10).all(|i| executed.contains_key(&format!("i{i}"))));
+    // Again at its position, as the same row: no second child.
+    let children = rt.runs().children(&parent).await.unwrap();
+    assert_eq!(items_of(&children).len(), 10);
+    assert!(children.iter().all(|c| c.status == RunStatus::Completed));
+}
