@@ -57,20 +57,7 @@ impl Scene {
 
     /// Every execution line: (run id, task, label, pid, attempt), in the order written.
     fn executions(&self) -> Vec<(String, String, String, u32, u32)> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| {
-                let parts: Vec<&str> = line.split(' ').collect();
-                (
-                    parts[0].to_owned(),
-                    parts[1].to_owned(),
-                    parts[2].to_owned(),
-                    parts[3].parse().unwrap(),
-                    parts[4].parse().unwrap(),
-                )
-            })
-            .collect()
+        task_tests::recorder::executions(&self.log)
     }
 
     fn executed(&self) -> usize {

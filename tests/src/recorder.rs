@@ -317,3 +317,22 @@ orchestrator! {
         items: each(|input| input.items()) => FlakyItem, concurrency = 100,
     }
 }
+
+/// The execution lines the fixture tasks append to `FIXTURE_LOG` (`log`), in the order
+/// written: (run id, task, label, pid, attempt). A missing log is no executions.
+pub fn executions(log: &std::path::Path) -> Vec<(String, String, String, u32, u32)> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| {
+            let parts: Vec<&str> = line.split(' ').collect();
+            (
+                parts[0].to_owned(),
+                parts[1].to_owned(),
+                parts[2].to_owned(),
+                parts[3].parse().unwrap(),
+                parts[4].parse().unwrap(),
+            )
+        })
+        .collect()
+}
