@@ -1,10 +1,12 @@
-//! Children on any worker, through the SQLite store: an orchestrator fans out over 10 000
+//! Children on any worker, through the SQLite (or PostgreSQL) store: an orchestrator fans out over 10 000
 //! no-op items, each a queued run of its own that the worker claims, while the parent waits
 //! suspended. Measured: the enqueue (the parent's multi-row write of its children, as the
 //! runtime logs it), the completion throughput of the children (first start to last
 //! finish, from their rows), and trigger to the parent's end.
 //!
-//! `cargo bench -p task-runtime --bench store_fanout [-- ITEMS]` (default 10 000). Two
+//! `cargo bench -p task-runtime --bench store_fanout --features postgres [-- ITEMS]`
+//! (default 10 000); `STORE_URL=postgres://...` measures a PostgreSQL database instead
+//! (an empty one: the bench does not clear it). Two
 //! shapes: every item enqueued at once (`concurrency = 10_000`), and the default window
 //! (the runtime's `max_fan_out`, 1024 unfinished at most, refilled as half of them end).
 //! The file goes to a fresh directory under `$TMPDIR` (`BENCH_DIR` for another disk).
@@ -78,9 +80,9 @@ async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
         .join(format!("store-fanout-{task}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite://{}/runs.db", dir.display()))
-        .await
-        .unwrap();
+    let url = std::env::var("STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}/runs.db", dir.display()));
+    let store = Store::connect(&url).await.unwrap();
     let rt = Runtime::builder().store(store).build().unwrap();
     let worker = rt.worker().concurrency(16).start();
     enqueues.0.lock().unwrap().clear();

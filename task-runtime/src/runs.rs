@@ -403,6 +403,11 @@ impl Runs<'_> {
             if outcome == CancelOutcome::Requested {
                 self.rt.cancel_local(run_id);
             }
+            if matches!(outcome, CancelOutcome::Cancelled | CancelOutcome::Requested)
+                && store.spawns_children()
+            {
+                self.cancel_spawned(run_id).await?;
+            }
             return Ok(outcome);
         }
         let live = lock(self.rt.live());
@@ -417,6 +422,52 @@ impl Runs<'_> {
                 }
             }
         })
+    }
+
+    /// Cancels what a cancelled run left unfinished of its children that are runs of their
+    /// own (an orchestrator's branches and items, queued for any worker), and theirs: queued
+    /// and waiting ones end at once, executing ones are asked to stop.
+    async fn cancel_spawned(&self, run_id: &RunId) -> Result<(), StoreError> {
+        let Some(store) = self.rt.store() else {
+            return Ok(());
+        };
+        let mut parents = vec![run_id.clone()];
+        while let Some(parent) = parents.pop() {
+            let open: Vec<RunInfo> = store
+                .children(parent.clone())
+                .await?
+                .into_iter()
+                .filter(|child| !child.status.is_finished())
+                .collect();
+            if open.is_empty() {
+                continue;
+            }
+            let envelope = |child: &RunInfo| {
+                Box::new(RunOutput::refused(
+                    &child.task,
+                    child.id.clone(),
+                    child.input.clone(),
+                    TaskError::cancelled(format!(
+                        "cancelled: its parent run {parent} was cancelled"
+                    )),
+                ))
+            };
+            // The queued and waiting ones in one write, before a worker claims more of them;
+            // then the executing ones, one by one.
+            let ends = open.iter().map(|c| (c.id.clone(), envelope(c))).collect();
+            let ended = store.end_queued(ends).await?;
+            for (child, ended) in open.iter().zip(ended) {
+                if !ended
+                    && store.cancel(child.id.clone(), envelope(child)).await?
+                        == CancelOutcome::Requested
+                {
+                    self.rt.cancel_local(&child.id);
+                }
+            }
+            tracing::debug!(run_id = %parent, children = open.len(), "the unfinished children of a cancelled run cancelled");
+            parents.extend(open.into_iter().map(|c| c.id));
+        }
+        Ok(())
     }
 
     /// Waits for a run's envelope; `None` for an unknown id (or, without a store, a run that

@@ -276,6 +276,15 @@ orchestrator! {
 }
 
 orchestrator! {
+    /// `fan`, retried when an attempt of its own is lost (a worker killed while it held the
+    /// parent: resumed, it reads its children from its journal again).
+    pub FanDurable("fan_durable", retry(max_attempts = 3, min_delay = "10ms"))(input: FanInput) {
+        lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
+        items: each(|input| input.items()) => FanItem, concurrency = 100,
+    }
+}
+
+orchestrator! {
     /// `fan`, settling: every item runs, each with its outcome.
     pub FanSettle("fan_settle", failure = settle)(input: FanInput) {
         lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
