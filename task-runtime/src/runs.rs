@@ -399,9 +399,13 @@ impl Runs<'_> {
                 }
                 None => return Ok(CancelOutcome::NotFound),
             };
+            let task = envelope.job.task_name.to_string();
             let outcome = store.cancel(run_id.clone(), envelope).await?;
-            if outcome == CancelOutcome::Requested {
-                self.rt.cancel_local(run_id);
+            match outcome {
+                CancelOutcome::Requested => self.rt.cancel_local(run_id),
+                // Ended here, queued or waiting (an executing one ends in its attempt).
+                CancelOutcome::Cancelled => crate::metrics::run_ended(&task, "cancelled"),
+                _ => {}
             }
             if matches!(outcome, CancelOutcome::Cancelled | CancelOutcome::Requested)
                 && store.spawns_children()
@@ -457,11 +461,14 @@ impl Runs<'_> {
             let ends = open.iter().map(|c| (c.id.clone(), envelope(c))).collect();
             let ended = store.end_queued(ends).await?;
             for (child, ended) in open.iter().zip(ended) {
-                if !ended
-                    && store.cancel(child.id.clone(), envelope(child)).await?
-                        == CancelOutcome::Requested
-                {
-                    self.rt.cancel_local(&child.id);
+                let outcome = match ended {
+                    true => CancelOutcome::Cancelled,
+                    false => store.cancel(child.id.clone(), envelope(child)).await?,
+                };
+                match outcome {
+                    CancelOutcome::Requested => self.rt.cancel_local(&child.id),
+                    CancelOutcome::Cancelled => crate::metrics::run_ended(&child.task, "cancelled"),
+                    _ => {}
                 }
             }
             tracing::debug!(run_id = %parent, children = open.len(), "the unfinished children of a cancelled run cancelled");

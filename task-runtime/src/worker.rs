@@ -549,6 +549,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         token,
         entries,
         cancel.clone(),
+        resumed && attempt == 1,
     ));
     let mut seed = Seed::root(cancel);
     seed.run_id = Some(id.clone());
@@ -773,11 +774,18 @@ async fn reclaim(shared: &Shared, store: &Arc<dyn RunStore>) {
     if settles.is_empty() {
         return;
     }
-    match store.settle(Arc::new(settles)).await {
+    let settles = Arc::new(settles);
+    match store.settle(settles.clone()).await {
         Ok(applied) => {
             let n = applied.iter().filter(|a| **a).count() as u64;
             shared.stats.reclaimed.fetch_add(n, Ordering::Relaxed);
             crate::metrics::leases_reclaimed(n);
+            // Lost on its last attempt: the run ended here.
+            for (settle, applied) in settles.iter().zip(applied) {
+                if let (Settle::Finish { envelope, .. }, true) = (settle, applied) {
+                    crate::metrics::run_ended(&envelope.job.task_name, "failed");
+                }
+            }
         }
         Err(error) => tracing::warn!(%error, "reclaiming expired leases failed"),
     }
@@ -806,8 +814,19 @@ async fn expire(store: &Arc<dyn RunStore>) {
             let envelope = RunOutput::refused(&run.task, run.id.clone(), run.input, error);
             (run.id, Box::new(envelope))
         })
+        .collect::<Vec<_>>();
+    let tasks: Vec<String> = ends
+        .iter()
+        .map(|(_, e)| e.job.task_name.to_string())
         .collect();
-    if let Err(error) = store.end_queued(ends).await {
-        tracing::warn!(%error, "expiring runs failed");
+    match store.end_queued(ends).await {
+        Ok(ended) => {
+            for (task, ended) in tasks.iter().zip(ended) {
+                if ended {
+                    crate::metrics::run_ended(task, "expired");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "expiring runs failed"),
     }
 }

@@ -336,8 +336,16 @@ impl Spawner {
             }
         };
         for (o, ended) in open.iter().zip(ended) {
-            if !ended && let Err(error) = store.cancel(o.id.clone(), envelope(o)).await {
-                tracing::warn!(run_id = %o.id, %error, "cancelling a child failed");
+            let outcome = match ended {
+                true => Ok(crate::store::CancelOutcome::Cancelled),
+                false => store.cancel(o.id.clone(), envelope(o)).await,
+            };
+            match outcome {
+                Ok(crate::store::CancelOutcome::Cancelled) => {
+                    crate::metrics::run_ended(o.task, "cancelled");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(run_id = %o.id, %error, "cancelling a child failed"),
             }
         }
         tracing::info!(run_id = %self.parent, children = open.len(), "fail-fast: unfinished children cancelled");
