@@ -482,6 +482,7 @@ impl Runs<'_> {
     pub async fn wait(&self, run_id: &RunId) -> Result<Option<RunOutput<Value>>, StoreError> {
         if let Some(store) = self.rt.store() {
             loop {
+                let mark = store.change_mark();
                 match store.get(run_id.clone()).await? {
                     None => return Ok(None),
                     Some(info) if info.status.is_finished() => {
@@ -490,7 +491,7 @@ impl Runs<'_> {
                             RunOutput::refused(&info.task, info.id.clone(), info.input, error)
                         })));
                     }
-                    Some(_) => store.changed(Duration::from_millis(250)).await,
+                    Some(_) => store.changed(mark, Duration::from_millis(250)).await,
                 }
             }
         }

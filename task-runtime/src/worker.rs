@@ -367,6 +367,8 @@ async fn work(
         } else {
             0
         };
+        // Taken before the claim: a run enqueued while it runs wakes the wait below.
+        let mark = store.change_mark();
         let claim = if want == 0 {
             None
         } else {
@@ -418,7 +420,7 @@ async fn work(
             // Settles written: their slots can be claimed again.
             _ = shared.settled.notified(), if want == 0 => {}
             // Nothing more was due: wait for a trigger (ours or another process's).
-            _ = store.changed(wait), if want > 0 && got < want => {}
+            _ = store.changed(mark, wait), if want > 0 && got < want => {}
         }
     }
     // Every settle is written before the worker reports that it stopped.

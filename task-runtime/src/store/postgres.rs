@@ -404,14 +404,11 @@ impl Shared {
 // ---------------------------------------------------------------------------------------
 // Wake-ups
 
-/// Notifications seen so far, and who waits for the next one.
+/// Notifications seen so far (each caller compares its own mark, see
+/// [`RunStore::change_mark`]), and who waits for the next one.
 #[derive(Default)]
 struct Changes {
     generation: AtomicU64,
-    /// The generation at the last claim or the last return of `changed`: a notification
-    /// after it makes `changed` return at once, so one that arrived while a claim ran is
-    /// never slept through.
-    seen: AtomicU64,
     notify: Notify,
     listening: AtomicBool,
 }
@@ -420,11 +417,6 @@ impl Changes {
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
-    }
-
-    fn look(&self) {
-        self.seen
-            .store(self.generation.load(Ordering::Acquire), Ordering::Release);
     }
 }
 
@@ -1206,7 +1198,6 @@ impl RunStore for PostgresStore {
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>> {
         Box::pin(async move {
-            self.shared.changes.look();
             let now = SystemTime::now();
             let until = millis(later(now, request.lease));
             let now = millis(now);
@@ -2151,14 +2142,17 @@ impl RunStore for PostgresStore {
         })
     }
 
-    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+    fn change_mark(&self) -> u64 {
+        self.shared.changes.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let changes = &self.shared.changes;
             let notified = changes.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let now = changes.generation.load(Ordering::Acquire);
-            if changes.seen.swap(now, Ordering::AcqRel) != now {
+            if changes.generation.load(Ordering::Acquire) != since {
                 return;
             }
             let within = if changes.listening.load(Ordering::Acquire) {
@@ -2170,7 +2164,6 @@ impl RunStore for PostgresStore {
                 _ = notified => {}
                 _ = tokio::time::sleep(within) => {}
             }
-            changes.look();
         })
     }
 

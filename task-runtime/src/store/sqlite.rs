@@ -68,8 +68,16 @@ pub(crate) struct SqliteStore {
     /// A connection of its own for `PRAGMA data_version`, which counts commits by other
     /// connections (this process's writer included), and the version its last look saw.
     watch: Mutex<(SqliteConnection, i64)>,
-    local: Arc<Notify>,
+    local: Arc<LocalChanges>,
     poll: Duration,
+}
+
+/// The writer's commits that may concern a waiter (see [`RunStore::change_mark`]).
+#[derive(Default)]
+struct LocalChanges {
+    /// Bumped by each such commit.
+    generation: AtomicU64,
+    notify: Notify,
 }
 
 /// A write for the writer task, with where its result goes.
@@ -308,7 +316,7 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(&e))?;
         let version = data_version(&mut watch).await.map_err(|e| fail(&e))?;
-        let local = Arc::new(Notify::new());
+        let local = Arc::new(LocalChanges::default());
         let (writes, write_queue) = mpsc::unbounded_channel();
         let (logs, log_queue) = mpsc::channel(LOG_BUFFER);
         tokio::spawn(writer_task(
@@ -412,29 +420,23 @@ async fn log_task(mut queue: mpsc::Receiver<LogLine>, writes: mpsc::UnboundedSen
 async fn writer_task(
     mut conn: SqliteConnection,
     mut queue: mpsc::UnboundedReceiver<Write>,
-    local: Arc<Notify>,
+    local: Arc<LocalChanges>,
     path: String,
     busy: Duration,
 ) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 512).await > 0 {
         let writes = std::mem::take(&mut batch);
-        // A batch that made runs due (new runs, a completed token, woken waits) also leaves
-        // a permit: a claim loop whose claim was answered from this very batch, before
-        // these writes, is not yet waiting when `notify_waiters` runs, and would otherwise
-        // sleep its idle poll. Claims, settles and heartbeats leave none (a claim loop
-        // would wake itself).
-        let due = writes.iter().any(|write| match write {
-            Write::Enqueue(..) => true,
-            Write::Token(token, _) => {
-                matches!(**token, TokenWrite::Complete(..) | TokenWrite::Wake(_))
-            }
-            _ => false,
-        });
+        // A batch of claims and heartbeats only changes nothing a waiter waits for (a claim
+        // loop would otherwise wake itself with its own claim); any other write (a new run,
+        // a settle, a token, a cancel, log lines a stream follows) is a change.
+        let change = writes
+            .iter()
+            .any(|write| !matches!(write, Write::Claim(..) | Write::Heartbeat(..)));
         apply_batch(&mut conn, writes, &path, busy).await;
-        local.notify_waiters();
-        if due {
-            local.notify_one();
+        if change {
+            local.generation.fetch_add(1, Ordering::AcqRel);
+            local.notify.notify_waiters();
         }
     }
 }
@@ -2126,9 +2128,18 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+    fn change_mark(&self) -> u64 {
+        self.local.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let local = self.local.notified();
+            let local = self.local.notify.notified();
+            tokio::pin!(local);
+            local.as_mut().enable();
+            if self.local.generation.load(Ordering::Acquire) != since {
+                return;
+            }
             let others = async {
                 // This call's own baseline: the version the last look (by any caller) saw.
                 // A shared "seen" that the first caller to notice a commit moves on would
