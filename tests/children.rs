@@ -51,7 +51,14 @@ impl Scene {
         dir
     }
 
+    /// A worker with a lease long enough that a loaded machine's stall does not expire it.
     fn worker(&self, name: &str, concurrency: u32) -> Worker {
+        self.worker_with_lease(name, concurrency, "5s")
+    }
+
+    /// A worker whose leases expire after `lease` (short: a killed worker's runs are
+    /// reclaimed soon).
+    fn worker_with_lease(&self, name: &str, concurrency: u32, lease: &str) -> Worker {
         let stderr = std::fs::File::create(self.dir.join(format!("{name}.stderr"))).unwrap();
         let child = Command::new(APP)
             .args([
@@ -61,7 +68,7 @@ impl Scene {
                 "--concurrency",
                 &concurrency.to_string(),
                 "--lease",
-                "1s",
+                lease,
                 "--grace",
                 "5s",
             ])
@@ -142,6 +149,7 @@ on_both_stores! {
     killing_a_worker_mid_fan_out_duplicates_no_child => kill9,
     a_retried_parent_runs_its_failed_child_again_at_the_same_position => retried,
     cancelling_a_waiting_parent_cancels_its_unfinished_children => cancel_waiting,
+    children_inherit_the_parents_tramp_data_which_is_stored_once => inherit,
 }
 
 async fn runtime(scene: &Scene) -> Runtime {
@@ -295,7 +303,7 @@ async fn settle(scene: Scene) {
 
 async fn kill9(scene: Scene) {
     let rt = runtime(&scene).await;
-    let mut w1 = scene.worker("w1", 4);
+    let mut w1 = scene.worker_with_lease("w1", 4, "1s");
     // The kill may find the parent itself executing (woken to enqueue the next window):
     // that attempt is lost too, and retried.
     let handle = rt.trigger("fan_durable", fan(400, 5, &[])).await.unwrap();
@@ -306,7 +314,7 @@ async fn kill9(scene: Scene) {
     .await;
     signal(&w1.0, "KILL");
     w1.0.wait().unwrap();
-    let _w2 = scene.worker("w2", 4);
+    let _w2 = scene.worker_with_lease("w2", 4, "1s");
     let envelope = finished(&rt, &parent).await;
     assert!(envelope.job.success, "{:?}", envelope.job.error);
     let items = envelope.results["items"].as_array().unwrap();
@@ -401,10 +409,46 @@ async fn cancel_waiting(scene: Scene) {
     let executed = scene.executions().len();
     assert!(executed < 201, "{executed} executions");
     let probe = rt.trigger("fan", fan(1, 0, &[])).await.unwrap();
-    assert!(finished(&rt, probe.run_id()).await.job.success);
+    let probed = finished(&rt, probe.run_id()).await;
+    assert!(probed.job.success, "{:?}", probed.job.error);
     assert_eq!(
         scene.executions().len(),
         executed + 2,
         "only the probe's lead and item ran after the cancel"
     );
+}
+
+async fn inherit(scene: Scene) {
+    let rt = runtime(&scene).await;
+    let _w = scene.worker("w1", 2);
+    let tramp = json!({ "requestId": "req-7", "blob": "x".repeat(4096) });
+    let mut input = fan(20, 0, &[]);
+    input["trampData"] = tramp.clone();
+    input["cleanup"] = json!({ "keepTemp": true });
+    let handle = rt.trigger("fan", input).await.unwrap();
+    let parent = handle.run_id().clone();
+    let envelope = finished(&rt, &parent).await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    assert_eq!(envelope.tramp_data(), Some(&tramp));
+    // Every item, executed by a worker as a run of its own, saw the parent's trampData and
+    // cleanup options, as an item executed inside the parent's attempt does.
+    let items = envelope.results["items"].as_array().unwrap();
+    assert_eq!(items.len(), 20);
+    for item in items {
+        assert_eq!(item["tramp"], tramp, "{}", item["label"]);
+        assert_eq!(item["cleanup"], json!({ "keepTemp": true }));
+    }
+    assert_eq!(envelope.results["lead"]["tramp"], tramp);
+    // ... and none stored a copy of it: the 4 KiB trampData is in the parent's row only.
+    let children = rt.runs().children(&parent).await.unwrap();
+    assert_eq!(children.len(), 21);
+    for child in &children {
+        assert!(
+            child.input.get("trampData").is_none(),
+            "{:?} stored a copy: {}",
+            child.position,
+            child.input
+        );
+        assert_eq!(child.input["tenantId"], "t");
+    }
 }

@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::envelope::RunOutput;
 use crate::error::TaskError;
-use crate::exec::Seed;
 use crate::exec::seed::lock;
+use crate::exec::{Scope, Seed, scope_of};
 use crate::id::RunId;
 use crate::policy::next_delay;
 use crate::runtime::Runtime;
@@ -91,6 +91,7 @@ impl WorkerBuilder {
             suspended: tokio::sync::Notify::new(),
             lease: self.lease,
             stats: Stats::default(),
+            inherited: Inherited::default(),
         });
         let task = match self.rt.store().cloned() {
             Some(store) => {
@@ -221,6 +222,19 @@ struct Shared {
     suspended: tokio::sync::Notify,
     lease: Duration,
     stats: Stats,
+    /// What the children of recently seen spawning orchestrators inherit (see
+    /// [`inherited`]), by orchestrator: read from the store once per worker, not per child.
+    inherited: Inherited,
+}
+
+/// Scopes by spawning orchestrator (see [`inherited`]).
+#[derive(Default)]
+struct Inherited(Mutex<HashMap<RunId, Scope>>);
+
+impl std::fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inherited({} scopes)", lock(&self.0).len())
+    }
 }
 
 impl Shared {
@@ -510,6 +524,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         attempt,
         token,
         resumed,
+        spawned_by,
     } = run;
     let (cancel, released) = {
         let held = lock(&shared.held);
@@ -554,6 +569,9 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         resumed && attempt == 1,
     ));
     let mut seed = Seed::root(cancel);
+    if let Some(parent) = &spawned_by {
+        seed.scope = inherited(&shared, &store, parent).await;
+    }
     seed.run_id = Some(id.clone());
     seed.attempt = Some(attempt);
     seed.scope.journal = Some(journal.clone());
@@ -588,6 +606,51 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             expired_before: None,
         },
     }
+}
+
+/// How many spawning orchestrators' scopes a worker keeps.
+const INHERITED_KEPT: usize = 256;
+
+/// What a child spawned by `parent` inherits where its input is silent (trampData, cleanup
+/// options, tenant and project): what the parent's stored input says, else what the
+/// parent inherited itself (when it was spawned too, up to [`INHERITED_DEPTH`] levels), as
+/// a child executed inside its parent's attempt inherits. Children serialize without the
+/// trampData they share with their parent, so 1 000 items of a 2 MiB trampData store one
+/// copy, not 1 000.
+async fn inherited(shared: &Shared, store: &Arc<dyn RunStore>, parent: &RunId) -> Scope {
+    const INHERITED_DEPTH: usize = 16;
+    let mut chain = Vec::new();
+    let mut scope = Scope::default();
+    let mut next = Some(parent.clone());
+    while let Some(id) = next.take() {
+        if let Some(known) = lock(&shared.inherited.0).get(&id) {
+            scope = known.clone();
+            break;
+        }
+        if chain.len() == INHERITED_DEPTH {
+            break;
+        }
+        match store.get(id.clone()).await {
+            Ok(Some(info)) => {
+                next = info.parent_run_id.clone();
+                chain.push((id, info.input));
+            }
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(run_id = %id, %error, "reading what a spawned child inherits failed; it inherits nothing");
+                break;
+            }
+        }
+    }
+    for (id, input) in chain.into_iter().rev() {
+        scope = scope_of(&input, scope, None);
+        let mut kept = lock(&shared.inherited.0);
+        if kept.len() >= INHERITED_KEPT {
+            kept.clear();
+        }
+        kept.insert(id, scope.clone());
+    }
+    scope
 }
 
 /// Brings the schedules declared in this binary's code into the store.

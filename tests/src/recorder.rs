@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use serde_json::Value;
 use task_runtime::prelude::*;
 
 /// What to record and how long to take.
@@ -26,6 +27,12 @@ pub struct Recorded {
     pub label: String,
     pub pid: u32,
     pub attempt: u32,
+    /// The trampData the execution saw (its own, or its parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tramp: Option<Value>,
+    /// The cleanup options the execution saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<Value>,
 }
 
 fn log_execution(ctx: &TaskContext, label: &str) -> Result<(), TaskError> {
@@ -70,6 +77,8 @@ async fn record_body(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, 
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -205,6 +214,8 @@ pub async fn reordered_steps(ctx: &TaskContext, input: RecordInput) -> Result<Re
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -237,6 +248,8 @@ pub async fn fan_item(ctx: &TaskContext, input: FanItemInput) -> Result<Recorded
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -317,6 +330,8 @@ pub async fn flaky_item(ctx: &TaskContext, input: FanItemInput) -> Result<Record
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 

@@ -305,6 +305,10 @@ pub(crate) struct ClaimedRun {
     /// It waited before (a durable wait suspended it): its journal has entries to replay
     /// even on its first attempt.
     pub resumed: bool,
+    /// The orchestrator that spawned it (a branch or item run on any worker): it inherits
+    /// what its input leaves out (trampData, cleanup options) from there, as a child
+    /// executed inside its parent's attempt does.
+    pub spawned_by: Option<RunId>,
 }
 
 /// What a claim took, and when the next queued run is due (`None`: nothing queued).

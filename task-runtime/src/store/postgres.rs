@@ -1213,7 +1213,7 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
-                                coalesce(r.waits, 0) AS waits
+                                coalesce(r.waits, 0) AS waits, r.spawned_by
                            FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
                            -- The row as it was before the claim: `waits` is not changed by it.
                            LEFT JOIN task_runtime.runs r ON r.id = c.id",
@@ -1241,6 +1241,10 @@ impl RunStore for PostgresStore {
                         attempt: attempts(row)?,
                         token: row.try_get("lease_token")?,
                         resumed: row.try_get::<i32, _>("waits")? > 0,
+                        spawned_by: row
+                            .try_get::<Option<String>, _>("spawned_by")?
+                            .map(|id| parse_id(&id))
+                            .transpose()?,
                     }))
                 };
                 match read() {

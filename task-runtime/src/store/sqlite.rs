@@ -891,7 +891,7 @@ async fn claim_runs(
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    let returning = "RETURNING id, task, input, attempts, lease_token, waits";
+    let returning = "RETURNING id, task, input, attempts, lease_token, waits, spawned_by";
     let keyed: bool = sqlx::query_scalar(
         // On its partial index: the planner would pick `runs_by_status` and read every
         // queued row on every claim.
@@ -1030,6 +1030,10 @@ async fn claim_runs(
                 attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 token: row.try_get("lease_token")?,
                 resumed: row.try_get::<i64, _>("waits")? > 0,
+                spawned_by: row
+                    .try_get::<Option<String>, _>("spawned_by")?
+                    .map(|id| parse_id(&id))
+                    .transpose()?,
             })
         })
         .collect()
