@@ -1084,6 +1084,9 @@ async fn heartbeat(
 async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut applied = vec![false; outcomes.len()];
+    // Whether a parent may have to wake: a spawned child ended, a parent suspended to wait
+    // for its children, or a reclaimed run ended (rare, not looked at closer).
+    let mut wake = false;
     // A worker's finished runs: one statement for all of them.
     let finished: Vec<(usize, &RunId, i64, &RunOutput<Value>)> = outcomes
         .iter()
@@ -1115,7 +1118,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                         THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
              FROM v
              WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
-             RETURNING runs.id"
+             RETURNING runs.id, runs.spawned_by IS NOT NULL AS spawned"
         )))
         .bind(now);
         for (_, id, token, envelope) in chunk {
@@ -1125,12 +1128,12 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 .bind(RunStatus::of_envelope(envelope).as_str())
                 .bind(json_text(envelope));
         }
-        let done: Vec<String> = query
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| row.try_get("id"))
-            .collect::<Result<_, _>>()?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut done: Vec<String> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            done.push(row.try_get("id")?);
+            wake |= row.try_get::<bool, _>("spawned")?;
+        }
         for (i, id, _, _) in chunk {
             applied[*i] = done.iter().any(|d| d == id.as_str());
         }
@@ -1147,6 +1150,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 envelope,
                 expired_before,
             } => {
+                wake = true;
                 let status = RunStatus::of_envelope(envelope);
                 let completed = status == RunStatus::Completed;
                 sqlx::query(
@@ -1207,6 +1211,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 wait_token,
                 children,
             } => {
+                wake |= children.is_some();
                 // A token completed before this settle (while the attempt wound down) wakes
                 // the run at once: the writer orders this against `complete_token`.
                 let result = sqlx::query(
@@ -1247,8 +1252,11 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
     }
     // The settle of a parent's last child (or the one that leaves room) wakes the parent;
     // so does a parent's own suspension when its children already ended meanwhile. One
-    // writer orders both, so no wake is missed.
-    wake_parents(conn, now).await?;
+    // writer orders both, so no wake is missed. (Only then: a drain of top-level runs
+    // pays no statement for it.)
+    if wake {
+        wake_parents(conn, now).await?;
+    }
     Ok(applied)
 }
 
