@@ -69,6 +69,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "schedules", include_str!("postgres/0002_schedules.sql")),
     (3, "api keys", include_str!("postgres/0003_api_keys.sql")),
     (4, "waits", include_str!("postgres/0004_waits.sql")),
+    (
+        6,
+        "trace context",
+        include_str!("postgres/0006_trace_context.sql"),
+    ),
 ];
 
 /// The schema everything lives in.
@@ -673,16 +678,16 @@ pub(crate) async fn insert_runs(
         "WITH ins AS (
             INSERT INTO task_runtime.runs (id, task, tenant_id, project_id, status, input, run_at,
                 expire_at, idempotency_key, idempotency_ttl_ms, tags, replay_of, concurrency_key,
-                concurrency_limit, created_at)
+                concurrency_limit, trace_context, created_at)
             SELECT u.id, u.task, u.tenant_id, u.project_id,
                    CASE WHEN u.run_at > $1 THEN 'delayed' ELSE 'queued' END,
                    u.input, u.run_at, u.expire_at, u.key, u.key_ttl, u.tags::jsonb, u.replay_of,
-                   u.ckey, u.climit, $1
+                   u.ckey, u.climit, u.trace, $1
               FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
                           $8::int8[], $9::text[], $10::int8[], $11::text[], $12::text[],
-                          $13::text[], $14::int4[])
+                          $13::text[], $14::int4[], $15::text[])
                    AS u(id, task, tenant_id, project_id, input, run_at, expire_at, key, key_ttl,
-                        tags, replay_of, ckey, climit)
+                        tags, replay_of, ckey, climit, trace)
             ON CONFLICT DO NOTHING
             RETURNING id)
          SELECT ins.id FROM ins
@@ -736,6 +741,11 @@ pub(crate) async fn insert_runs(
                     .as_ref()
                     .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.trace_context.clone())
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *conn)
@@ -1251,7 +1261,7 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
-                                coalesce(r.waits, 0) AS waits
+                                coalesce(r.waits, 0) AS waits, r.trace_context
                            FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
                            -- The row as it was before the claim: `waits` is not changed by it.
                            LEFT JOIN task_runtime.runs r ON r.id = c.id",
@@ -1279,6 +1289,7 @@ impl RunStore for PostgresStore {
                         attempt: attempts(row)?,
                         token: row.try_get("lease_token")?,
                         resumed: row.try_get::<i32, _>("waits")? > 0,
+                        trace_context: row.try_get("trace_context")?,
                     }))
                 };
                 match read() {
