@@ -233,8 +233,10 @@ mod imp {
 
     pub(super) fn set_parent(span: &Span, parent: SpanContext) {
         let context = opentelemetry::Context::new().with_remote_span_context(parent);
-        if let Err(error) = span.set_parent(context) {
-            tracing::debug!(%error, "the span does not continue the stored trace");
+        match span.set_parent(context) {
+            // No OpenTelemetry layer in this process: nothing is exported to continue.
+            Ok(()) | Err(tracing_opentelemetry::SetParentError::LayerNotFound) => {}
+            Err(error) => tracing::debug!(%error, "the span does not continue the stored trace"),
         }
     }
 
