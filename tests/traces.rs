@@ -19,7 +19,7 @@ use prost::Message;
 use reqwest::Client;
 use serde_json::Value;
 use task_tests::api::scratch;
-use task_tests::procs::{KillOnDrop, signal};
+use task_tests::procs::{KillOnDrop, served_at, signal};
 
 const APP: &str = env!("CARGO_BIN_EXE_docs-app");
 
@@ -188,16 +188,7 @@ async fn an_http_trigger_executed_by_another_process_is_one_trace() {
         "docs-serve",
         &["serve", "--listen", "127.0.0.1:0", "--concurrency", "0"],
     );
-    let mut stderr = BufReader::new(serve.stderr.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break format!("http://{}", rest.split('/').next().unwrap());
-        }
-    };
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    let base = served_at(&mut serve);
     let mut worker = app("docs-worker", &["worker", "--concurrency", "4"]);
     let worker_err = worker.stderr.take().unwrap();
     std::thread::spawn(move || for _ in BufReader::new(worker_err).lines() {});
