@@ -407,9 +407,20 @@ async fn an_http_trigger_executed_by_another_process_is_one_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cli_trigger_is_continued_by_the_worker_that_executes_it() {
-    let (endpoint, received) = receiver().await;
     let dir = scratch("traces-cli");
-    let url = format!("sqlite://{}/runs.db", dir.display());
+    cli_trigger_continued(&format!("sqlite://{}/runs.db", dir.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_trigger_is_continued_by_a_postgres_worker() {
+    cli_trigger_continued(&task_tests::pg::server().database("traces")).await;
+}
+
+/// `trigger --wait` in one process, a worker in another, on the store `url`: the worker's
+/// spans continue the trace of the CLI's `trigger` span, which the run stored.
+async fn cli_trigger_continued(url: &str) {
+    let (endpoint, received) = receiver().await;
+    let url = url.to_owned();
     let mut worker = KillOnDrop(
         app(
             &url,
