@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use task_runtime::{RunFilter, RunStatus};
 use task_tests::api::Server;
@@ -90,6 +90,35 @@ async fn metrics_after_a_known_workload_match_the_store() {
         server.until_status(&key, id, want).await;
     }
 
+    // A run that sleeps durably is resumed by a second claim: it started once.
+    let sleep = Probe::new();
+    let body = json!({ "payload": { "projectId": "docs", "probe": sleep.name(), "sleepMs": 50 } });
+    let slept = server.trigger(&key, "sleeper", body).await;
+    server.until_status(&key, &slept, "completed").await;
+    let (_, run) = server
+        .call(
+            Method::GET,
+            &format!("/api/v1/runs/{slept}"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(sleep.count("step before"), 1, "{run}");
+    let resumed = scrape(&server).await;
+    assert_eq!(
+        sample(&resumed, "task_runs_started_total", &[("task", "sleeper")]),
+        Some(1.0),
+        "{resumed}"
+    );
+    assert_eq!(
+        sample(
+            &resumed,
+            "task_runs_finished_total",
+            &[("task", "sleeper"), ("status", "completed")]
+        ),
+        Some(1.0)
+    );
+
     // A backlog: 4 `gated` runs hold the worker's four slots, 3 more wait in the queue.
     let gate = Probe::new();
     let mut gated = Vec::new();
@@ -170,6 +199,42 @@ async fn metrics_after_a_known_workload_match_the_store() {
     assert!(!busy.contains("run_0"), "{busy}");
     assert!(!busy.contains("acme"), "{busy}");
 
+    // Runs that end without an attempt of theirs ending them count too: one queued run
+    // cancelled, one whose time to live runs out in the queue.
+    let cancelled = gated.pop().unwrap();
+    let (status, reply) = server
+        .call(
+            Method::POST,
+            &format!("/api/v1/runs/{cancelled}/cancel"),
+            Some(&key),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    let mut body = work(&gate, "ttl", false);
+    body["options"] = json!({ "ttl": "100ms" });
+    let expired = server.trigger(&key, "gated", body).await;
+    server.until_status(&key, &expired, "expired").await;
+    let ended = scrape(&server).await;
+    for (status, want) in [
+        (RunStatus::Cancelled, "cancelled"),
+        (RunStatus::Expired, "expired"),
+    ] {
+        assert_eq!(store_count(&server, "gated", status).await, 1, "{want}");
+        let labels = [("task", "gated"), ("status", want)];
+        assert_eq!(
+            sample(&ended, "task_runs_finished_total", &labels),
+            Some(1.0),
+            "{want}: {ended}"
+        );
+    }
+    // Neither ever started.
+    assert_eq!(
+        sample(&ended, "task_runs_started_total", &[("task", "gated")]),
+        Some(4.0),
+        "{ended}"
+    );
+
     // The backlog drains.
     gate.open_gate();
     for id in &gated {
@@ -189,6 +254,6 @@ async fn metrics_after_a_known_workload_match_the_store() {
         ),
         Some(store_count(&server, "gated", RunStatus::Completed).await as f64)
     );
-    assert_eq!(store_count(&server, "gated", RunStatus::Completed).await, 7);
+    assert_eq!(store_count(&server, "gated", RunStatus::Completed).await, 6);
     server.stop().await;
 }

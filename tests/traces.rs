@@ -168,9 +168,20 @@ fn app(url: &str, endpoint: &str, service: &str, args: &[&str]) -> Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_trigger_executed_by_another_process_is_one_trace() {
-    let (endpoint, received) = receiver().await;
     let dir = scratch("traces");
-    let url = format!("sqlite://{}/runs.db", dir.display());
+    http_trigger_is_one_trace(&format!("sqlite://{}/runs.db", dir.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_trigger_executed_by_a_postgres_worker_is_one_trace() {
+    http_trigger_is_one_trace(&task_tests::pg::server().database("traces_http")).await;
+}
+
+/// `serve` (API only) and a worker in another process on the store `url`: one HTTP trigger
+/// of `docs_orchestrator` with a `traceparent` header is one trace.
+async fn http_trigger_is_one_trace(url: &str) {
+    let (endpoint, received) = receiver().await;
+    let url = url.to_owned();
     let created = Command::new(APP)
         .env("TASK_STORE", &url)
         .args(["keys", "create", "--tenant", "acme"])

@@ -1,10 +1,12 @@
-//! Children on any worker, through the SQLite store: an orchestrator fans out over 10 000
+//! Children on any worker, through the SQLite (or PostgreSQL) store: an orchestrator fans out over 10 000
 //! no-op items, each a queued run of its own that the worker claims, while the parent waits
 //! suspended. Measured: the enqueue (the parent's multi-row write of its children, as the
 //! runtime logs it), the completion throughput of the children (first start to last
 //! finish, from their rows), and trigger to the parent's end.
 //!
-//! `cargo bench -p task-runtime --bench store_fanout [-- ITEMS]` (default 10 000). Two
+//! `cargo bench -p task-runtime --bench store_fanout --features postgres [-- ITEMS]`
+//! (default 10 000); `STORE_URL=postgres://...` measures a PostgreSQL database instead
+//! (an empty one: the bench does not clear it). Two
 //! shapes: every item enqueued at once (`concurrency = 10_000`), and the default window
 //! (the runtime's `max_fan_out`, 1024 unfinished at most, refilled as half of them end).
 //! The file goes to a fresh directory under `$TMPDIR` (`BENCH_DIR` for another disk).
@@ -78,9 +80,9 @@ async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
         .join(format!("store-fanout-{task}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let store = Store::connect(&format!("sqlite://{}/runs.db", dir.display()))
-        .await
-        .unwrap();
+    let url = std::env::var("STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}/runs.db", dir.display()));
+    let store = Store::connect(&url).await.unwrap();
     let rt = Runtime::builder().store(store).build().unwrap();
     let worker = rt.worker().concurrency(16).start();
     enqueues.0.lock().unwrap().clear();
@@ -118,6 +120,55 @@ async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The baseline, same store, same worker: the same no-op runs triggered as top-level runs
+/// (one batch), drained. The gap to the children's throughput is what being a child costs
+/// (the parent's journal row, its wake).
+async fn measure_flat(items: u32) {
+    let dir = std::env::var_os("BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("store-fanout-flat-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = std::env::var("STORE_URL")
+        .unwrap_or_else(|_| format!("sqlite://{}/runs.db", dir.display()));
+    let store = Store::connect(&url).await.unwrap();
+    let rt = Runtime::builder().store(store).build().unwrap();
+    let base = fan_input(items).base;
+    let inputs = (0..items)
+        .map(|i| serde_json::to_value(item(&base, i)).unwrap())
+        .collect();
+    let handles = rt
+        .trigger_batch("noop", inputs, task_runtime::TriggerOptions::new())
+        .await
+        .unwrap();
+    let clock = Instant::now();
+    let worker = rt.worker().concurrency(16).start();
+    // One waiter (runs are claimed oldest first, so the last one ends about last): a waiter
+    // per run would poll the store as often as the worker writes to it.
+    let last = handles.last().unwrap().run_id();
+    rt.runs().wait(last).await.unwrap().unwrap();
+    for handle in &handles {
+        let envelope = rt.runs().wait(handle.run_id()).await.unwrap().unwrap();
+        assert!(envelope.job.success, "{:?}", envelope.job.error);
+    }
+    let total = clock.elapsed();
+    worker.shutdown(Duration::from_secs(5)).await;
+    let mut runs = Vec::with_capacity(handles.len());
+    for handle in &handles {
+        runs.push(rt.runs().get(handle.run_id()).await.unwrap().unwrap());
+    }
+    let first_start = runs.iter().filter_map(|r| r.started_at).min().unwrap();
+    let last_finish = runs.iter().filter_map(|r| r.finished_at).max().unwrap();
+    let span = secs(first_start, last_finish);
+    println!(
+        "top-level baseline: {items} runs; first start -> last finish {span:.2} s ({:.0} runs/s); worker start -> all awaited {:.2} s",
+        f64::from(items) / span,
+        total.as_secs_f64(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn main() {
     let items: u32 = std::env::args()
         .skip(1)
@@ -130,5 +181,6 @@ fn main() {
     runtime.block_on(async {
         measure("fan_all", items, &enqueues).await;
         measure("fan_out", items, &enqueues).await;
+        measure_flat(items).await;
     });
 }

@@ -2,8 +2,8 @@
 //!
 //! | name | type | labels | what |
 //! |------|------|--------|------|
-//! | `task_runs_started_total` | counter | `task` | runs whose first attempt began in this process (a run resumed after a durable wait counts again) |
-//! | `task_runs_finished_total` | counter | `task`, `status` (`completed`, `failed`, `cancelled`) | runs that ended in this process, track steps and orchestrator items included |
+//! | `task_runs_started_total` | counter | `task` | runs whose first attempt began in this process (a run resumed after a durable wait is not counted again) |
+//! | `task_runs_finished_total` | counter | `task`, `status` (`completed`, `failed`, `cancelled`, `expired`) | runs that ended in this process, track steps and orchestrator items included: by their last attempt, or without one (expired or cancelled while queued or waiting, cancelled with their parent, failed when the worker of their last attempt was lost and this process reclaimed it) |
 //! | `task_attempt_duration_seconds` | histogram | `task`, `outcome` (`success`, `failure`) | each attempt, from its start to its end |
 //! | `task_lease_reclaims_total` | counter | | expired leases of dead workers this process reclaimed |
 //! | `task_queue_depth` | gauge | | top-level runs waiting for a worker (queued, or delayed and due), read from the store at scrape time |
@@ -40,6 +40,18 @@ pub(crate) fn run_started(task: &'static str) {
 pub(crate) fn run_finished(task: &'static str, status: &'static str) {
     #[cfg(feature = "metrics")]
     ::metrics::counter!(imp::RUNS_FINISHED, "task" => task, "status" => status).increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (task, status);
+}
+
+/// A run ended without an attempt of its own ending it: `expired` (its time to live ran
+/// out while queued), `cancelled` (while queued or waiting, or with its parent), or
+/// `failed` (its worker was lost on its last attempt).
+#[inline]
+pub(crate) fn run_ended(task: &str, status: &'static str) {
+    #[cfg(feature = "metrics")]
+    ::metrics::counter!(imp::RUNS_FINISHED, "task" => task.to_owned(), "status" => status)
+        .increment(1);
     #[cfg(not(feature = "metrics"))]
     let _ = (task, status);
 }

@@ -399,9 +399,18 @@ impl Runs<'_> {
                 }
                 None => return Ok(CancelOutcome::NotFound),
             };
+            let task = envelope.job.task_name.to_string();
             let outcome = store.cancel(run_id.clone(), envelope).await?;
-            if outcome == CancelOutcome::Requested {
-                self.rt.cancel_local(run_id);
+            match outcome {
+                CancelOutcome::Requested => self.rt.cancel_local(run_id),
+                // Ended here, queued or waiting (an executing one ends in its attempt).
+                CancelOutcome::Cancelled => crate::metrics::run_ended(&task, "cancelled"),
+                _ => {}
+            }
+            if matches!(outcome, CancelOutcome::Cancelled | CancelOutcome::Requested)
+                && store.spawns_children()
+            {
+                self.cancel_spawned(run_id).await?;
             }
             return Ok(outcome);
         }
@@ -419,11 +428,61 @@ impl Runs<'_> {
         })
     }
 
+    /// Cancels what a cancelled run left unfinished of its children that are runs of their
+    /// own (an orchestrator's branches and items, queued for any worker), and theirs: queued
+    /// and waiting ones end at once, executing ones are asked to stop.
+    async fn cancel_spawned(&self, run_id: &RunId) -> Result<(), StoreError> {
+        let Some(store) = self.rt.store() else {
+            return Ok(());
+        };
+        let mut parents = vec![run_id.clone()];
+        while let Some(parent) = parents.pop() {
+            let open: Vec<RunInfo> = store
+                .children(parent.clone())
+                .await?
+                .into_iter()
+                .filter(|child| !child.status.is_finished())
+                .collect();
+            if open.is_empty() {
+                continue;
+            }
+            let envelope = |child: &RunInfo| {
+                Box::new(RunOutput::refused(
+                    &child.task,
+                    child.id.clone(),
+                    child.input.clone(),
+                    TaskError::cancelled(format!(
+                        "cancelled: its parent run {parent} was cancelled"
+                    )),
+                ))
+            };
+            // The queued and waiting ones in one write, before a worker claims more of them;
+            // then the executing ones, one by one.
+            let ends = open.iter().map(|c| (c.id.clone(), envelope(c))).collect();
+            let ended = store.end_queued(ends).await?;
+            for (child, ended) in open.iter().zip(ended) {
+                let outcome = match ended {
+                    true => CancelOutcome::Cancelled,
+                    false => store.cancel(child.id.clone(), envelope(child)).await?,
+                };
+                match outcome {
+                    CancelOutcome::Requested => self.rt.cancel_local(&child.id),
+                    CancelOutcome::Cancelled => crate::metrics::run_ended(&child.task, "cancelled"),
+                    _ => {}
+                }
+            }
+            tracing::debug!(run_id = %parent, children = open.len(), "the unfinished children of a cancelled run cancelled");
+            parents.extend(open.into_iter().map(|c| c.id));
+        }
+        Ok(())
+    }
+
     /// Waits for a run's envelope; `None` for an unknown id (or, without a store, a run that
     /// had already finished: its handle returned its envelope).
     pub async fn wait(&self, run_id: &RunId) -> Result<Option<RunOutput<Value>>, StoreError> {
         if let Some(store) = self.rt.store() {
             loop {
+                let mark = store.change_mark();
                 match store.get(run_id.clone()).await? {
                     None => return Ok(None),
                     Some(info) if info.status.is_finished() => {
@@ -432,7 +491,7 @@ impl Runs<'_> {
                             RunOutput::refused(&info.task, info.id.clone(), info.input, error)
                         })));
                     }
-                    Some(_) => store.changed(Duration::from_millis(250)).await,
+                    Some(_) => store.changed(mark, Duration::from_millis(250)).await,
                 }
             }
         }

@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::envelope::RunOutput;
 use crate::error::TaskError;
-use crate::exec::Seed;
 use crate::exec::seed::lock;
+use crate::exec::{Scope, Seed, scope_of};
 use crate::id::RunId;
 use crate::policy::next_delay;
 use crate::runtime::Runtime;
@@ -91,6 +91,7 @@ impl WorkerBuilder {
             suspended: tokio::sync::Notify::new(),
             lease: self.lease,
             stats: Stats::default(),
+            inherited: Inherited::default(),
         });
         let task = match self.rt.store().cloned() {
             Some(store) => {
@@ -221,6 +222,19 @@ struct Shared {
     suspended: tokio::sync::Notify,
     lease: Duration,
     stats: Stats,
+    /// What the children of recently seen spawning orchestrators inherit (see
+    /// [`inherited`]), by orchestrator: read from the store once per worker, not per child.
+    inherited: Inherited,
+}
+
+/// Scopes by spawning orchestrator (see [`inherited`]).
+#[derive(Default)]
+struct Inherited(Mutex<HashMap<RunId, Scope>>);
+
+impl std::fmt::Debug for Inherited {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Inherited({} scopes)", lock(&self.0).len())
+    }
 }
 
 impl Shared {
@@ -367,6 +381,8 @@ async fn work(
         } else {
             0
         };
+        // Taken before the claim: a run enqueued while it runs wakes the wait below.
+        let mark = store.change_mark();
         let claim = if want == 0 {
             None
         } else {
@@ -418,7 +434,7 @@ async fn work(
             // Settles written: their slots can be claimed again.
             _ = shared.settled.notified(), if want == 0 => {}
             // Nothing more was due: wait for a trigger (ours or another process's).
-            _ = store.changed(wait), if want > 0 && got < want => {}
+            _ = store.changed(mark, wait), if want > 0 && got < want => {}
         }
     }
     // Every settle is written before the worker reports that it stopped.
@@ -508,6 +524,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         attempt,
         token,
         resumed,
+        spawned_by,
         trace_context,
     } = run;
     let (cancel, released) = {
@@ -550,8 +567,12 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         token,
         entries,
         cancel.clone(),
+        resumed && attempt == 1,
     ));
     let mut seed = Seed::root(cancel);
+    if let Some(parent) = &spawned_by {
+        seed.scope = inherited(&shared, &store, parent).await;
+    }
     seed.run_id = Some(id.clone());
     seed.attempt = Some(attempt);
     seed.scope.journal = Some(journal.clone());
@@ -587,6 +608,51 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
             expired_before: None,
         },
     }
+}
+
+/// How many spawning orchestrators' scopes a worker keeps.
+const INHERITED_KEPT: usize = 256;
+
+/// What a child spawned by `parent` inherits where its input is silent (trampData, cleanup
+/// options, tenant and project): what the parent's stored input says, else what the
+/// parent inherited itself (when it was spawned too, up to [`INHERITED_DEPTH`] levels), as
+/// a child executed inside its parent's attempt inherits. Children serialize without the
+/// trampData they share with their parent, so 1 000 items of a 2 MiB trampData store one
+/// copy, not 1 000.
+async fn inherited(shared: &Shared, store: &Arc<dyn RunStore>, parent: &RunId) -> Scope {
+    const INHERITED_DEPTH: usize = 16;
+    let mut chain = Vec::new();
+    let mut scope = Scope::default();
+    let mut next = Some(parent.clone());
+    while let Some(id) = next.take() {
+        if let Some(known) = lock(&shared.inherited.0).get(&id) {
+            scope = known.clone();
+            break;
+        }
+        if chain.len() == INHERITED_DEPTH {
+            break;
+        }
+        match store.get(id.clone()).await {
+            Ok(Some(info)) => {
+                next = info.parent_run_id.clone();
+                chain.push((id, info.input));
+            }
+            Ok(None) => break,
+            Err(error) => {
+                tracing::warn!(run_id = %id, %error, "reading what a spawned child inherits failed; it inherits nothing");
+                break;
+            }
+        }
+    }
+    for (id, input) in chain.into_iter().rev() {
+        scope = scope_of(&input, scope, None);
+        let mut kept = lock(&shared.inherited.0);
+        if kept.len() >= INHERITED_KEPT {
+            kept.clear();
+        }
+        kept.insert(id, scope.clone());
+    }
+    scope
 }
 
 /// Brings the schedules declared in this binary's code into the store.
@@ -775,11 +841,18 @@ async fn reclaim(shared: &Shared, store: &Arc<dyn RunStore>) {
     if settles.is_empty() {
         return;
     }
-    match store.settle(Arc::new(settles)).await {
+    let settles = Arc::new(settles);
+    match store.settle(settles.clone()).await {
         Ok(applied) => {
             let n = applied.iter().filter(|a| **a).count() as u64;
             shared.stats.reclaimed.fetch_add(n, Ordering::Relaxed);
             crate::metrics::leases_reclaimed(n);
+            // Lost on its last attempt: the run ended here.
+            for (settle, applied) in settles.iter().zip(applied) {
+                if let (Settle::Finish { envelope, .. }, true) = (settle, applied) {
+                    crate::metrics::run_ended(&envelope.job.task_name, "failed");
+                }
+            }
         }
         Err(error) => tracing::warn!(%error, "reclaiming expired leases failed"),
     }
@@ -808,8 +881,19 @@ async fn expire(store: &Arc<dyn RunStore>) {
             let envelope = RunOutput::refused(&run.task, run.id.clone(), run.input, error);
             (run.id, Box::new(envelope))
         })
+        .collect::<Vec<_>>();
+    let tasks: Vec<String> = ends
+        .iter()
+        .map(|(_, e)| e.job.task_name.to_string())
         .collect();
-    if let Err(error) = store.end_queued(ends).await {
-        tracing::warn!(%error, "expiring runs failed");
+    match store.end_queued(ends).await {
+        Ok(ended) => {
+            for (task, ended) in tasks.iter().zip(ended) {
+                if ended {
+                    crate::metrics::run_ended(task, "expired");
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "expiring runs failed"),
     }
 }

@@ -7,6 +7,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use serde_json::Value;
 use task_runtime::prelude::*;
 
 /// What to record and how long to take.
@@ -26,6 +27,12 @@ pub struct Recorded {
     pub label: String,
     pub pid: u32,
     pub attempt: u32,
+    /// The trampData the execution saw (its own, or its parent's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tramp: Option<Value>,
+    /// The cleanup options the execution saw.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<Value>,
 }
 
 fn log_execution(ctx: &TaskContext, label: &str) -> Result<(), TaskError> {
@@ -70,6 +77,8 @@ async fn record_body(ctx: &TaskContext, input: RecordInput) -> Result<Recorded, 
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -205,6 +214,8 @@ pub async fn reordered_steps(ctx: &TaskContext, input: RecordInput) -> Result<Re
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -237,6 +248,8 @@ pub async fn fan_item(ctx: &TaskContext, input: FanItemInput) -> Result<Recorded
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 
@@ -276,6 +289,15 @@ orchestrator! {
 }
 
 orchestrator! {
+    /// `fan`, retried when an attempt of its own is lost (a worker killed while it held the
+    /// parent: resumed, it reads its children from its journal again).
+    pub FanDurable("fan_durable", retry(max_attempts = 3, min_delay = "10ms"))(input: FanInput) {
+        lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
+        items: each(|input| input.items()) => FanItem, concurrency = 100,
+    }
+}
+
+orchestrator! {
     /// `fan`, settling: every item runs, each with its outcome.
     pub FanSettle("fan_settle", failure = settle)(input: FanInput) {
         lead: FanItem = |input| FanItemInput { base: input.base.clone(), label: "lead".into(), millis: 0, fail: false },
@@ -308,6 +330,8 @@ pub async fn flaky_item(ctx: &TaskContext, input: FanItemInput) -> Result<Record
         label: input.label,
         pid: std::process::id(),
         attempt: ctx.attempt(),
+        tramp: ctx.tramp_data().cloned(),
+        cleanup: ctx.cleanup_options().cloned(),
     })
 }
 

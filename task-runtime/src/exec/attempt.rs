@@ -63,7 +63,13 @@ impl<T: Task> Attempts<'_, T> {
         if let Some(attempt) = self.durable {
             report.attempts = attempt.saturating_sub(1);
         }
-        if report.attempts == 0 {
+        // A run resumed after a durable wait started before.
+        let resumed = self
+            .scope
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.resumed() && j.root() == self.run_id);
+        if report.attempts == 0 && !resumed {
             crate::metrics::run_started(T::ID);
         }
         let retry = T::POLICY.retry.unwrap_or(self.exec.default_retry);

@@ -396,7 +396,7 @@ async fn run_hooks<T: Task>(exec: &Executor, when: When, event: &HookEvent) {
 }
 
 /// Tenant, project, trampData and cleanup options from the input, else from the parent.
-fn scope_of(input: &Value, inherited: Scope, captured: Option<TrampData>) -> Scope {
+pub(crate) fn scope_of(input: &Value, inherited: Scope, captured: Option<TrampData>) -> Scope {
     let Value::Object(map) = input else {
         return inherited;
     };

@@ -73,6 +73,8 @@ struct Follow {
     cursor: Cursor,
     pending: VecDeque<Event>,
     first: bool,
+    /// The store's change mark taken before the last look.
+    mark: u64,
 }
 
 impl Follow {
@@ -144,11 +146,14 @@ impl Follow {
                 && let Some(store) = self.rt.store()
             {
                 tokio::select! {
-                    () = store.changed(POLL) => {}
+                    () = store.changed(self.mark, POLL) => {}
                     () = self.stopping.cancelled() => return None,
                 }
             }
             self.first = false;
+            if let Some(store) = self.rt.store() {
+                self.mark = store.change_mark();
+            }
             self.look().await;
         }
     }
@@ -184,6 +189,7 @@ pub(super) async fn events(
         cursor,
         pending: VecDeque::new(),
         first: true,
+        mark: 0,
     };
     let stream = futures_util::stream::unfold(follow, Follow::next);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))

@@ -28,6 +28,8 @@ pub(crate) struct Journal {
     cancel: CancellationToken,
     /// Set by a durable wait that suspends the run.
     suspended: Mutex<Option<Suspension>>,
+    /// The root's first attempt resumes after a durable wait.
+    resumed: bool,
 }
 
 /// Why and until when a durable run waits.
@@ -58,6 +60,7 @@ impl Journal {
         token: i64,
         entries: Vec<JournalEntry>,
         cancel: CancellationToken,
+        resumed: bool,
     ) -> Self {
         let recorded = entries
             .into_iter()
@@ -70,7 +73,15 @@ impl Journal {
             recorded,
             cancel,
             suspended: Mutex::default(),
+            resumed,
         }
+    }
+
+    /// Whether this attempt resumes the root's first attempt after a durable wait (the
+    /// same attempt continued, not a new one). A later attempt says `false`: it started
+    /// anew, whatever it waited for.
+    pub(crate) fn resumed(&self) -> bool {
+        self.resumed
     }
 
     /// What was recorded at a position, whatever its state.

@@ -307,6 +307,10 @@ pub(crate) struct ClaimedRun {
     /// It waited before (a durable wait suspended it): its journal has entries to replay
     /// even on its first attempt.
     pub resumed: bool,
+    /// The orchestrator that spawned it (a branch or item run on any worker): it inherits
+    /// what its input leaves out (trampData, cleanup options) from there, as a child
+    /// executed inside its parent's attempt does.
+    pub spawned_by: Option<RunId>,
     /// The `traceparent` stored with it: its spans continue that trace.
     pub trace_context: Option<String>,
 }
@@ -788,9 +792,15 @@ pub(crate) trait RunStore: Send + Sync + 'static {
         now: SystemTime,
     ) -> BoxFuture<'_, Result<(usize, Option<SystemTime>), StoreError>>;
 
-    /// Resolves when the store may have changed (a write by this process, or by another
-    /// one seen through polling or a notification), or after `within`.
-    fn changed(&self, within: Duration) -> BoxFuture<'_, ()>;
+    /// A mark of the changes seen so far: take it before reading (a claim, a get), then
+    /// pass it to [`changed`](Self::changed), so a change that lands between the read and
+    /// the wait is not slept through. Each caller holds its own mark: one caller noticing
+    /// a change hides it from no other.
+    fn change_mark(&self) -> u64;
+
+    /// Resolves when the store may have changed since `since` (a write by this process, or
+    /// by another one seen through polling or a notification), or after `within`.
+    fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()>;
 
     /// Runs someone asked to cancel, as the store hears of them (PostgreSQL's `NOTIFY`), so
     /// that the worker executing one stops it at once instead of at its next heartbeat.

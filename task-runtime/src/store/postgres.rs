@@ -52,9 +52,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 #[cfg(feature = "http")]
 use super::ApiKeyRow;
 use super::{
-    CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
-    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewRun, RunFilter, RunInfo, RunStore,
-    ScheduleFire, Settle, StoreError, later, millis, time,
+    CancelOutcome, ChildWait, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease,
+    ExpiredRun, HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewChild, NewRun,
+    RunFilter, RunInfo, RunStore, ScheduleFire, Settle, SpawnedEnd, StoreError, later, millis,
+    time,
 };
 use crate::envelope::RunOutput;
 use crate::exec::seed::lock;
@@ -69,6 +70,7 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "schedules", include_str!("postgres/0002_schedules.sql")),
     (3, "api keys", include_str!("postgres/0003_api_keys.sql")),
     (4, "waits", include_str!("postgres/0004_waits.sql")),
+    (5, "children", include_str!("postgres/0005_children.sql")),
     (
         6,
         "trace context",
@@ -407,14 +409,11 @@ impl Shared {
 // ---------------------------------------------------------------------------------------
 // Wake-ups
 
-/// Notifications seen so far, and who waits for the next one.
+/// Notifications seen so far (each caller compares its own mark, see
+/// [`RunStore::change_mark`]), and who waits for the next one.
 #[derive(Default)]
 struct Changes {
     generation: AtomicU64,
-    /// The generation at the last claim or the last return of `changed`: a notification
-    /// after it makes `changed` return at once, so one that arrived while a claim ran is
-    /// never slept through.
-    seen: AtomicU64,
     notify: Notify,
     listening: AtomicBool,
 }
@@ -423,11 +422,6 @@ impl Changes {
     fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.notify.notify_waiters();
-    }
-
-    fn look(&self) {
-        self.seen
-            .store(self.generation.load(Ordering::Acquire), Ordering::Release);
     }
 }
 
@@ -1118,7 +1112,7 @@ fn run_info(row: &PgRow) -> Result<RunInfo, sqlx::Error> {
 }
 
 const RUN_COLUMNS: &str = "id, task, status, tenant_id, project_id, attempts, tags::text AS tags,
-     parent_run_id, root_run_id, position, replay_of, idempotency_key, created_at, run_at,
+     coalesce(parent_run_id, spawned_by) AS parent_run_id, root_run_id, position, replay_of, idempotency_key, created_at, run_at,
      started_at, finished_at, input, envelope, output, error, retried::text AS retried";
 
 fn corrupt(id: &RunId, error: sqlx::Error) -> StoreError {
@@ -1191,40 +1185,9 @@ impl SettleColumns {
     }
 }
 
-/// Every settle of a batch in one statement; returns the ids it applied to.
-const SETTLE: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
-    finished AS (
-        UPDATE task_runtime.runs r
-           SET status = f.status, envelope = f.envelope, finished_at = clock.ms,
-               lease_owner = NULL, lease_expires_at = NULL,
-               idempotency_key = CASE WHEN f.status = 'completed' THEN r.idempotency_key END,
-               idempotency_expires_at = CASE
-                   WHEN f.status <> 'completed' OR r.idempotency_ttl_ms IS NULL THEN NULL
-                   WHEN r.idempotency_ttl_ms > 9000000000000000000 - $1 THEN 9000000000000000000
-                   ELSE $1 + r.idempotency_ttl_ms END
-          FROM clock, unnest($2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])
-               AS f(id, token, status, envelope, expired_before)
-         WHERE r.id = f.id AND r.lease_token = f.token AND r.status = 'executing'
-           AND (f.expired_before IS NULL OR r.lease_expires_at < f.expired_before)
-        RETURNING r.id),
-    retried AS (
-        UPDATE task_runtime.runs r
-           SET status = 'queued', run_at = q.run_at, lease_owner = NULL, lease_expires_at = NULL,
-               retried = coalesce(r.retried, '[]'::jsonb) || jsonb_build_array(q.error::jsonb)
-          FROM unnest($7::text[], $8::int8[], $9::int8[], $10::text[], $11::int8[])
-               AS q(id, token, run_at, error, expired_before)
-         WHERE r.id = q.id AND r.lease_token = q.token AND r.status = 'executing'
-           AND (q.expired_before IS NULL OR r.lease_expires_at < q.expired_before)
-        RETURNING r.id),
-    released AS (
-        UPDATE task_runtime.runs r
-           SET status = 'queued', attempts = r.attempts - 1,
-               lease_owner = NULL, lease_expires_at = NULL
-          FROM unnest($12::text[], $13::int8[]) AS l(id, token)
-         WHERE r.id = l.id AND r.lease_token = l.token AND r.status = 'executing'
-        RETURNING r.id)
-    SELECT id FROM finished UNION ALL SELECT id FROM retried UNION ALL SELECT id FROM released
-    UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";
+/// Every settle of a batch in one call (see `task_runtime.settle` in `0005_children.sql`);
+/// returns the ids it applied to.
+const SETTLE: &str = "SELECT id FROM task_runtime.settle($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) AS s(id)";
 
 impl RunStore for PostgresStore {
     fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>> {
@@ -1245,7 +1208,6 @@ impl RunStore for PostgresStore {
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>> {
         Box::pin(async move {
-            self.shared.changes.look();
             let now = SystemTime::now();
             let until = millis(later(now, request.lease));
             let now = millis(now);
@@ -1261,7 +1223,7 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
-                                coalesce(r.waits, 0) AS waits, r.trace_context
+                                coalesce(r.waits, 0) AS waits, r.spawned_by, r.trace_context
                            FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
                            -- The row as it was before the claim: `waits` is not changed by it.
                            LEFT JOIN task_runtime.runs r ON r.id = c.id",
@@ -1289,6 +1251,10 @@ impl RunStore for PostgresStore {
                         attempt: attempts(row)?,
                         token: row.try_get("lease_token")?,
                         resumed: row.try_get::<i32, _>("waits")? > 0,
+                        spawned_by: row
+                            .try_get::<Option<String>, _>("spawned_by")?
+                            .map(|id| parse_id(&id))
+                            .transpose()?,
                         trace_context: row.try_get("trace_context")?,
                     }))
                 };
@@ -1389,10 +1355,10 @@ impl RunStore for PostgresStore {
                     token,
                     wake_at,
                     wait_token,
-                    ..
+                    children,
                 } = outcome
                     && self
-                        .suspend(id, *token, *wake_at, wait_token.as_deref())
+                        .suspend(id, *token, *wake_at, wait_token.as_deref(), *children)
                         .await?
                 {
                     applied.insert(id.to_string());
@@ -1536,7 +1502,7 @@ impl RunStore for PostgresStore {
 
     fn list(&self, filter: RunFilter) -> BoxFuture<'_, Result<Vec<RunInfo>, StoreError>> {
         Box::pin(async move {
-            let mut clauses = vec!["parent_run_id IS NULL".to_owned()];
+            let mut clauses = vec!["parent_run_id IS NULL AND spawned_by IS NULL".to_owned()];
             let mut binds: Vec<String> = Vec::new();
             let mut bind = |clause: &str, value: String| {
                 binds.push(value);
@@ -1585,14 +1551,18 @@ impl RunStore for PostgresStore {
             let rows = self
                 .shared
                 .run(|conn| {
-                    // Journaled children and the others are in two partial indexes.
+                    // Journaled children, the others and spawned ones are in three
+                    // partial indexes.
                     let query = sqlx::query(AssertSqlSafe(format!(
                         "SELECT * FROM (
                              SELECT {RUN_COLUMNS} FROM task_runtime.runs
                               WHERE parent_run_id = $1 AND position IS NOT NULL
                              UNION ALL
                              SELECT {RUN_COLUMNS} FROM task_runtime.runs
-                              WHERE parent_run_id = $1 AND position IS NULL) AS c
+                              WHERE parent_run_id = $1 AND position IS NULL
+                             UNION ALL
+                             SELECT {RUN_COLUMNS} FROM task_runtime.runs
+                              WHERE spawned_by = $1) AS c
                          ORDER BY id"
                     )))
                     .bind(key.clone());
@@ -1677,8 +1647,13 @@ impl RunStore for PostgresStore {
                 .shared
                 .run(|conn| {
                     let query = sqlx::query(
-                        "SELECT id, parent_run_id, position, task, status, output, attempts, started_at,
-                                finished_at, CASE WHEN task LIKE 'wait:%' THEN input END AS input
+                        "SELECT id, coalesce(parent_run_id, spawned_by) AS parent_run_id, position,
+                                task, status, output, attempts, started_at, finished_at,
+                                spawned_by IS NOT NULL AS spawned, spawn_attempt,
+                                CASE WHEN spawned_by IS NOT NULL
+                                      AND status IN ('completed', 'failed', 'cancelled', 'expired')
+                                     THEN envelope END AS envelope,
+                                CASE WHEN task LIKE 'wait:%' THEN input END AS input
                            FROM task_runtime.runs WHERE root_run_id = $1 AND position IS NOT NULL",
                     )
                     .bind(key.clone());
@@ -1690,14 +1665,28 @@ impl RunStore for PostgresStore {
                     let id: String = row.try_get("id")?;
                     let parent: String = row.try_get("parent_run_id")?;
                     let status: String = row.try_get("status")?;
-                    let output = if status == "completed" {
-                        Some(json_column::<Value>(row, "output")?.unwrap_or_default())
-                    } else {
-                        None
+                    let spawned = row.try_get::<bool, _>("spawned")?;
+                    let envelope = json_column::<RunOutput<Value>>(row, "envelope")?;
+                    let (output, spawned) = match (spawned, envelope) {
+                        (false, _) if status == "completed" => (
+                            Some(json_column::<Value>(row, "output")?.unwrap_or_default()),
+                            None,
+                        ),
+                        (false, _) => (None, None),
+                        (true, None) => (None, Some(SpawnedEnd::Open)),
+                        (true, Some(envelope)) => match envelope.job.error_detail {
+                            None => (Some(envelope.results), Some(SpawnedEnd::Completed)),
+                            Some(error) => {
+                                let at = row.try_get::<i32, _>("spawn_attempt")?;
+                                let at = u32::try_from(at).unwrap_or(0);
+                                (None, Some(SpawnedEnd::Failed(error, at)))
+                            }
+                        },
                     };
                     let started: Option<i64> = row.try_get("started_at")?;
                     let finished: Option<i64> = row.try_get("finished_at")?;
                     Ok(JournalEntry {
+                        spawned,
                         parent: parse_id(&parent)?,
                         position: row.try_get("position")?,
                         id: parse_id(&id)?,
@@ -1709,12 +1698,43 @@ impl RunStore for PostgresStore {
                             _ => 0,
                         },
                         input: json_column(row, "input")?,
-                        // PostgreSQL runs children inside the parent's attempt.
-                        spawned: None,
                     })
                 })
                 .collect::<Result<_, sqlx::Error>>()
                 .map_err(|e| corrupt(&root, e))
+        })
+    }
+
+    fn spawns_children(&self) -> bool {
+        true
+    }
+
+    fn spawn(
+        &self,
+        parent: RunId,
+        token: i64,
+        children: Vec<NewChild>,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            // The journal the parent recorded before it spawned is written first, as a
+            // settle would (the order its replay relies on).
+            self.journal.flush(&self.shared).await;
+            let (again, new): (Vec<&NewChild>, Vec<&NewChild>) =
+                children.iter().partition(|child| child.again);
+            let parent = parent.to_string();
+            let new = SpawnColumns::of(&new);
+            let again = SpawnColumns::of(&again);
+            let added = self
+                .shared
+                .run(|conn| {
+                    let (parent, new, again) = (parent.clone(), new.clone(), again.clone());
+                    Box::pin(
+                        async move { spawn_children(conn, &parent, token, &new, &again).await },
+                    )
+                })
+                .await?;
+            self.shared.changes.bump();
+            Ok(added)
         })
     }
 
@@ -2137,14 +2157,17 @@ impl RunStore for PostgresStore {
         })
     }
 
-    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+    fn change_mark(&self) -> u64 {
+        self.shared.changes.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             let changes = &self.shared.changes;
             let notified = changes.notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let now = changes.generation.load(Ordering::Acquire);
-            if changes.seen.swap(now, Ordering::AcqRel) != now {
+            if changes.generation.load(Ordering::Acquire) != since {
                 return;
             }
             let within = if changes.listening.load(Ordering::Acquire) {
@@ -2156,7 +2179,6 @@ impl RunStore for PostgresStore {
                 _ = notified => {}
                 _ = tokio::time::sleep(within) => {}
             }
-            changes.look();
         })
     }
 
@@ -2255,6 +2277,7 @@ impl PostgresStore {
         token: i64,
         wake_at: SystemTime,
         wait_token: Option<&str>,
+        children: Option<ChildWait>,
     ) -> Result<bool, StoreError> {
         let (id, wait_token, wake_at) = (
             id.to_string(),
@@ -2278,18 +2301,56 @@ impl PostgresStore {
                         }
                         None => false,
                     };
+                    // Waiting for spawned children: the row is locked before they are
+                    // counted, so a child that ends meanwhile is either counted here or
+                    // updates the counts once this commits (`task_runtime.children_ended`).
+                    let (open, failed) = match children {
+                        Some(_) => {
+                            sqlx::query(
+                                "SELECT 1 FROM task_runtime.runs WHERE id = $1 FOR UPDATE",
+                            )
+                            .bind(&id)
+                            .execute(&mut *tx)
+                            .await?;
+                            sqlx::query_as::<_, (i64, i64)>(
+                                "SELECT count(*) FILTER (WHERE c.status IN ('queued', 'delayed', 'executing', 'waiting')),
+                                        count(*) FILTER (WHERE c.status IN ('failed', 'cancelled', 'expired')
+                                                           AND c.spawn_attempt >= p.attempts)
+                                   FROM task_runtime.runs p
+                                   JOIN task_runtime.runs c ON c.spawned_by = p.id
+                                  WHERE p.id = $1",
+                            )
+                            .bind(&id)
+                            .fetch_one(&mut *tx)
+                            .await?
+                        }
+                        None => (0, 0),
+                    };
+                    let woken = completed
+                        || children.is_some_and(|c| {
+                            open <= i64::from(c.open_at_most) || (c.on_failure && failed > 0)
+                        });
                     let applied = sqlx::query(
                         "UPDATE task_runtime.runs
                             SET status = CASE WHEN $3 THEN 'queued' ELSE 'waiting' END,
-                                run_at = CASE WHEN $3 THEN task_runtime.now_ms() ELSE $4 END,
+                                run_at = CASE WHEN $3 AND $5::integer IS NOT NULL
+                                                   THEN least(created_at, task_runtime.now_ms())
+                                              WHEN $3 THEN task_runtime.now_ms() ELSE $4 END,
                                 attempts = attempts - 1, waits = waits + 1, expire_at = NULL,
-                                lease_owner = NULL, lease_expires_at = NULL
+                                lease_owner = NULL, lease_expires_at = NULL,
+                                wait_children = CASE WHEN $3 THEN NULL ELSE $5 END,
+                                wait_children_fail = $6,
+                                open_children = $7, failed_children = $8
                           WHERE id = $1 AND lease_token = $2 AND status = 'executing'",
                     )
                     .bind(&id)
                     .bind(token)
-                    .bind(completed)
+                    .bind(woken)
                     .bind(wake_at)
+                    .bind(children.map(|c| i32::try_from(c.open_at_most).unwrap_or(i32::MAX)))
+                    .bind(children.is_some_and(|c| c.on_failure))
+                    .bind(i32::try_from(open).unwrap_or(i32::MAX))
+                    .bind(i32::try_from(failed).unwrap_or(i32::MAX))
                     .execute(&mut *tx)
                     .await?
                     .rows_affected()
@@ -2301,7 +2362,7 @@ impl PostgresStore {
                             .execute(&mut *tx)
                             .await?;
                     }
-                    if applied && completed {
+                    if applied && woken {
                         sqlx::query("SELECT pg_notify('task_runtime', '')")
                             .execute(&mut *tx)
                             .await?;
@@ -2315,12 +2376,112 @@ impl PostgresStore {
 }
 
 /// Ends queued runs without running them (only while still queued); returns their ids.
-const END_QUEUED: &str = "WITH clock AS (SELECT task_runtime.now_ms() AS ms),
-    ended AS (
-        UPDATE task_runtime.runs r
-           SET status = e.status, envelope = e.envelope, finished_at = clock.ms,
-               idempotency_key = NULL
-          FROM clock, unnest($1::text[], $2::text[], $3::text[]) AS e(id, status, envelope)
-         WHERE r.id = e.id AND r.status IN ('queued', 'delayed', 'waiting')
-        RETURNING r.id)
-    SELECT id FROM ended UNION ALL SELECT NULL FROM pg_notify('task_runtime', '')";
+const END_QUEUED: &str = "SELECT id FROM task_runtime.end_queued($1, $2, $3) AS e(id)";
+
+/// Children of one spawn, as columns.
+#[derive(Default, Clone)]
+struct SpawnColumns {
+    id: Vec<String>,
+    task: Vec<String>,
+    tenant: Vec<Option<String>>,
+    project: Vec<Option<String>>,
+    input: Vec<String>,
+    position: Vec<String>,
+    trace: Vec<Option<String>>,
+    attempt: i32,
+}
+
+impl SpawnColumns {
+    fn of(children: &[&NewChild]) -> Self {
+        let mut c = SpawnColumns {
+            attempt: 1,
+            ..SpawnColumns::default()
+        };
+        for child in children {
+            c.id.push(child.id.to_string());
+            c.task.push(child.task.clone());
+            c.tenant.push(child.tenant_id.clone());
+            c.project.push(child.project_id.clone());
+            c.input.push(json_text(&child.input));
+            c.position.push(child.position.clone());
+            c.trace.push(child.trace_context.clone());
+            c.attempt = c
+                .attempt
+                .max(i32::try_from(child.parent_attempt).unwrap_or(i32::MAX));
+        }
+        c
+    }
+}
+
+/// Enqueues a parent's children in one statement (arrays, however many), fenced by the
+/// parent's lease; a position that has a child already keeps it. Children that failed in an
+/// earlier attempt of the parent are queued again at their row, with fresh attempts (and
+/// `waits`, so their claim loads the journal they keep).
+async fn spawn_children(
+    conn: &mut PgConnection,
+    parent: &str,
+    token: i64,
+    new: &SpawnColumns,
+    again: &SpawnColumns,
+) -> Result<usize, sqlx::Error> {
+    const HELD: &str = "EXISTS (SELECT 1 FROM task_runtime.runs p
+                                 WHERE p.id = $1 AND p.lease_token = $2 AND p.status = 'executing')";
+    let now = millis(SystemTime::now());
+    let mut tx = conn.begin().await?;
+    let mut added = 0;
+    if !new.id.is_empty() {
+        let result = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO task_runtime.runs (id, task, tenant_id, project_id, input, position,
+                                            spawn_attempt, status, run_at, created_at,
+                                            spawned_by, root_run_id, trace_context)
+             SELECT c.id, c.task, c.tenant, c.project, c.input, c.position, $4, 'queued', $3, $3,
+                    $1, $1, c.trace
+               FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                           $11::text[])
+                    AS c(id, task, tenant, project, input, position, trace)
+              WHERE {HELD}
+             ON CONFLICT DO NOTHING"
+        )))
+        .bind(parent)
+        .bind(token)
+        .bind(now)
+        .bind(new.attempt)
+        .bind(&new.id)
+        .bind(&new.task)
+        .bind(&new.tenant)
+        .bind(&new.project)
+        .bind(&new.input)
+        .bind(&new.position)
+        .bind(&new.trace)
+        .execute(&mut *tx)
+        .await?;
+        added += usize::try_from(result.rows_affected()).unwrap_or(0);
+    }
+    if !again.id.is_empty() {
+        let result = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE task_runtime.runs
+                SET status = 'queued', run_at = $3, attempts = 0, retried = NULL,
+                    envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
+                    cancel_requested = false, lease_owner = NULL, lease_expires_at = NULL,
+                    waits = waits + 1, spawn_attempt = $4,
+                    trace_context = $6
+              WHERE spawned_by = $1 AND status IN ('failed', 'cancelled', 'expired')
+                AND id = ANY ($5) AND {HELD}"
+        )))
+        .bind(parent)
+        .bind(token)
+        .bind(now)
+        .bind(again.attempt)
+        .bind(&again.id)
+        // One attempt of the parent queues them all: one trace context.
+        .bind(again.trace.iter().flatten().next())
+        .execute(&mut *tx)
+        .await?;
+        added += usize::try_from(result.rows_affected()).unwrap_or(0);
+    }
+    sqlx::query("SELECT pg_notify('task_runtime', '')")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(added)
+}

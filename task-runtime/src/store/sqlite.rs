@@ -73,8 +73,16 @@ pub(crate) struct SqliteStore {
     /// A connection of its own for `PRAGMA data_version`, which counts commits by other
     /// connections (this process's writer included), and the version its last look saw.
     watch: Mutex<(SqliteConnection, i64)>,
-    local: Arc<Notify>,
+    local: Arc<LocalChanges>,
     poll: Duration,
+}
+
+/// The writer's commits that may concern a waiter (see [`RunStore::change_mark`]).
+#[derive(Default)]
+struct LocalChanges {
+    /// Bumped by each such commit.
+    generation: AtomicU64,
+    notify: Notify,
 }
 
 /// A write for the writer task, with where its result goes.
@@ -313,7 +321,7 @@ impl SqliteStore {
             .await
             .map_err(|e| fail(&e))?;
         let version = data_version(&mut watch).await.map_err(|e| fail(&e))?;
-        let local = Arc::new(Notify::new());
+        let local = Arc::new(LocalChanges::default());
         let (writes, write_queue) = mpsc::unbounded_channel();
         let (logs, log_queue) = mpsc::channel(LOG_BUFFER);
         tokio::spawn(writer_task(
@@ -417,29 +425,23 @@ async fn log_task(mut queue: mpsc::Receiver<LogLine>, writes: mpsc::UnboundedSen
 async fn writer_task(
     mut conn: SqliteConnection,
     mut queue: mpsc::UnboundedReceiver<Write>,
-    local: Arc<Notify>,
+    local: Arc<LocalChanges>,
     path: String,
     busy: Duration,
 ) {
     let mut batch = Vec::new();
     while queue.recv_many(&mut batch, 512).await > 0 {
         let writes = std::mem::take(&mut batch);
-        // A batch that made runs due (new runs, a completed token, woken waits) also leaves
-        // a permit: a claim loop whose claim was answered from this very batch, before
-        // these writes, is not yet waiting when `notify_waiters` runs, and would otherwise
-        // sleep its idle poll. Claims, settles and heartbeats leave none (a claim loop
-        // would wake itself).
-        let due = writes.iter().any(|write| match write {
-            Write::Enqueue(..) => true,
-            Write::Token(token, _) => {
-                matches!(**token, TokenWrite::Complete(..) | TokenWrite::Wake(_))
-            }
-            _ => false,
-        });
+        // A batch of claims and heartbeats only changes nothing a waiter waits for (a claim
+        // loop would otherwise wake itself with its own claim); any other write (a new run,
+        // a settle, a token, a cancel, log lines a stream follows) is a change.
+        let change = writes
+            .iter()
+            .any(|write| !matches!(write, Write::Claim(..) | Write::Heartbeat(..)));
         apply_batch(&mut conn, writes, &path, busy).await;
-        local.notify_waiters();
-        if due {
-            local.notify_one();
+        if change {
+            local.generation.fetch_add(1, Ordering::AcqRel);
+            local.notify.notify_waiters();
         }
     }
 }
@@ -895,7 +897,8 @@ async fn claim_runs(
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    let returning = "RETURNING id, task, input, attempts, lease_token, waits, trace_context";
+    let returning =
+        "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
     let keyed: bool = sqlx::query_scalar(
         // On its partial index: the planner would pick `runs_by_status` and read every
         // queued row on every claim.
@@ -1034,6 +1037,10 @@ async fn claim_runs(
                 attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
                 token: row.try_get("lease_token")?,
                 resumed: row.try_get::<i64, _>("waits")? > 0,
+                spawned_by: row
+                    .try_get::<Option<String>, _>("spawned_by")?
+                    .map(|id| parse_id(&id))
+                    .transpose()?,
                 trace_context: row.try_get("trace_context")?,
             })
         })
@@ -1085,6 +1092,9 @@ async fn heartbeat(
 async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut applied = vec![false; outcomes.len()];
+    // Whether a parent may have to wake: a spawned child ended, a parent suspended to wait
+    // for its children, or a reclaimed run ended (rare, not looked at closer).
+    let mut wake = false;
     // A worker's finished runs: one statement for all of them.
     let finished: Vec<(usize, &RunId, i64, &RunOutput<Value>)> = outcomes
         .iter()
@@ -1116,7 +1126,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                         THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
              FROM v
              WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
-             RETURNING runs.id"
+             RETURNING runs.id, runs.spawned_by IS NOT NULL AS spawned"
         )))
         .bind(now);
         for (_, id, token, envelope) in chunk {
@@ -1126,12 +1136,12 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 .bind(RunStatus::of_envelope(envelope).as_str())
                 .bind(json_text(envelope));
         }
-        let done: Vec<String> = query
-            .fetch_all(&mut *conn)
-            .await?
-            .iter()
-            .map(|row| row.try_get("id"))
-            .collect::<Result<_, _>>()?;
+        let rows = query.fetch_all(&mut *conn).await?;
+        let mut done: Vec<String> = Vec::with_capacity(rows.len());
+        for row in &rows {
+            done.push(row.try_get("id")?);
+            wake |= row.try_get::<bool, _>("spawned")?;
+        }
         for (i, id, _, _) in chunk {
             applied[*i] = done.iter().any(|d| d == id.as_str());
         }
@@ -1148,6 +1158,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 envelope,
                 expired_before,
             } => {
+                wake = true;
                 let status = RunStatus::of_envelope(envelope);
                 let completed = status == RunStatus::Completed;
                 sqlx::query(
@@ -1208,6 +1219,7 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
                 wait_token,
                 children,
             } => {
+                wake |= children.is_some();
                 // A token completed before this settle (while the attempt wound down) wakes
                 // the run at once: the writer orders this against `complete_token`.
                 let result = sqlx::query(
@@ -1248,8 +1260,11 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
     }
     // The settle of a parent's last child (or the one that leaves room) wakes the parent;
     // so does a parent's own suspension when its children already ended meanwhile. One
-    // writer orders both, so no wake is missed.
-    wake_parents(conn, now).await?;
+    // writer orders both, so no wake is missed. (Only then: a drain of top-level runs
+    // pays no statement for it.)
+    if wake {
+        wake_parents(conn, now).await?;
+    }
     Ok(applied)
 }
 
@@ -2138,9 +2153,18 @@ impl RunStore for SqliteStore {
         })
     }
 
-    fn changed(&self, within: Duration) -> BoxFuture<'_, ()> {
+    fn change_mark(&self) -> u64 {
+        self.local.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
-            let local = self.local.notified();
+            let local = self.local.notify.notified();
+            tokio::pin!(local);
+            local.as_mut().enable();
+            if self.local.generation.load(Ordering::Acquire) != since {
+                return;
+            }
             let others = async {
                 // This call's own baseline: the version the last look (by any caller) saw.
                 // A shared "seen" that the first caller to notice a commit moves on would

@@ -32,6 +32,7 @@ use crate::envelope::RunOutput;
 use crate::error::{Issue, TaskError};
 use crate::exec::seed::lock;
 use crate::id::RunId;
+use crate::input::{TrampData, without_inherited};
 use crate::store::journal::{Journal, Suspension};
 use crate::store::{ChildWait, NewChild, SpawnedEnd, later};
 
@@ -51,6 +52,8 @@ pub(super) struct Spawner {
     attempt: u32,
     /// The attempt's cancellation: a suspension cancels it.
     cancel: tokio_util::sync::CancellationToken,
+    /// The trampData this run shares with its children.
+    tramp: Option<TrampData>,
     plan: Mutex<Vec<Planned>>,
     resolved: tokio::sync::OnceCell<Resolved>,
 }
@@ -95,6 +98,7 @@ impl Spawner {
             now: ctx.exec.clock.now(),
             attempt: ctx.attempt(),
             cancel: ctx.cancel.clone(),
+            tramp: ctx.scope.tramp_data.clone(),
             plan: Mutex::default(),
             resolved: tokio::sync::OnceCell::new(),
         })
@@ -109,15 +113,19 @@ impl Spawner {
         window: Option<usize>,
         inputs: Vec<I>,
     ) {
+        // Without the trampData shared with this run (a cloned `BaseInput`): the child
+        // inherits it from here when a worker claims it, as an in-attempt child does.
         let inputs = inputs
             .iter()
             .map(|input| {
-                serde_json::to_value(input).map_err(|e| {
-                    TaskError::invalid_input(vec![Issue {
-                        path: String::new(),
-                        message: format!("input does not serialize to JSON: {e}"),
-                    }])
-                })
+                without_inherited(self.tramp.as_ref(), || serde_json::to_value(input)).map_err(
+                    |e| {
+                        TaskError::invalid_input(vec![Issue {
+                            path: String::new(),
+                            message: format!("input does not serialize to JSON: {e}"),
+                        }])
+                    },
+                )
             })
             .collect();
         lock(&self.plan).push(Planned {
@@ -339,8 +347,16 @@ impl Spawner {
             }
         };
         for (o, ended) in open.iter().zip(ended) {
-            if !ended && let Err(error) = store.cancel(o.id.clone(), envelope(o)).await {
-                tracing::warn!(run_id = %o.id, %error, "cancelling a child failed");
+            let outcome = match ended {
+                true => Ok(crate::store::CancelOutcome::Cancelled),
+                false => store.cancel(o.id.clone(), envelope(o)).await,
+            };
+            match outcome {
+                Ok(crate::store::CancelOutcome::Cancelled) => {
+                    crate::metrics::run_ended(o.task, "cancelled");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(run_id = %o.id, %error, "cancelling a child failed"),
             }
         }
         tracing::info!(run_id = %self.parent, children = open.len(), "fail-fast: unfinished children cancelled");
