@@ -117,12 +117,17 @@ async fn receiver() -> (String, Arc<Mutex<Vec<Received>>>) {
 /// SIGTERM, then the exit code of a graceful stop (bounded: 20 s).
 async fn stop(child: &mut KillOnDrop) -> Option<i32> {
     signal(child, "TERM");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    exited(child, Duration::from_secs(20)).await
+}
+
+/// The exit code of `child` once it exits, which it must within `bound`.
+async fn exited(child: &mut KillOnDrop, bound: Duration) -> Option<i32> {
+    let deadline = Instant::now() + bound;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code();
         }
-        assert!(Instant::now() < deadline, "the process did not stop");
+        assert!(Instant::now() < deadline, "the process did not exit");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -432,6 +437,12 @@ async fn a_cli_trigger_is_continued_by_a_postgres_worker() {
 async fn cli_trigger_continued(url: &str) {
     let (endpoint, received) = receiver().await;
     let url = url.to_owned();
+    // Migrated before the two processes open it at once.
+    drop(
+        task_runtime::Store::connect(&url)
+            .await
+            .expect("the store opens"),
+    );
     let mut worker = KillOnDrop(
         app(
             &url,
@@ -444,23 +455,29 @@ async fn cli_trigger_continued(url: &str) {
         .unwrap(),
     );
     // `trigger --wait` in a process of its own: the run stores its `trigger` span's context.
-    let triggered = app(
-        &url,
-        &endpoint,
-        "docs-cli",
-        &[
-            "trigger",
-            "text_track",
-            "--input",
-            "examples/docs/inputs/text_track.json",
-            "--wait",
-        ],
-    )
-    .stdout(Stdio::piped())
-    .output()
-    .unwrap();
-    assert!(triggered.status.success(), "{triggered:?}");
-    let envelope: Value = serde_json::from_slice(&triggered.stdout).unwrap();
+    let mut triggering = KillOnDrop(
+        app(
+            &url,
+            &endpoint,
+            "docs-cli",
+            &[
+                "trigger",
+                "text_track",
+                "--input",
+                "examples/docs/inputs/text_track.json",
+                "--wait",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap(),
+    );
+    let code = exited(&mut triggering, Duration::from_secs(60)).await;
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut triggering.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert_eq!(code, Some(0), "{stdout}");
+    let envelope: Value = serde_json::from_str(&stdout).unwrap();
     let run_id = envelope["job"]["runId"].as_str().unwrap().to_owned();
     assert_eq!(stop(&mut worker).await, Some(0), "worker stops gracefully");
     let spans = received.lock().unwrap().clone();

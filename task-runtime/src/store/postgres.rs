@@ -1223,7 +1223,8 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
-                                coalesce(r.waits, 0) AS waits, r.spawned_by, r.trace_context
+                                coalesce(r.waits, 0) AS waits, r.spawned_by, r.trace_context,
+                                r.id AS seen
                            FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
                            -- The row as it was before the claim: `waits` is not changed by it.
                            LEFT JOIN task_runtime.runs r ON r.id = c.id",
@@ -1238,6 +1239,11 @@ impl RunStore for PostgresStore {
                 })
                 .await?;
             let mut claimed = Claimed::default();
+            // Rows committed after this statement's snapshot, which the claim function's own
+            // statements (each with a fresh snapshot) still took: the join saw nothing of
+            // them. Such a run was just inserted (it never waited), but its parent (a
+            // spawned child's) and its trace context must be read again.
+            let mut unseen = Vec::new();
             for row in &rows {
                 let read = || -> Result<Option<ClaimedRun>, sqlx::Error> {
                     let Some(id) = row.try_get::<Option<String>, _>("id")? else {
@@ -1259,7 +1265,17 @@ impl RunStore for PostgresStore {
                     }))
                 };
                 match read() {
-                    Ok(Some(run)) => claimed.runs.push(run),
+                    Ok(Some(run)) => {
+                        if row
+                            .try_get::<Option<String>, _>("seen")
+                            .ok()
+                            .flatten()
+                            .is_none()
+                        {
+                            unseen.push(run.id.to_string());
+                        }
+                        claimed.runs.push(run);
+                    }
                     Ok(None) => {
                         claimed.next_due = row
                             .try_get::<Option<i64>, _>("next_due")
@@ -1268,6 +1284,25 @@ impl RunStore for PostgresStore {
                             .map(time);
                     }
                     Err(error) => return Err(self.shared.fail(&error)),
+                }
+            }
+            if !unseen.is_empty() {
+                let rows: Vec<(String, Option<String>, Option<String>)> = self
+                    .shared
+                    .run(|conn| {
+                        let query = sqlx::query_as(
+                            "SELECT id, spawned_by, trace_context FROM task_runtime.runs
+                              WHERE id = ANY ($1)",
+                        )
+                        .bind(unseen.clone());
+                        Box::pin(async move { query.fetch_all(conn).await })
+                    })
+                    .await?;
+                for (id, spawned_by, trace) in rows {
+                    if let Some(run) = claimed.runs.iter_mut().find(|r| r.id.as_str() == id) {
+                        run.spawned_by = spawned_by.and_then(|p| p.parse().ok());
+                        run.trace_context = trace;
+                    }
                 }
             }
             Ok(claimed)
