@@ -769,7 +769,6 @@ impl Drop for Serving {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_and_serve_from_the_command_line() {
-    use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
 
     let dir = scratch("cli");
@@ -809,17 +808,7 @@ async fn keys_and_serve_from_the_command_line() {
             .spawn()
             .unwrap(),
     );
-    let mut stderr = BufReader::new(serve.0.stderr.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
-        if let Some(rest) = line.split("http://").nth(1) {
-            break format!("http://{}", rest.split('/').next().unwrap());
-        }
-    };
-    // Drain the rest of stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in stderr.lines() {});
+    let base = task_tests::procs::served_at(&mut serve.0);
     let client = Client::new();
     let reply: Value = client
         .post(format!("{base}/api/v1/tasks/double/trigger"))

@@ -71,6 +71,7 @@ mod schema;
 mod step;
 mod store;
 mod task;
+mod telemetry;
 mod tokens;
 #[cfg(feature = "postgres")]
 mod trigger_in;

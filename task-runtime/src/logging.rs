@@ -47,9 +47,13 @@ impl StoreSlot {
     }
 }
 
-/// [`init`], plus a layer that keeps runs' events in the store the CLI opens later.
-/// `None` when a subscriber was already set.
-pub(crate) fn init_with_store(format: LogFormat) -> Option<StoreSlot> {
+/// [`init`], plus a layer that keeps runs' events in the store the CLI opens later, and the
+/// layer of `telemetry`'s span exporter when it has one. `None` when a subscriber was already
+/// set.
+pub(crate) fn init_with_store(
+    format: LogFormat,
+    telemetry: &crate::telemetry::Exporter,
+) -> Option<StoreSlot> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
@@ -62,7 +66,10 @@ pub(crate) fn init_with_store(format: LogFormat) -> Option<StoreSlot> {
     let store = Some(slot.layer.clone());
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     let store: Option<tracing_subscriber::layer::Identity> = None;
-    let registry = tracing_subscriber::registry().with(filter).with(store);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(store)
+        .with(telemetry.layer());
     let installed = match format {
         LogFormat::Pretty => registry
             .with(

@@ -117,6 +117,9 @@ pub struct TriggerOptions {
     tags: Vec<String>,
     concurrency_key: Option<String>,
     concurrency_key_limit: Option<u32>,
+    /// The trace the run continues (a W3C `traceparent`): the current span's when the
+    /// trigger is made, else what the HTTP trigger received.
+    trace_context: Option<String>,
 }
 
 impl TriggerOptions {
@@ -179,6 +182,14 @@ impl TriggerOptions {
         self.concurrency_key
             .as_deref()
             .map(|key| (key, self.concurrency_key_limit.unwrap_or(1)))
+    }
+
+    /// The trace to continue when the trigger is made outside any exported span (the HTTP
+    /// trigger's `traceparent` header).
+    #[cfg(feature = "http")]
+    pub(crate) fn trace_context(mut self, traceparent: &str) -> Self {
+        self.trace_context = Some(traceparent.to_owned());
+        self
     }
 
     /// The idempotency key, if set.
@@ -664,6 +675,7 @@ impl Runtime {
             concurrency_key: options
                 .get_concurrency_key()
                 .map(|(key, limit)| (key.to_owned(), limit)),
+            trace_context: crate::telemetry::current().or_else(|| options.trace_context.clone()),
             input,
         })
     }

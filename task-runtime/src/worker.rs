@@ -525,6 +525,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
         token,
         resumed,
         spawned_by,
+        trace_context,
     } = run;
     let (cancel, released) = {
         let held = lock(&shared.held);
@@ -575,6 +576,7 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
     seed.run_id = Some(id.clone());
     seed.attempt = Some(attempt);
     seed.scope.journal = Some(journal.clone());
+    seed.trace = crate::telemetry::Remote::of(trace_context.as_deref());
     let end = descriptor
         .run_stored(shared.rt.executor(), input, seed)
         .await;

@@ -1,5 +1,6 @@
 //! Child processes of the process-level tests (workers, servers).
 
+use std::io::{BufRead, BufReader};
 use std::ops::{Deref, DerefMut};
 use std::process::{Child, Command};
 
@@ -35,4 +36,20 @@ pub fn signal(child: &Child, signal: &str) {
         .status()
         .unwrap();
     assert!(status.success(), "kill -{signal}");
+}
+
+/// The `http://host:port` a `serve` child announces on its stderr (piped); the rest of its
+/// stderr is drained on a thread of its own, so the server never blocks on a full pipe.
+pub fn served_at(child: &mut Child) -> String {
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        assert!(stderr.read_line(&mut line).unwrap() > 0, "serve exited");
+        if let Some(rest) = line.split("http://").nth(1) {
+            break format!("http://{}", rest.split('/').next().unwrap());
+        }
+    };
+    std::thread::spawn(move || for _ in stderr.lines() {});
+    base
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use clap::{Args, Subcommand};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::input::{InputFailure, InputSource, read_input};
 use super::{FAILED, SUCCESS, USAGE, finish, unknown_id, write_json};
@@ -158,7 +159,13 @@ pub(super) async fn trigger(
     if let Some(key) = args.idempotency_key {
         options = options.idempotency_key(key);
     }
-    let handle = match runtime.trigger_with(&args.id, input, options).await {
+    // The run stores this span's context: the worker's spans continue its trace.
+    let span = tracing::info_span!("trigger", task = %args.id);
+    let triggered = runtime
+        .trigger_with(&args.id, input, options)
+        .instrument(span)
+        .await;
+    let handle = match triggered {
         Ok(handle) => handle,
         // Refused (invalid input) or not stored: the envelope says why.
         Err(refused) => return finish(write_json(out, &refused.envelope), FAILED),

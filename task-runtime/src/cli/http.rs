@@ -21,7 +21,8 @@ pub(super) struct ServeArgs {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030")]
     listen: SocketAddr,
-    /// Runs the worker executes at once.
+    /// Runs the worker executes at once; 0 serves the API with no worker (runs are executed
+    /// by `worker` processes).
     #[arg(long, default_value_t = 16)]
     concurrency: usize,
     /// On Ctrl-C or SIGTERM, how long running runs may take before they are handed back.
@@ -64,19 +65,24 @@ pub(super) async fn serve(runtime: &Runtime, args: ServeArgs, err: &mut impl Wri
     if let Err(error) = crate::metrics::Prometheus::install() {
         tracing::warn!(%error, "no metrics on /metrics");
     }
-    let worker = runtime.worker().concurrency(args.concurrency).start();
+    let worker =
+        (args.concurrency > 0).then(|| runtime.worker().concurrency(args.concurrency).start());
     let _ = writeln!(
         err,
         "serving the runs page on http://{address}/ and the API under /api/v1 (Ctrl-C stops)"
     );
-    tracing::info!(%address, worker = worker.id(), "serving");
+    tracing::info!(%address, worker = worker.as_ref().map(|w| w.id()), "serving");
     let served = crate::http::serve(listener, runtime.clone(), stop_signal()).await;
-    let report = worker.shutdown(args.grace).await;
-    let _ = writeln!(
-        err,
-        "stopped: {} executed, {} handed back",
-        report.executed, report.released
-    );
+    if let Some(worker) = worker {
+        let report = worker.shutdown(args.grace).await;
+        let _ = writeln!(
+            err,
+            "stopped: {} executed, {} handed back",
+            report.executed, report.released
+        );
+    } else {
+        let _ = writeln!(err, "stopped");
+    }
     match served {
         Ok(()) => SUCCESS,
         Err(error) => {

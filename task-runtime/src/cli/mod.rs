@@ -95,7 +95,9 @@ pub fn main_with(builder: RuntimeBuilder) -> ExitCode {
         Ok(cli) => cli,
         Err(error) => return ExitCode::from(report_parse_error(&error, &mut out, &mut err)),
     };
-    let logs = logging::init_with_store(cli.log_format.unwrap_or_default());
+    // Spans go to `OTEL_EXPORTER_OTLP_ENDPOINT` when it is set (feature `otel`).
+    let telemetry = crate::telemetry::Exporter::from_env();
+    let logs = logging::init_with_store(cli.log_format.unwrap_or_default(), &telemetry);
     let tokio = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,7 +108,10 @@ pub fn main_with(builder: RuntimeBuilder) -> ExitCode {
             return ExitCode::from(USAGE);
         }
     };
-    ExitCode::from(tokio.block_on(execute(builder, cli, &mut out, &mut err, logs)))
+    let code = tokio.block_on(execute(builder, cli, &mut out, &mut err, logs));
+    // The command is over (a worker or server stopped gracefully): export the last spans.
+    telemetry.shutdown();
+    ExitCode::from(code)
 }
 
 /// Runs the CLI with explicit `args` (the first is the binary name) on the runtime

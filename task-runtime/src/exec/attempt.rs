@@ -182,8 +182,26 @@ impl<T: Task> Attempts<'_, T> {
             cancel,
             Arc::new(AttemptState::new(slots)),
         );
-        let span = tracing::info_span!("attempt", attempt);
+        let span = tracing::info_span!(
+            "attempt",
+            attempt,
+            status = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+        );
+        crate::telemetry::attempt_of(&span, T::ID, self.run_id, self.scope);
         let outcome = in_span!(span, run_guarded::<T>(&ctx, input, timeout, leaf));
+        // A durable wait ends the attempt by cancelling it: the run waits, nothing failed.
+        if self
+            .scope
+            .journal
+            .as_ref()
+            .is_some_and(|j| j.is_suspended())
+        {
+            crate::telemetry::ended(&span, "waiting", None);
+        } else {
+            let error = outcome.as_ref().err();
+            crate::telemetry::ended(&span, crate::telemetry::status_of(error), error);
+        }
         report.cleanup_errors.extend(ctx.settle().await);
         report.records = ctx.take_records();
         drop(composite_permit);

@@ -20,6 +20,7 @@ use crate::input::{TrampData, capture_tramp, without_inherited};
 use crate::json;
 use crate::store::journal::Recorded;
 use crate::task::Task;
+use crate::telemetry;
 
 /// How the input arrives.
 pub(crate) enum RunInput<I> {
@@ -260,7 +261,17 @@ pub(crate) async fn execute<T: Task>(
         project_id = scope.project_id.as_deref(),
         parent_run_id = scope.parent_run_id.as_ref().map(RunId::as_str),
         attempt = tracing::field::Empty,
+        position = tracing::field::Empty,
+        status = tracing::field::Empty,
+        "error.type" = tracing::field::Empty,
+        otel.name = tracing::field::Empty,
     );
+    if let Some(position) = seed.position.as_deref().filter(|_| !span.is_disabled()) {
+        span.record("position", position);
+    }
+    telemetry::name_run(&span, T::ID);
+    // A claimed run continues the trace its trigger stored.
+    seed.trace.adopt(&span);
     let attempts = Attempts::<T> {
         exec,
         run_id: &run_id,
@@ -278,6 +289,7 @@ pub(crate) async fn execute<T: Task>(
     // and no hook fires.
     let suspended = scope.journal.as_ref().is_some_and(|j| j.is_suspended());
     if suspended {
+        telemetry::ended(&span, "waiting", None);
         let _entered = span.enter();
         tracing::info!(
             duration_ms = report.duration_ms,
@@ -304,14 +316,16 @@ pub(crate) async fn execute<T: Task>(
                 "run failed"
             ),
         }
+        let status = telemetry::status_of(result.as_ref().err());
         if retry_in.is_none() {
-            let status = match &result {
-                Ok(_) => "completed",
-                Err(error) if error.kind_name() == "cancelled" => "cancelled",
-                Err(_) => "failed",
-            };
             crate::metrics::run_finished(T::ID, status);
         }
+        let status = if retry_in.is_some() {
+            "retrying"
+        } else {
+            status
+        };
+        telemetry::ended(&span, status, result.as_ref().err());
     }
     if let Some((journal, _)) = journal.as_ref().filter(|_| !suspended) {
         let output = result.as_ref().map(|produced| match &produced.json {

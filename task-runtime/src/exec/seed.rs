@@ -88,6 +88,8 @@ pub(crate) struct Seed {
     /// A durable run claimed by a worker: run this one attempt (1 for the first), and
     /// reschedule instead of sleeping before a retry.
     pub(crate) attempt: Option<u32>,
+    /// The trace a claimed run continues (zero-sized without feature `otel`).
+    pub(crate) trace: crate::telemetry::Remote,
 }
 
 impl Seed {
@@ -99,6 +101,7 @@ impl Seed {
             cancel,
             position: None,
             attempt: None,
+            trace: crate::telemetry::Remote::default(),
         }
     }
 
@@ -120,6 +123,7 @@ impl Seed {
             cancel,
             position: None,
             attempt: None,
+            trace: crate::telemetry::Remote::default(),
         }
     }
 }

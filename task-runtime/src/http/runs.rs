@@ -5,9 +5,10 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::{Body, to_bytes};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tracing::Instrument;
 
 use super::auth::Caller;
 use super::{ApiError, AppState};
@@ -15,6 +16,7 @@ use crate::catalog;
 use crate::error::TaskError;
 use crate::input::InputError;
 use crate::store::{CancelOutcome, RunFilter};
+use crate::telemetry;
 use crate::{RunId, RunInfo, RunStatus, Runtime, TriggerOptions};
 
 /// Bytes a trigger body may hold beyond the payload limit (the options around it).
@@ -146,10 +148,60 @@ pub(super) async fn read_json(rt: &Runtime, body: Body, limit: usize) -> Result<
     })
 }
 
+/// `POST /api/v1/tasks/{id}/trigger`, in a `request` span that continues the trace of the
+/// request's W3C `traceparent` header; the run stores that span's context (or, when no span
+/// is exported, the header's), so the worker that executes it continues the trace. A
+/// `traceparent` that is not one is ignored.
 pub(super) async fn trigger(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let span = tracing::info_span!(
+        "request",
+        otel.kind = "server",
+        otel.name = "POST /api/v1/tasks/{id}/trigger",
+        http.request.method = "POST",
+        http.route = "/api/v1/tasks/{id}/trigger",
+        task = %id,
+        tenant_id = %caller.tenant,
+        run_id = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    let traceparent = headers.get("traceparent").and_then(|value| {
+        match value.to_str().ok().and_then(telemetry::traceparent) {
+            Some(traceparent) => Some(traceparent.to_owned()),
+            None => {
+                tracing::debug!(header = ?value, "ignored a traceparent header that is not one");
+                None
+            }
+        }
+    });
+    telemetry::Remote::of(traceparent.as_deref()).adopt(&span);
+    let answer = trigger_in_span(state, caller, id, traceparent, body)
+        .instrument(span.clone())
+        .await;
+    match &answer {
+        Ok(reply) => {
+            span.record("http.response.status_code", 200);
+            if let Some(id) = reply.0["id"].as_str() {
+                span.record("run_id", id);
+            }
+        }
+        Err(error) => {
+            span.record("http.response.status_code", error.status.as_u16());
+        }
+    }
+    answer
+}
+
+async fn trigger_in_span(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    traceparent: Option<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let rt = &state.rt;
@@ -162,7 +214,10 @@ pub(super) async fn trigger(
         mut payload,
         options,
     } = serde_json::from_value(body).map_err(|e| ApiError::invalid("", e.to_string()))?;
-    let options = options.into_options()?;
+    let mut options = options.into_options()?;
+    if let Some(traceparent) = &traceparent {
+        options = options.trace_context(traceparent);
+    }
     if let Value::Object(fields) = &mut payload {
         match fields.get("tenantId") {
             None => {

@@ -272,6 +272,8 @@ pub(crate) struct NewRun {
     pub replay_of: Option<RunId>,
     /// At most this many runs of the task with this key execute at once.
     pub concurrency_key: Option<(String, u32)>,
+    /// The W3C `traceparent` of the trace the run continues (`telemetry`).
+    pub trace_context: Option<String>,
 }
 
 /// What `enqueue` did with one run: committed it, or found a live run with its idempotency
@@ -309,6 +311,8 @@ pub(crate) struct ClaimedRun {
     /// what its input leaves out (trampData, cleanup options) from there, as a child
     /// executed inside its parent's attempt does.
     pub spawned_by: Option<RunId>,
+    /// The `traceparent` stored with it: its spans continue that trace.
+    pub trace_context: Option<String>,
 }
 
 /// What a claim took, and when the next queued run is due (`None`: nothing queued).
@@ -397,6 +401,8 @@ pub(crate) struct NewChild {
     /// The child exists at its position already and failed in an earlier attempt of the
     /// parent: queue that row again (fresh attempts, its journal kept) instead of a new one.
     pub again: bool,
+    /// The `traceparent` of the parent's attempt: the child's spans continue its trace.
+    pub trace_context: Option<String>,
 }
 
 impl Settle {

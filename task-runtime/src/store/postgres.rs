@@ -71,6 +71,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "api keys", include_str!("postgres/0003_api_keys.sql")),
     (4, "waits", include_str!("postgres/0004_waits.sql")),
     (5, "children", include_str!("postgres/0005_children.sql")),
+    (
+        6,
+        "trace context",
+        include_str!("postgres/0006_trace_context.sql"),
+    ),
 ];
 
 /// The schema everything lives in.
@@ -667,16 +672,16 @@ pub(crate) async fn insert_runs(
         "WITH ins AS (
             INSERT INTO task_runtime.runs (id, task, tenant_id, project_id, status, input, run_at,
                 expire_at, idempotency_key, idempotency_ttl_ms, tags, replay_of, concurrency_key,
-                concurrency_limit, created_at)
+                concurrency_limit, trace_context, created_at)
             SELECT u.id, u.task, u.tenant_id, u.project_id,
                    CASE WHEN u.run_at > $1 THEN 'delayed' ELSE 'queued' END,
                    u.input, u.run_at, u.expire_at, u.key, u.key_ttl, u.tags::jsonb, u.replay_of,
-                   u.ckey, u.climit, $1
+                   u.ckey, u.climit, u.trace, $1
               FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
                           $8::int8[], $9::text[], $10::int8[], $11::text[], $12::text[],
-                          $13::text[], $14::int4[])
+                          $13::text[], $14::int4[], $15::text[])
                    AS u(id, task, tenant_id, project_id, input, run_at, expire_at, key, key_ttl,
-                        tags, replay_of, ckey, climit)
+                        tags, replay_of, ckey, climit, trace)
             ON CONFLICT DO NOTHING
             RETURNING id)
          SELECT ins.id FROM ins
@@ -730,6 +735,11 @@ pub(crate) async fn insert_runs(
                     .as_ref()
                     .map(|(_, n)| i32::try_from(*n).unwrap_or(i32::MAX))
             })
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        runs.iter()
+            .map(|r| r.trace_context.clone())
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *conn)
@@ -1213,7 +1223,8 @@ impl RunStore for PostgresStore {
                 .run(|conn| {
                     let query = sqlx::query(
                         "SELECT c.id, c.task, c.input, c.attempts, c.lease_token, c.next_due,
-                                coalesce(r.waits, 0) AS waits, r.spawned_by
+                                coalesce(r.waits, 0) AS waits, r.spawned_by, r.trace_context,
+                                r.id AS seen
                            FROM task_runtime.claim($1, $2, $3, $4, $5, $6) c
                            -- The row as it was before the claim: `waits` is not changed by it.
                            LEFT JOIN task_runtime.runs r ON r.id = c.id",
@@ -1228,6 +1239,11 @@ impl RunStore for PostgresStore {
                 })
                 .await?;
             let mut claimed = Claimed::default();
+            // Rows committed after this statement's snapshot, which the claim function's own
+            // statements (each with a fresh snapshot) still took: the join saw nothing of
+            // them. Such a run was just inserted (it never waited), but its parent (a
+            // spawned child's) and its trace context must be read again.
+            let mut unseen = Vec::new();
             for row in &rows {
                 let read = || -> Result<Option<ClaimedRun>, sqlx::Error> {
                     let Some(id) = row.try_get::<Option<String>, _>("id")? else {
@@ -1245,10 +1261,21 @@ impl RunStore for PostgresStore {
                             .try_get::<Option<String>, _>("spawned_by")?
                             .map(|id| parse_id(&id))
                             .transpose()?,
+                        trace_context: row.try_get("trace_context")?,
                     }))
                 };
                 match read() {
-                    Ok(Some(run)) => claimed.runs.push(run),
+                    Ok(Some(run)) => {
+                        if row
+                            .try_get::<Option<String>, _>("seen")
+                            .ok()
+                            .flatten()
+                            .is_none()
+                        {
+                            unseen.push(run.id.to_string());
+                        }
+                        claimed.runs.push(run);
+                    }
                     Ok(None) => {
                         claimed.next_due = row
                             .try_get::<Option<i64>, _>("next_due")
@@ -1257,6 +1284,25 @@ impl RunStore for PostgresStore {
                             .map(time);
                     }
                     Err(error) => return Err(self.shared.fail(&error)),
+                }
+            }
+            if !unseen.is_empty() {
+                let rows: Vec<(String, Option<String>, Option<String>)> = self
+                    .shared
+                    .run(|conn| {
+                        let query = sqlx::query_as(
+                            "SELECT id, spawned_by, trace_context FROM task_runtime.runs
+                              WHERE id = ANY ($1)",
+                        )
+                        .bind(unseen.clone());
+                        Box::pin(async move { query.fetch_all(conn).await })
+                    })
+                    .await?;
+                for (id, spawned_by, trace) in rows {
+                    if let Some(run) = claimed.runs.iter_mut().find(|r| r.id.as_str() == id) {
+                        run.spawned_by = spawned_by.and_then(|p| p.parse().ok());
+                        run.trace_context = trace;
+                    }
                 }
             }
             Ok(claimed)
@@ -2376,6 +2422,7 @@ struct SpawnColumns {
     project: Vec<Option<String>>,
     input: Vec<String>,
     position: Vec<String>,
+    trace: Vec<Option<String>>,
     attempt: i32,
 }
 
@@ -2392,6 +2439,7 @@ impl SpawnColumns {
             c.project.push(child.project_id.clone());
             c.input.push(json_text(&child.input));
             c.position.push(child.position.clone());
+            c.trace.push(child.trace_context.clone());
             c.attempt = c
                 .attempt
                 .max(i32::try_from(child.parent_attempt).unwrap_or(i32::MAX));
@@ -2420,11 +2468,12 @@ async fn spawn_children(
         let result = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO task_runtime.runs (id, task, tenant_id, project_id, input, position,
                                             spawn_attempt, status, run_at, created_at,
-                                            spawned_by, root_run_id)
+                                            spawned_by, root_run_id, trace_context)
              SELECT c.id, c.task, c.tenant, c.project, c.input, c.position, $4, 'queued', $3, $3,
-                    $1, $1
-               FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
-                    AS c(id, task, tenant, project, input, position)
+                    $1, $1, c.trace
+               FROM unnest($5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[],
+                           $11::text[])
+                    AS c(id, task, tenant, project, input, position, trace)
               WHERE {HELD}
              ON CONFLICT DO NOTHING"
         )))
@@ -2438,6 +2487,7 @@ async fn spawn_children(
         .bind(&new.project)
         .bind(&new.input)
         .bind(&new.position)
+        .bind(&new.trace)
         .execute(&mut *tx)
         .await?;
         added += usize::try_from(result.rows_affected()).unwrap_or(0);
@@ -2448,7 +2498,8 @@ async fn spawn_children(
                 SET status = 'queued', run_at = $3, attempts = 0, retried = NULL,
                     envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
                     cancel_requested = false, lease_owner = NULL, lease_expires_at = NULL,
-                    waits = waits + 1, spawn_attempt = $4
+                    waits = waits + 1, spawn_attempt = $4,
+                    trace_context = $6
               WHERE spawned_by = $1 AND status IN ('failed', 'cancelled', 'expired')
                 AND id = ANY ($5) AND {HELD}"
         )))
@@ -2457,6 +2508,8 @@ async fn spawn_children(
         .bind(now)
         .bind(again.attempt)
         .bind(&again.id)
+        // One attempt of the parent queues them all: one trace context.
+        .bind(again.trace.iter().flatten().next())
         .execute(&mut *tx)
         .await?;
         added += usize::try_from(result.rows_affected()).unwrap_or(0);

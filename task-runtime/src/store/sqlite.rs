@@ -51,6 +51,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "api keys", include_str!("sqlite/0004_api_keys.sql")),
     (5, "waits", include_str!("sqlite/0005_waits.sql")),
     (6, "children", include_str!("sqlite/0006_children.sql")),
+    (
+        7,
+        "trace context",
+        include_str!("sqlite/0007_trace_context.sql"),
+    ),
 ];
 
 /// Log lines waiting for the writer; beyond this they are dropped and counted.
@@ -720,8 +725,8 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
         sqlx::query(
             "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
                                idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at,
-                               concurrency_key, concurrency_limit)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                               concurrency_key, concurrency_limit, trace_context)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
         )
         .bind(run.id.as_str())
         .bind(&run.task)
@@ -742,6 +747,7 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
                 .as_ref()
                 .map(|(_, limit)| i64::from(*limit)),
         )
+        .bind(&run.trace_context)
         .execute(&mut *conn)
         .await?;
         out.push(Enqueued {
@@ -891,7 +897,8 @@ async fn claim_runs(
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    let returning = "RETURNING id, task, input, attempts, lease_token, waits, spawned_by";
+    let returning =
+        "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
     let keyed: bool = sqlx::query_scalar(
         // On its partial index: the planner would pick `runs_by_status` and read every
         // queued row on every claim.
@@ -1034,6 +1041,7 @@ async fn claim_runs(
                     .try_get::<Option<String>, _>("spawned_by")?
                     .map(|id| parse_id(&id))
                     .transpose()?,
+                trace_context: row.try_get("trace_context")?,
             })
         })
         .collect()
@@ -1286,28 +1294,29 @@ async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::E
     let mut added = 0;
     let (again, new): (Vec<&NewChild>, Vec<&NewChild>) =
         spawn.children.iter().partition(|child| child.again);
-    // Seven parameters a row, three before them.
+    // Eight parameters a row, three before them.
     for chunk in new.chunks(CHUNK * 4) {
         let rows = (0..chunk.len())
             .map(|i| {
-                let b = 4 + 7 * i;
+                let b = 4 + 8 * i;
                 format!(
-                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
+                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
                     b + 1,
                     b + 2,
                     b + 3,
                     b + 4,
                     b + 5,
-                    b + 6
+                    b + 6,
+                    b + 7
                 )
             })
             .collect::<Vec<_>>()
             .join(", ");
         let mut query = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO runs (id, task, tenant_id, project_id, input, position, spawn_attempt,
-                               status, run_at, created_at, spawned_by, root_run_id)
+                               trace_context, status, run_at, created_at, spawned_by, root_run_id)
              SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
-                    'queued', ?3, ?3, ?1, ?1
+                    v.column8, 'queued', ?3, ?3, ?1, ?1
              FROM (VALUES {rows}) AS v WHERE {ROOT_HELD}
              ON CONFLICT DO NOTHING"
         )))
@@ -1322,7 +1331,8 @@ async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::E
                 .bind(&child.project_id)
                 .bind(json_text(&child.input))
                 .bind(&child.position)
-                .bind(i64::from(child.parent_attempt));
+                .bind(i64::from(child.parent_attempt))
+                .bind(&child.trace_context);
         }
         let result = query.execute(&mut *conn).await?;
         added += usize::try_from(result.rows_affected()).unwrap_or(0);
@@ -1332,19 +1342,22 @@ async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::E
     for chunk in again.chunks(CHUNK) {
         let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
         let attempt = chunk.iter().map(|c| c.parent_attempt).max().unwrap_or(1);
+        // One attempt of the parent queues them all: one trace context.
+        let trace = chunk.iter().find_map(|c| c.trace_context.as_deref());
         let result = sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET status = 'queued', run_at = ?3, attempts = 0, retried = NULL,
                     envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
                     cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL,
-                    waits = waits + 1, spawn_attempt = ?4
+                    waits = waits + 1, spawn_attempt = ?4, trace_context = ?5
              WHERE spawned_by = ?1 AND status IN ('failed', 'cancelled', 'expired')
                AND {ROOT_HELD} AND id IN ({})",
-            placeholders(ids.len(), 5)
+            placeholders(ids.len(), 6)
         )))
         .bind(spawn.parent.as_str())
         .bind(spawn.token)
         .bind(now)
         .bind(i64::from(attempt))
+        .bind(trace)
         .bind_all(&ids)
         .execute(&mut *conn)
         .await?;

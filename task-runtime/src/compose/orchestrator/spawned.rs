@@ -179,6 +179,8 @@ impl Spawner {
         let mut fresh: Vec<NewChild> = Vec::new();
         let mut more_later = false;
         let mut failed = false;
+        // The children continue this attempt's trace.
+        let trace_context = crate::telemetry::current();
         for branch in plan {
             let mut open_here = 0usize;
             let mut missing = Vec::new();
@@ -247,6 +249,7 @@ impl Spawner {
                             input,
                             parent_attempt: self.attempt,
                             again,
+                            trace_context: trace_context.clone(),
                         });
                         open.push(Open {
                             position,
