@@ -89,6 +89,7 @@ pub(crate) fn init_with_store(
             )
             .try_init(),
     };
+    telemetry.report();
     installed.is_ok().then_some(slot)
 }
 

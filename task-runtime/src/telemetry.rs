@@ -158,19 +158,39 @@ pub(crate) fn attempt_of(
 pub(crate) struct Exporter {
     #[cfg(feature = "otel")]
     provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+    /// Why the endpoint the variables name gets no exporter, logged once the subscriber is
+    /// installed ([`report`](Self::report)).
+    #[cfg(feature = "otel")]
+    failure: Option<String>,
 }
 
 #[cfg(feature = "cli")]
 impl Exporter {
     /// An exporter to the endpoint the standard `OTEL_*` variables name; none when they name
-    /// none (or the exporter cannot be built, which is reported on stderr).
+    /// none (or the exporter cannot be built: [`report`](Self::report) logs why).
     pub(crate) fn from_env() -> Exporter {
         #[cfg(feature = "otel")]
-        return Exporter {
-            provider: imp::provider_from_env(),
+        return match imp::provider_from_env() {
+            Ok(provider) => Exporter {
+                provider,
+                failure: None,
+            },
+            Err(failure) => Exporter {
+                provider: None,
+                failure: Some(failure),
+            },
         };
         #[cfg(not(feature = "otel"))]
         Exporter {}
+    }
+
+    /// Logs why traces are not exported, if the variables asked for it (called once the
+    /// subscriber is installed, so the warning goes where the logs go).
+    pub(crate) fn report(&self) {
+        #[cfg(feature = "otel")]
+        if let Some(error) = &self.failure {
+            tracing::warn!(%error, "traces are not exported");
+        }
     }
 
     /// The layer exporting spans, for the subscriber the CLI installs.
@@ -286,21 +306,14 @@ mod imp {
     }
 
     #[cfg(feature = "cli")]
-    pub(super) fn provider_from_env() -> Option<SdkTracerProvider> {
+    pub(super) fn provider_from_env() -> Result<Option<SdkTracerProvider>, String> {
         if !endpoint_set() {
-            return None;
+            return Ok(None);
         }
-        let exporter = match opentelemetry_otlp::SpanExporter::builder()
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .build()
-        {
-            Ok(exporter) => exporter,
-            Err(error) => {
-                // No subscriber is installed yet: stderr is the only place to say it.
-                eprintln!("warning: traces are not exported: {error}");
-                return None;
-            }
-        };
+            .map_err(|error| error.to_string())?;
         let mut resource = Resource::builder();
         if std::env::var_os("OTEL_SERVICE_NAME").is_none_or(|v| v.is_empty())
             && let Some(name) = binary_name()
@@ -312,7 +325,7 @@ mod imp {
             .with_resource(resource.build())
             .build();
         EXPORTING.store(true, Ordering::Relaxed);
-        Some(provider)
+        Ok(Some(provider))
     }
 
     #[cfg(feature = "cli")]
