@@ -466,6 +466,26 @@ pub(crate) struct JournalEntry {
     pub spawned: Option<SpawnedEnd>,
 }
 
+/// What a journal row says of its position: the output to replay (a journaled child's
+/// `completed` output, or a spawned child's results), and where a spawned child stands.
+/// `completed` is the row's output column when its status is `completed`; `envelope` is a
+/// spawned child's once it ended; `spawn_attempt` the parent's attempt that queued it.
+pub(crate) fn journal_outcome(
+    spawned: bool,
+    envelope: Option<RunOutput<Value>>,
+    completed: Option<Value>,
+    spawn_attempt: u32,
+) -> (Option<Value>, Option<SpawnedEnd>) {
+    match (spawned, envelope) {
+        (false, _) => (completed, None),
+        (true, None) => (None, Some(SpawnedEnd::Open)),
+        (true, Some(envelope)) => match envelope.job.error_detail {
+            None => (Some(envelope.results), Some(SpawnedEnd::Completed)),
+            Some(error) => (None, Some(SpawnedEnd::Failed(error, spawn_attempt))),
+        },
+    }
+}
+
 /// Where a spawned child stands, as its parent's journal sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum SpawnedEnd {

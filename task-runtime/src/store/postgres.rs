@@ -54,7 +54,7 @@ use super::ApiKeyRow;
 use super::{
     CancelOutcome, ChildWait, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease,
     ExpiredRun, HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewChild, NewRun,
-    RunFilter, RunInfo, RunStore, ScheduleFire, Settle, SpawnedEnd, StoreError, later, millis,
+    RunFilter, RunInfo, RunStore, ScheduleFire, Settle, StoreError, journal_outcome, later, millis,
     time,
 };
 use crate::envelope::RunOutput;
@@ -1705,24 +1705,18 @@ impl RunStore for PostgresStore {
                     let id: String = row.try_get("id")?;
                     let parent: String = row.try_get("parent_run_id")?;
                     let status: String = row.try_get("status")?;
-                    let spawned = row.try_get::<bool, _>("spawned")?;
-                    let envelope = json_column::<RunOutput<Value>>(row, "envelope")?;
-                    let (output, spawned) = match (spawned, envelope) {
-                        (false, _) if status == "completed" => (
-                            Some(json_column::<Value>(row, "output")?.unwrap_or_default()),
-                            None,
-                        ),
-                        (false, _) => (None, None),
-                        (true, None) => (None, Some(SpawnedEnd::Open)),
-                        (true, Some(envelope)) => match envelope.job.error_detail {
-                            None => (Some(envelope.results), Some(SpawnedEnd::Completed)),
-                            Some(error) => {
-                                let at = row.try_get::<i32, _>("spawn_attempt")?;
-                                let at = u32::try_from(at).unwrap_or(0);
-                                (None, Some(SpawnedEnd::Failed(error, at)))
-                            }
-                        },
+                    let completed = match status.as_str() {
+                        "completed" => {
+                            Some(json_column::<Value>(row, "output")?.unwrap_or_default())
+                        }
+                        _ => None,
                     };
+                    let (output, spawned) = journal_outcome(
+                        row.try_get("spawned")?,
+                        json_column(row, "envelope")?,
+                        completed,
+                        u32::try_from(row.try_get::<i32, _>("spawn_attempt")?).unwrap_or(0),
+                    );
                     let started: Option<i64> = row.try_get("started_at")?;
                     let finished: Option<i64> = row.try_get("finished_at")?;
                     Ok(JournalEntry {
