@@ -821,23 +821,7 @@ async fn keys_and_serve_from_the_command_line() {
         .await
         .unwrap();
     let id = reply["id"].as_str().unwrap().to_owned();
-    let mut finished = Value::Null;
-    for _ in 0..400 {
-        let run: Value = client
-            .get(format!("{base}/api/v1/runs/{id}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if run["status"] == "completed" {
-            finished = run;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let finished = task_tests::api::until_status(&client, &base, &key, &id, "completed").await;
     assert_eq!(
         finished["envelope"]["results"],
         json!({ "value": 8 }),

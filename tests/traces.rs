@@ -247,25 +247,7 @@ async fn http_trigger_is_one_trace(url: &str) {
     assert_eq!(ignored.status(), reqwest::StatusCode::OK);
     let ignored: Value = ignored.json().await.unwrap();
     let ignored_id = ignored["id"].as_str().expect("a run id").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let run: Value = client
-            .get(format!("{base}/api/v1/runs/{run_id}"))
-            .bearer_auth(&key)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        match run["status"].as_str() {
-            Some("completed") => break,
-            Some("failed" | "cancelled" | "expired") => panic!("the run did not complete: {run}"),
-            _ => {}
-        }
-        assert!(Instant::now() < deadline, "the run never completed: {run}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    task_tests::api::until_status(&client, &base, &key, &run_id, "completed").await;
     // A graceful stop flushes each process's spans before it exits.
     assert_eq!(stop(&mut worker).await, Some(0), "worker stops gracefully");
     assert_eq!(stop(&mut serve).await, Some(0), "serve stops gracefully");

@@ -73,17 +73,23 @@ fn secs(from: SystemTime, to: SystemTime) -> f64 {
     to.duration_since(from).unwrap_or_default().as_secs_f64()
 }
 
-async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
+/// A runtime on the store `STORE_URL` names, else on a fresh SQLite file in a directory of
+/// its own (under `BENCH_DIR`, default `$TMPDIR`), removed by the caller.
+async fn fresh(name: &str) -> (Runtime, std::path::PathBuf) {
     let dir = std::env::var_os("BENCH_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(std::env::temp_dir)
-        .join(format!("store-fanout-{task}-{}", std::process::id()));
+        .join(format!("store-fanout-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let url = std::env::var("STORE_URL")
         .unwrap_or_else(|_| format!("sqlite://{}/runs.db", dir.display()));
     let store = Store::connect(&url).await.unwrap();
-    let rt = Runtime::builder().store(store).build().unwrap();
+    (Runtime::builder().store(store).build().unwrap(), dir)
+}
+
+async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
+    let (rt, dir) = fresh(task).await;
     let worker = rt.worker().concurrency(16).start();
     enqueues.0.lock().unwrap().clear();
 
@@ -124,16 +130,7 @@ async fn measure(task: &str, items: u32, enqueues: &Enqueues) {
 /// (one batch), drained. The gap to the children's throughput is what being a child costs
 /// (the parent's journal row, its wake).
 async fn measure_flat(items: u32) {
-    let dir = std::env::var_os("BENCH_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
-        .join(format!("store-fanout-flat-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = std::env::var("STORE_URL")
-        .unwrap_or_else(|_| format!("sqlite://{}/runs.db", dir.display()));
-    let store = Store::connect(&url).await.unwrap();
-    let rt = Runtime::builder().store(store).build().unwrap();
+    let (rt, dir) = fresh("flat").await;
     let base = fan_input(items).base;
     let inputs = (0..items)
         .map(|i| serde_json::to_value(item(&base, i)).unwrap())

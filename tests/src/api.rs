@@ -111,19 +111,9 @@ impl Server {
         reply["id"].as_str().unwrap().to_owned()
     }
 
-    /// Polls the run until its status is `want` (bounded: 10 s).
+    /// Polls the run until its status is `want` (see [`until_status`]).
     pub async fn until_status(&self, key: &str, id: &str, want: &str) -> Value {
-        for _ in 0..400 {
-            let (status, run) = self
-                .call(Method::GET, &format!("/api/v1/runs/{id}"), Some(key), None)
-                .await;
-            assert_eq!(status, StatusCode::OK, "{run}");
-            if run["status"] == want {
-                return run;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("run {id} never reached {want}");
+        until_status(&self.client, &self.base, key, id, want).await
     }
 
     pub async fn stop(mut self) {
@@ -133,5 +123,36 @@ impl Server {
         if let Some(worker) = self.worker.take() {
             worker.shutdown(Duration::from_secs(5)).await;
         }
+    }
+}
+
+/// Polls `GET {base}/api/v1/runs/{id}` with `key` until the run's status is `want`, and
+/// returns the run; panics when it ends with another status, or after 60 s.
+pub async fn until_status(client: &Client, base: &str, key: &str, id: &str, want: &str) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let response = client
+            .get(format!("{base}/api/v1/runs/{id}"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let run: Value = response.json().await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{run}");
+        if run["status"] == want {
+            return run;
+        }
+        let ended = ["completed", "failed", "cancelled", "expired"];
+        assert!(
+            !ended.iter().any(|s| run["status"] == *s),
+            "run {id} ended {} instead of {want}: {run}",
+            run["status"]
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run {id} never reached {want}: {run}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
