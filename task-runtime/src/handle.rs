@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::{RunError, RunOutput};
 use crate::error::TaskError;
+use crate::exec::Ended;
 use crate::id::RunId;
 
 /// A run shared by every trigger with its idempotency key.
@@ -32,7 +33,7 @@ pub struct RunHandle {
     pub(crate) run_id: RunId,
     pub(crate) task: &'static str,
     pub(crate) cancel: CancellationToken,
-    pub(crate) done: Done<RunOutput<Value>>,
+    pub(crate) done: Done<Box<dyn Ended>>,
 }
 
 impl RunHandle {
@@ -60,7 +61,7 @@ impl RunHandle {
     pub async fn wait(self) -> RunOutput<Value> {
         match self.done {
             Done::Task(task) => match task.await {
-                Ok(out) => out,
+                Ok(out) => out.envelope(),
                 Err(join_error) => ended(self.task, self.run_id, &join_error),
             },
             Done::Shared(run) => run.await,

@@ -332,22 +332,19 @@ impl Limits {
         })
     }
 
-    /// Checks a JSON value already in memory: depth first (without recursion), then size.
+    /// Checks a JSON value already in memory: depth (without recursion), then size.
     pub fn check_value(&self, value: &Value) -> Result<(), InputError> {
-        if json::depth_exceeds(value, self.max_depth) {
-            return Err(InputError::TooDeep {
+        match json::check_limits(value, self.max_depth, self.max_input_bytes) {
+            Ok(()) => Ok(()),
+            Err(json::Over::Depth) => Err(InputError::TooDeep {
                 limit: self.max_depth,
-            });
-        }
-        if json::json_len(value, self.max_input_bytes).is_err() {
+            }),
             // Over the limit: count the rest too, so the error says how large it is.
-            let size = json::json_len(value, usize::MAX).unwrap_or_else(|n| n);
-            return Err(InputError::TooLarge {
-                size,
+            Err(json::Over::Length) => Err(InputError::TooLarge {
+                size: json::json_len(value, usize::MAX).unwrap_or_else(|n| n),
                 limit: self.max_input_bytes,
-            });
+            }),
         }
-        Ok(())
     }
 
     fn check_depth_bytes(&self, bytes: &[u8]) -> Result<(), InputError> {

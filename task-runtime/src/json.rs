@@ -14,6 +14,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Serialize};
 use serde_json::{Map, Value};
+use smallvec::SmallVec;
 
 /// A key found twice in one object: where (JSON pointer of the object) and which.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -158,6 +159,51 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 }
 
+/// Which limit a value passed (see [`check_limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Over {
+    /// It nests deeper than the depth limit.
+    Depth,
+    /// Its compact JSON is longer than the length limit.
+    Length,
+}
+
+/// Checks `root` against a depth limit (levels of arrays and objects) and a length limit
+/// (its compact JSON, as [`json_len`] counts it) in one walk, without recursion, and without
+/// allocating for documents of up to 32 pending values (a run by id checks every input). A
+/// value over both is `Over::Depth`: a document too deep to drop recursively must be known
+/// as such.
+pub(crate) fn check_limits(root: &Value, max_depth: usize, max_len: usize) -> Result<(), Over> {
+    let mut stack: SmallVec<[(&Value, usize); 32]> = SmallVec::new();
+    stack.push((root, 1));
+    let mut total = 0usize;
+    while let Some((value, depth)) = stack.pop() {
+        let container = matches!(value, Value::Array(_) | Value::Object(_));
+        if container && depth > max_depth {
+            return Err(Over::Depth);
+        }
+        total += match value {
+            Value::Array(items) => {
+                stack.extend(items.iter().map(|item| (item, depth + 1)));
+                2 + items.len().saturating_sub(1)
+            }
+            Value::Object(map) => {
+                stack.extend(map.values().map(|item| (item, depth + 1)));
+                object_len(map)
+            }
+            scalar => scalar_len(scalar),
+        };
+        if total > max_len {
+            return Err(if depth_exceeds(root, max_depth) {
+                Over::Depth
+            } else {
+                Over::Length
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Whether `value` nests deeper than `limit` levels of arrays and objects. Iterative.
 pub(crate) fn depth_exceeds(value: &Value, limit: usize) -> bool {
     // Only containers go on the stack; scalars cannot add depth.
@@ -181,55 +227,68 @@ pub(crate) fn depth_exceeds(value: &Value, limit: usize) -> bool {
     false
 }
 
+/// Compact JSON length of an object's own text: braces, commas, and per entry its key and
+/// a colon (not its values).
+fn object_len(map: &Map<String, Value>) -> usize {
+    2 + map.len().saturating_sub(1) + map.keys().map(|k| string_len(k) + 1).sum::<usize>()
+}
+
+/// Compact JSON length of a scalar (arrays and objects count 0 here).
+fn scalar_len(value: &Value) -> usize {
+    match value {
+        Value::Null | Value::Bool(true) => 4,
+        Value::Bool(false) => 5,
+        Value::Number(n) => number_len(n),
+        Value::String(s) => string_len(s),
+        Value::Array(_) | Value::Object(_) => 0,
+    }
+}
+
+fn string_len(s: &str) -> usize {
+    // Quotes, plus what `format_escaped_str` adds: `\"`, `\\` and the short escapes
+    // are two bytes, other control characters six (`\u00XX`). Most strings have none:
+    // a branch-free count first (it vectorizes), the byte-by-byte weights only then.
+    let bytes = s.as_bytes();
+    if !needs_escape(bytes) {
+        return s.len() + 2;
+    }
+    let extra: usize = bytes
+        .iter()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
+            0..=0x1f => 5,
+            _ => 0,
+        })
+        .sum();
+    s.len() + 2 + extra
+}
+
+fn number_len(n: &serde_json::Number) -> usize {
+    let mut counter = LenCounter(0);
+    // A number's own formatting (itoa/ryu), a handful of bytes.
+    let _ = serde_json::to_writer(&mut counter, n);
+    counter.0
+}
+
 /// The length of `value` as compact JSON (what `serde_json::to_vec` writes), counted without
 /// writing it and without recursion, stopping as soon as it passes `limit`: `Err(counted so
 /// far)` then. A run by id checks this on every input, so it walks the tree once and
 /// scans strings for the few bytes JSON escapes, instead of serializing them.
 pub(crate) fn json_len(value: &Value, limit: usize) -> Result<usize, usize> {
-    fn string_len(s: &str) -> usize {
-        // Quotes, plus what `format_escaped_str` adds: `\"`, `\\` and the short escapes
-        // are two bytes, other control characters six (`\u00XX`). Most strings have none:
-        // a branch-free count first (it vectorizes), the byte-by-byte weights only then.
-        let bytes = s.as_bytes();
-        if !needs_escape(bytes) {
-            return s.len() + 2;
-        }
-        let extra: usize = bytes
-            .iter()
-            .map(|b| match b {
-                b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 1,
-                0..=0x1f => 5,
-                _ => 0,
-            })
-            .sum();
-        s.len() + 2 + extra
-    }
-    fn number_len(n: &serde_json::Number) -> usize {
-        let mut counter = LenCounter(0);
-        // A number's own formatting (itoa/ryu), a handful of bytes.
-        let _ = serde_json::to_writer(&mut counter, n);
-        counter.0
-    }
     let mut total = 0usize;
     let mut stack = Vec::with_capacity(16);
     stack.push(value);
     while let Some(value) = stack.pop() {
         total += match value {
-            Value::Null => 4,
-            Value::Bool(true) => 4,
-            Value::Bool(false) => 5,
-            Value::Number(n) => number_len(n),
-            Value::String(s) => string_len(s),
             Value::Array(items) => {
                 stack.extend(items);
                 2 + items.len().saturating_sub(1)
             }
             Value::Object(map) => {
                 stack.extend(map.values());
-                // Braces, commas, and per entry its key and a colon.
-                2 + map.len().saturating_sub(1)
-                    + map.keys().map(|k| string_len(k) + 1).sum::<usize>()
+                object_len(map)
             }
+            scalar => scalar_len(scalar),
         };
         if total > limit {
             return Err(total);
@@ -672,6 +731,30 @@ mod tests {
             assert_eq!(json_len(&value, usize::MAX), Ok(len), "{value}");
             assert!(json_len(&value, len - 1).is_err());
         }
+    }
+
+    #[test]
+    fn limits_are_checked_in_one_walk_depth_first() {
+        let doc = serde_json::json!({"a": [1, {"b": "x\"y"}], "c": null, "d": [[[]]]});
+        let len = serde_json::to_vec(&doc).unwrap().len();
+        let depth = 4; // {} > [] > [] > []
+        assert_eq!(check_limits(&doc, depth, len), Ok(()));
+        assert_eq!(check_limits(&doc, depth, len - 1), Err(Over::Length));
+        assert_eq!(check_limits(&doc, depth - 1, len), Err(Over::Depth));
+        // Over both, however the walk meets them: the depth is what is reported.
+        assert_eq!(check_limits(&doc, depth - 1, 1), Err(Over::Depth));
+        let mut deep = serde_json::json!(1);
+        for _ in 0..10_000 {
+            deep = Value::Array(vec![deep]);
+        }
+        assert_eq!(check_limits(&deep, 128, usize::MAX), Err(Over::Depth));
+        assert_eq!(check_limits(&deep, 128, 10), Err(Over::Depth));
+        drop_deep(deep);
+        // Wider than the inline stack: still counted exactly.
+        let wide = Value::Array((0..1000).map(Value::from).collect());
+        let len = serde_json::to_vec(&wide).unwrap().len();
+        assert_eq!(check_limits(&wide, 1, len), Ok(()));
+        assert_eq!(check_limits(&wide, 1, len - 1), Err(Over::Length));
     }
 
     #[test]

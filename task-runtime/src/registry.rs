@@ -16,7 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::envelope::RunOutput;
-use crate::exec::{Executor, RunInput, Seed, execute};
+use crate::exec::{Ended, Executor, RunInput, Seed, execute};
 use crate::policy::RunPolicy;
 use crate::schema::TaskSchemas;
 use crate::task::{Kind, Task};
@@ -56,6 +56,7 @@ pub struct TaskDescriptor {
     schemas: fn() -> &'static TaskSchemas,
     run_json: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
     run_stored: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, StoredEnd>,
+    run_background: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, Box<dyn Ended>>,
 }
 
 /// How one attempt of a stored run ended: its envelope (`results` is the output as JSON),
@@ -95,6 +96,7 @@ impl TaskDescriptor {
             schemas: T::schemas,
             run_json: run_json::<T>,
             run_stored: run_stored::<T>,
+            run_background: run_background::<T>,
         }
     }
 
@@ -112,6 +114,16 @@ impl TaskDescriptor {
         seed: Seed,
     ) -> BoxFuture<'a, RunOutput<Value>> {
         (self.run_json)(exec, input, seed)
+    }
+
+    /// Runs a background run by id (`Runtime::trigger`) to its end, kept until waited for.
+    pub(crate) fn run_background<'a>(
+        &self,
+        exec: &'a Executor,
+        input: Value,
+        seed: Seed,
+    ) -> BoxFuture<'a, Box<dyn Ended>> {
+        (self.run_background)(exec, input, seed)
     }
 
     /// Runs one attempt of a stored run (`seed.attempt` says which).
@@ -146,6 +158,18 @@ fn run_json<T: Task>(exec: &Executor, input: Value, seed: Seed) -> BoxFuture<'_,
         execute::<T>(exec, RunInput::Json(input), seed)
             .await
             .into_json_envelope()
+    })
+}
+
+/// The entry point of background runs by id for handle `T`.
+fn run_background<T: Task>(
+    exec: &Executor,
+    input: Value,
+    seed: Seed,
+) -> BoxFuture<'_, Box<dyn Ended>> {
+    Box::pin(async move {
+        let finished = execute::<T>(exec, RunInput::Json(input), seed).await;
+        Box::new(finished.without_json()) as Box<dyn Ended>
     })
 }
 

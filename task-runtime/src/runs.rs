@@ -67,7 +67,12 @@ impl RunStatus {
     /// The status a finished envelope stands for.
     #[doc(hidden)]
     pub fn of_envelope(envelope: &RunOutput<Value>) -> RunStatus {
-        match envelope.job.error_detail.as_ref().map(TaskError::kind) {
+        RunStatus::of_error(envelope.job.error_detail.as_ref())
+    }
+
+    /// The status of a run that ended with `error` (none: completed).
+    pub(crate) fn of_error(error: Option<&TaskError>) -> RunStatus {
+        match error.map(TaskError::kind) {
             None => RunStatus::Completed,
             Some(ErrorKind::Cancelled { .. }) => RunStatus::Cancelled,
             Some(ErrorKind::Expired { .. }) => RunStatus::Expired,
@@ -282,10 +287,11 @@ impl LiveRuns {
             .is_some_and(|run| run.waiters.is_some())
     }
 
-    /// A run finished with `status`, nobody waiting for its envelope.
-    pub(crate) fn finish_status(&mut self, run_id: &RunId, status: RunStatus) {
+    /// A run finished with `status` after `attempts`, nobody waiting for its envelope.
+    pub(crate) fn finish_status(&mut self, run_id: &RunId, status: RunStatus, attempts: u32) {
         if let Some(run) = self.runs.get_mut(run_id) {
             run.status = status;
+            run.attempts = attempts;
             run.finished_at = Some(SystemTime::now());
             self.retire(run_id);
         }

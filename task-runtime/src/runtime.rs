@@ -22,7 +22,7 @@ use crate::builder::RuntimeBuilder;
 use crate::envelope::{RunError, RunOutput};
 use crate::error::{Issue, TaskError};
 use crate::exec::seed::lock;
-use crate::exec::{Executor, RunInput, Seed, execute};
+use crate::exec::{Ended, Executor, RunInput, Seed, execute};
 use crate::handle::{Done, RunHandle, SharedRun, TypedRunHandle};
 use crate::id::RunId;
 use crate::input::{InputError, Limits};
@@ -92,6 +92,31 @@ enum Holds {
     Until(Instant),
     /// It succeeded, and the TTL reaches past what the clock can represent.
     Forever,
+}
+
+/// When a background run may start: after its delay, and not past its time to live,
+/// counted from the trigger.
+#[derive(Debug, Clone, Copy)]
+struct Start {
+    delay: Option<Duration>,
+    /// The time to live, and the instant it ends (`None`: too far to represent, never).
+    ttl: Option<(Duration, Option<Instant>)>,
+}
+
+impl Start {
+    /// `None` for a run that starts at once, with nothing to wait for or check (boxed
+    /// otherwise, so a queued run's task stays small).
+    fn of(options: &TriggerOptions) -> Option<Box<Start>> {
+        if options.delay.is_none() && options.ttl.is_none() {
+            return None;
+        }
+        Some(Box::new(Start {
+            delay: options.delay,
+            ttl: options
+                .ttl
+                .map(|ttl| (ttl, Instant::now().checked_add(ttl))),
+        }))
+    }
 }
 
 /// Options of one trigger, built with chained setters.
@@ -429,9 +454,10 @@ impl Runtime {
                     Done::Stored(rt) => Done::Stored(rt),
                     Done::Task(task) => Done::Shared(
                         async move {
-                            task.await.unwrap_or_else(|e| {
-                                crate::handle::ended(T::ID, Runtime::new_run_id(), &e)
-                            })
+                            task.await.map_or_else(
+                                |e| crate::handle::ended(T::ID, Runtime::new_run_id(), &e),
+                                Ended::envelope,
+                            )
                         }
                         .boxed()
                         .shared(),
@@ -445,8 +471,13 @@ impl Runtime {
         let cancel = exec.root.child_token();
         self.register_live(&run_id, T::ID, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
+        let start = Start::of(&options);
         let task = self.inner.exec.tracker.spawn(async move {
-            if let Some(refused) = rt.wait_to_start(T::ID, &id, &options, &seed_cancel).await {
+            let refused = match rt.start_or_wait(T::ID, &id, start, &seed_cancel) {
+                Some(wait) => wait.await,
+                None => None,
+            };
+            if let Some(refused) = refused {
                 rt.finish_live(&id, &refused);
                 return Err(RunError::from_envelope(refused));
             }
@@ -457,7 +488,7 @@ impl Runtime {
             let out = Box::pin(execute::<T>(&exec, RunInput::Typed(input), seed)).await;
             let out = out.into_typed_envelope();
             match &out {
-                Ok(ok) => rt.finish_live_with(&id, || ok.to_json()),
+                Ok(ok) => rt.finish_live_with(&id, ok.metadata.attempts, || ok.to_json()),
                 Err(failed) => rt.finish_live(&id, &failed.envelope),
             }
             out
@@ -562,8 +593,10 @@ impl Runtime {
         };
         let (task_name, id_for_error) = (descriptor.id, handle.run_id.clone());
         let run: SharedRun = async move {
-            task.await
-                .unwrap_or_else(|e| crate::handle::ended(task_name, id_for_error, &e))
+            task.await.map_or_else(
+                |e| crate::handle::ended(task_name, id_for_error, &e),
+                Ended::envelope,
+            )
         }
         .boxed()
         .shared();
@@ -583,11 +616,11 @@ impl Runtime {
     }
 
     /// Keeps a succeeded run under its key until the TTL passes; releases it on failure.
-    fn settle_key(&self, scope: &KeyScope, ttl: Duration, out: &RunOutput<Value>) {
+    fn settle_key(&self, scope: &KeyScope, ttl: Duration, run_id: &RunId, success: bool) {
         let mut remembered = lock(&self.inner.idempotency);
         match remembered.get_mut(scope) {
-            Some(r) if r.run_id == out.job.run_id => {
-                if out.job.success {
+            Some(r) if r.run_id == *run_id => {
+                if success {
                     r.holds = match Instant::now().checked_add(ttl) {
                         Some(at) => Holds::Until(at),
                         None => Holds::Forever,
@@ -623,13 +656,32 @@ impl Runtime {
         lock(&self.inner.live).finish(run_id, envelope);
     }
 
-    /// `finish_live` with an envelope built only if someone waits for it.
-    fn finish_live_with(&self, run_id: &RunId, envelope: impl FnOnce() -> RunOutput<Value>) {
+    /// `finish_live` of a completed run, with an envelope built only if someone waits for it.
+    fn finish_live_with(
+        &self,
+        run_id: &RunId,
+        attempts: u32,
+        envelope: impl FnOnce() -> RunOutput<Value>,
+    ) {
         let mut live = lock(&self.inner.live);
         if live.has_waiters(run_id) {
             live.finish(run_id, &envelope());
         } else {
-            live.finish_status(run_id, RunStatus::Completed);
+            live.finish_status(run_id, RunStatus::Completed, attempts);
+        }
+    }
+
+    /// `finish_live` of a background run: its envelope is built now only if someone waits
+    /// in `runs().wait`, otherwise when its handle is awaited.
+    fn finish_live_ended(&self, run_id: &RunId, ended: Box<dyn Ended>) -> Box<dyn Ended> {
+        let mut live = lock(&self.inner.live);
+        if live.has_waiters(run_id) {
+            let envelope = ended.envelope();
+            live.finish(run_id, &envelope);
+            Box::new(envelope)
+        } else {
+            live.finish_status(run_id, ended.status(), ended.attempts());
+            ended
         }
     }
 
@@ -783,15 +835,33 @@ impl Runtime {
     }
 
     /// Waits out the delay; refuses a run cancelled meanwhile or past its TTL.
+    /// Marks a background run executing, unless it has a delay to wait out or a time to
+    /// live to check first: then the wait (boxed, so a run that starts at once carries no
+    /// timer state), whose envelope says why the run may not start.
+    fn start_or_wait<'a>(
+        &'a self,
+        task: &'static str,
+        run_id: &'a RunId,
+        start: Option<Box<Start>>,
+        cancel: &'a CancellationToken,
+    ) -> Option<std::pin::Pin<Box<impl Future<Output = Option<RunOutput<Value>>> + 'a>>> {
+        match start {
+            None => {
+                self.set_live_status(run_id, RunStatus::Executing);
+                None
+            }
+            Some(start) => Some(Box::pin(self.wait_to_start(task, run_id, *start, cancel))),
+        }
+    }
+
     async fn wait_to_start(
         &self,
         task: &'static str,
         run_id: &RunId,
-        options: &TriggerOptions,
+        start: Start,
         cancel: &CancellationToken,
     ) -> Option<RunOutput<Value>> {
-        let triggered = Instant::now();
-        if let Some(delay) = options.delay {
+        if let Some(delay) = start.delay {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = cancel.cancelled() => {
@@ -800,8 +870,8 @@ impl Runtime {
                 }
             }
         }
-        if let Some(ttl) = options.ttl
-            && triggered.elapsed() > ttl
+        if let Some((ttl, deadline)) = start.ttl
+            && deadline.is_some_and(|deadline| Instant::now() > deadline)
         {
             let error = TaskError::expired(format!(
                 "not started within its time to live of {}",
@@ -820,35 +890,38 @@ impl Runtime {
         options: TriggerOptions,
         key: Option<(KeyScope, Duration)>,
     ) -> RunHandle {
-        let exec = self.inner.exec.clone();
-        let cancel = exec.root.child_token();
+        let cancel = self.inner.exec.root.child_token();
         let run_id = Runtime::new_run_id();
         self.register_live(&run_id, descriptor.id, &options, &cancel);
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
-        // The run's state is boxed when the task first runs: until then (100 000 triggers
-        // queue up faster than they run) a task holds only its few captures.
+        let start = Start::of(&options);
+        let key = key.map(Box::new);
+        // Until it first runs (100 000 triggers queue up faster than they run) a task holds
+        // only these captures: the run's own state is boxed by `run_background`, and a
+        // delayed start's by its own box.
         let task = self.inner.exec.tracker.spawn(async move {
-            Box::pin(async move {
-                let out = match rt
-                    .wait_to_start(descriptor.id, &id, &options, &seed_cancel)
-                    .await
-                {
-                    Some(refused) => refused,
-                    None => {
-                        let seed = Seed {
-                            run_id: Some(id.clone()),
-                            ..Seed::root(seed_cancel)
-                        };
-                        descriptor.run_json(&exec, input, seed).await
-                    }
-                };
-                if let Some((scope, ttl)) = key {
-                    rt.settle_key(&scope, ttl, &out);
+            // The refusal is boxed: the task holds no envelope-sized slot across the run.
+            let refused = match rt.start_or_wait(descriptor.id, &id, start, &seed_cancel) {
+                Some(wait) => wait.await.map(Box::new),
+                None => None,
+            };
+            let ended: Box<dyn Ended> = match refused {
+                Some(refused) => refused,
+                None => {
+                    let seed = Seed {
+                        run_id: Some(id.clone()),
+                        ..Seed::root(seed_cancel)
+                    };
+                    descriptor
+                        .run_background(&rt.inner.exec, input, seed)
+                        .await
                 }
-                rt.finish_live(&id, &out);
-                out
-            })
-            .await
+            };
+            if let Some(key) = key {
+                let (scope, ttl) = *key;
+                rt.settle_key(&scope, ttl, &id, ended.status() == RunStatus::Completed);
+            }
+            rt.finish_live_ended(&id, ended)
         });
         RunHandle {
             run_id,

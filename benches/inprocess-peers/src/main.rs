@@ -1,6 +1,6 @@
 //! 100 000 no-op jobs pushed and drained in-process: apalis 1.x `MemoryStorage` (two
 //! workers' worth of concurrency, inline), our `orchestrator!` `each` fan-out over 100 000
-//! validated items, and 100 000 `rt.trigger` by id with JSON then all awaited. Each sample is
+//! validated items, and 100 000 `rt.trigger` by id with the same jobs as JSON, then all awaited. Each sample is
 //! a fresh process (the binary runs itself), the modes interleaved, so allocator and page
 //! state never carry over; peak memory is the process's `VmHWM`.
 //!
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use apalis::prelude::*;
-use common::{FAN_OUT_ITEMS, FanOut, NoopInput, fan_input, item, payload, tokio_runtime};
+use common::{FAN_OUT_ITEMS, FanOut, NoopInput, fan_input, item, tokio_runtime};
 use task_runtime::BaseInput;
 
 const JOBS: usize = FAN_OUT_ITEMS as usize;
@@ -73,12 +73,18 @@ fn run_each(tokio: &tokio::runtime::Runtime) {
 
 fn run_trigger(tokio: &tokio::runtime::Runtime) {
     let rt = task_runtime::Runtime::new();
-    let json = payload();
     let ok = tokio.block_on(async move {
         tokio::spawn(async move {
+            // The jobs apalis is given (`item`), as the JSON a caller triggering by id sends.
             let mut handles = Vec::with_capacity(JOBS);
-            for _ in 0..JOBS {
-                handles.push(rt.trigger("noop", json.clone()).await.expect("accepted"));
+            for i in 0..JOBS as u32 {
+                let json = serde_json::json!({
+                    "tenantId": "tenant-0001",
+                    "projectId": "project-0001",
+                    "value": i,
+                    "label": "item",
+                });
+                handles.push(rt.trigger("noop", json).await.expect("accepted"));
             }
             let mut ok = 0;
             for handle in handles {

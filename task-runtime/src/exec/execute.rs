@@ -18,6 +18,7 @@ use crate::error::{Issue, TaskError};
 use crate::id::RunId;
 use crate::input::{TrampData, capture_tramp, without_inherited};
 use crate::json;
+use crate::runs::RunStatus;
 use crate::store::journal::Recorded;
 use crate::task::Task;
 use crate::telemetry;
@@ -134,6 +135,57 @@ impl<O> Finished<O> {
             replayed: false,
             retry_in: None,
         }
+    }
+}
+
+/// A background run that ended, kept until someone waits for it (`RunHandle::wait`). A
+/// finished run keeps its typed output, not the output's JSON, which is built on `wait`: a
+/// small object's JSON is a 632-byte map, and 100 000 runs triggered before any is awaited
+/// would hold 100 000 of them.
+pub(crate) trait Ended: Send {
+    /// The status it ended with.
+    fn status(&self) -> RunStatus;
+    /// Attempts it took.
+    fn attempts(&self) -> u32;
+    /// Its envelope, the output as JSON.
+    fn envelope(self: Box<Self>) -> RunOutput<Value>;
+}
+
+impl<O: serde::Serialize + Send> Ended for Finished<O> {
+    fn status(&self) -> RunStatus {
+        RunStatus::of_error(self.result.as_ref().err())
+    }
+
+    fn attempts(&self) -> u32 {
+        self.report.attempts
+    }
+
+    fn envelope(self: Box<Self>) -> RunOutput<Value> {
+        self.into_json_envelope()
+    }
+}
+
+impl Ended for RunOutput<Value> {
+    fn status(&self) -> RunStatus {
+        RunStatus::of_envelope(self)
+    }
+
+    fn attempts(&self) -> u32 {
+        self.metadata.attempts
+    }
+
+    fn envelope(self: Box<Self>) -> RunOutput<Value> {
+        *self
+    }
+}
+
+impl<O> Finished<O> {
+    /// Drops the output's JSON (kept for a finished background run, see [`Ended`]).
+    pub(crate) fn without_json(mut self) -> Self {
+        if let Ok(produced) = &mut self.result {
+            produced.json = None;
+        }
+        self
     }
 }
 
