@@ -1,9 +1,13 @@
 //! Single tasks end to end: the envelope, validation at both boundaries, bad input of every
 //! kind, user errors, the registry, run handles and logging.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use task_runtime::prelude::*;
-use task_runtime::{ErrorKind, Kind, Registry, RegistryError, TaskDescriptor};
+use task_runtime::{
+    ErrorKind, Kind, Registry, RegistryError, RunStatus, TaskDescriptor, TriggerOptions,
+};
 use task_tests::*;
 
 fn base_json() -> Value {
@@ -333,6 +337,65 @@ async fn trigger_returns_a_handle_with_the_run_id() {
     let refused = rt.trigger("nope", json!({})).await.unwrap_err();
     assert_eq!(refused.error.kind_name(), "notFound");
     assert_eq!(refused.envelope.job.task_name, "nope");
+}
+
+#[tokio::test(start_paused = true)]
+async fn runs_triggered_by_id_keep_their_envelope_until_awaited_and_expire_from_the_trigger() {
+    let rt = Runtime::new();
+    let input = |value: i64| json!({ "tenantId": "acme", "projectId": "docs", "value": value });
+    let mut handles = Vec::new();
+    for value in 0..3 {
+        handles.push(rt.trigger("double", input(value)).await.unwrap());
+    }
+    let refused = rt
+        .trigger("double", json!({ "tenantId": "acme" }))
+        .await
+        .unwrap();
+    // Every run ends before any handle is awaited: each keeps what its envelope needs.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (value, handle) in (0..).zip(handles) {
+        let id = handle.run_id().clone();
+        let info = rt.runs().get(&id).await.unwrap().expect("a recent run");
+        assert_eq!((info.status, info.attempts), (RunStatus::Completed, 1));
+        let out = handle.wait().await;
+        assert!(out.job.success, "{:?}", out.job.error);
+        assert_eq!(out.job.run_id, id);
+        assert_eq!(out.job.input, input(value));
+        assert_eq!(out.results, json!({ "value": value * 2 }));
+        assert_eq!(out.metadata.attempts, 1);
+    }
+    let info = rt.runs().get(refused.run_id()).await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Failed);
+    let out = refused.wait().await;
+    assert_eq!(out.results, Value::Null);
+    assert_eq!(out.error().map(TaskError::kind_name), Some("invalidInput"));
+
+    // A time to live counts from the trigger: a run delayed past it expires unrun, one
+    // delayed within it runs; one that lives forever (`Duration::MAX`) runs too.
+    let options = |delay: u64, ttl: Duration| {
+        TriggerOptions::new()
+            .delay(Duration::from_secs(delay))
+            .ttl(ttl)
+    };
+    let late = rt
+        .trigger_with("double", input(1), options(10, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let soon = rt
+        .trigger_with("double", input(2), options(4, Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let forever = rt
+        .trigger_with("double", input(3), options(1, Duration::MAX))
+        .await
+        .unwrap();
+    let late_id = late.run_id().clone();
+    let out = late.wait().await;
+    assert_eq!(out.error().map(TaskError::kind_name), Some("expired"));
+    let info = rt.runs().get(&late_id).await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Expired);
+    assert_eq!(soon.wait().await.results, json!({ "value": 4 }));
+    assert_eq!(forever.wait().await.results, json!({ "value": 6 }));
 }
 
 #[tokio::test]

@@ -912,9 +912,7 @@ impl Runtime {
                         run_id: Some(id.clone()),
                         ..Seed::root(seed_cancel)
                     };
-                    descriptor
-                        .run_background(&rt.inner.exec, input, seed)
-                        .await
+                    descriptor.run_background(&rt.inner.exec, input, seed).await
                 }
             };
             if let Some(key) = key {
