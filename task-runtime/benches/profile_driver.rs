@@ -2,7 +2,7 @@
 //! of run `N` times in a loop, with no criterion machinery around it.
 //!
 //! `cargo bench -p task-runtime --bench profile_driver --no-run`, then run the binary under
-//! the profiler with `direct|run|trigger|track|fanout|joinset [N]` or `sizes`
+//! the profiler with `direct|run|trigger|background|track|fanout|joinset [N]` or `sizes`
 //! (`fanout` and `joinset` run once over `N` items).
 
 mod common;
@@ -93,6 +93,10 @@ fn main() {
                 "trigger" => {
                     black_box(rt.trigger_and_wait("noop", json.clone()).await);
                 }
+                "background" => {
+                    let handle = rt.trigger("noop", json.clone()).await.expect("accepted");
+                    black_box(handle.wait().await);
+                }
                 "track" => {
                     black_box(rt.run(Noop3, input.clone()).await.expect("ok"));
                 }
@@ -104,7 +108,7 @@ fn main() {
                     black_box(raw_fan_out(ctx.clone(), n).await);
                     break;
                 }
-                other => panic!("unknown mode {other}: direct|run|trigger|track|fanout|joinset"),
+                other => panic!("unknown mode {other}: direct|run|trigger|background|track|fanout|joinset"),
             }
         }
     });
