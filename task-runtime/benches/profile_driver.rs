@@ -108,7 +108,9 @@ fn main() {
                     black_box(raw_fan_out(ctx.clone(), n).await);
                     break;
                 }
-                other => panic!("unknown mode {other}: direct|run|trigger|background|track|fanout|joinset"),
+                other => panic!(
+                    "unknown mode {other}: direct|run|trigger|background|track|fanout|joinset"
+                ),
             }
         }
     });
