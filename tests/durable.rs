@@ -379,3 +379,76 @@ async fn a_store_locked_past_the_busy_timeout_is_a_clear_error_and_loses_nothing
     assert!(again.is_ok(), "the lock is gone");
     assert!(rt.runs().get(first.run_id()).await.unwrap().is_some());
 }
+
+/// Per-key limits on SQLite: one run at a time per tenant, while other tenants' runs and
+/// runs without a key proceed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_limits_hold_while_other_keys_and_keyless_runs_proceed() {
+    let dir = scratch("keys");
+    let (rt, _store) = durable(&dir).await;
+    let probe = Probe::new();
+    let trigger = |name: String, tenant: &'static str, keyed: bool| {
+        let (rt, probe) = (rt.clone(), probe.clone());
+        async move {
+            let mut input = WorkInput::new(&probe, &name, 30);
+            input.base = BaseInput::new(tenant, "p");
+            let options = if keyed {
+                TriggerOptions::new().concurrency_key(tenant)
+            } else {
+                TriggerOptions::new()
+            };
+            rt.trigger_with("work", json_of(&input), options)
+                .await
+                .unwrap()
+        }
+    };
+    let mut handles = Vec::new();
+    for i in 0..4 {
+        handles.push(trigger(format!("alone{i}"), "alone", false).await);
+    }
+    let worker = rt.worker().concurrency(8).start();
+    for handle in handles.drain(..) {
+        assert!(handle.wait().await.job.success);
+    }
+    // Tenant a's backlog first, then b's and c's, and keyless runs among them.
+    for (tenant, n) in [("a", 6), ("b", 3), ("c", 3)] {
+        for i in 0..n {
+            handles.push(trigger(format!("{tenant}{i}"), tenant, true).await);
+        }
+        handles.push(trigger(format!("free-{tenant}"), "free", false).await);
+    }
+    let mut ids = Vec::new();
+    for handle in handles {
+        ids.push(handle.run_id().clone());
+        assert!(handle.wait().await.job.success);
+    }
+    worker.shutdown(Duration::from_secs(5)).await;
+    let mut runs = Vec::new();
+    for id in &ids {
+        runs.push(rt.runs().get(id).await.unwrap().unwrap());
+    }
+    let of = |tenant: &str| -> Vec<(std::time::SystemTime, std::time::SystemTime)> {
+        let mut mine: Vec<_> = runs
+            .iter()
+            .filter(|r| r.tenant_id.as_deref() == Some(tenant))
+            .map(|r| (r.started_at.unwrap(), r.finished_at.unwrap()))
+            .collect();
+        mine.sort();
+        mine
+    };
+    for tenant in ["a", "b", "c"] {
+        for pair in of(tenant).windows(2) {
+            assert!(
+                pair[0].1 <= pair[1].0,
+                "tenant {tenant} overlapped: {pair:?}"
+            );
+        }
+    }
+    // b, c and the keyless runs did not wait for a's backlog.
+    let last_a = of("a").last().unwrap().0;
+    for other in ["b", "c", "free"] {
+        assert!(of(other)[0].0 < last_a, "{other} waited for a's backlog");
+    }
+    // Each run executed once: 4 keyless alone, 12 keyed, 3 keyless among them.
+    assert_eq!(probe.count("start work:"), 4 + 12 + 3);
+}

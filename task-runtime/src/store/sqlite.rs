@@ -899,17 +899,17 @@ async fn claim_runs(
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
     let returning =
         "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
-    let keyed: bool = sqlx::query_scalar(
-        // On its partial index: the planner would pick `runs_by_status` and read every
-        // queued row on every claim.
-        "SELECT EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due WHERE concurrency_key IS NOT NULL
-                          AND status IN ('queued', 'delayed') AND parent_run_id IS NULL)",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let rows: Vec<SqliteRow> = if request.task_limits.is_empty() && !keyed {
-        // The common case, one statement: due runs, oldest first.
-        sqlx::query(AssertSqlSafe(format!(
+    // A run with a concurrency key is queued: the claim must count what executes with its
+    // key (below). On its partial index: the planner would pick `runs_by_status` and read
+    // every queued row on every claim.
+    let keyed_queued = "EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due
+                         WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'delayed')
+                           AND parent_run_id IS NULL)";
+    let mut plain = Vec::new();
+    let simple = request.task_limits.is_empty() && {
+        // The common case, one statement: due runs, oldest first, unless a keyed run is
+        // queued (then it updates nothing, and the keyed claim below runs).
+        plain = sqlx::query(AssertSqlSafe(format!(
             "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
                     lease_token = lease_token + 1, attempts = attempts + 1,
                     started_at = coalesce(started_at, ?3)
@@ -917,6 +917,7 @@ async fn claim_runs(
                           WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
                             AND run_at <= (SELECT ?3) AND (expire_at IS NULL OR expire_at > ?3)
                           ORDER BY run_at, id LIMIT ?4)
+               AND NOT {keyed_queued}
              {returning}"
         )))
         .bind(&request.owner)
@@ -924,7 +925,15 @@ async fn claim_runs(
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *conn)
-        .await?
+        .await?;
+        // Nothing claimed: nothing was due, or a keyed run was queued.
+        !plain.is_empty()
+            || !sqlx::query_scalar::<_, bool>(AssertSqlSafe(format!("SELECT {keyed_queued}")))
+                .fetch_one(&mut *conn)
+                .await?
+    };
+    let rows: Vec<SqliteRow> = if simple {
+        plain
     } else {
         // Tasks with a concurrency limit: count what executes now (in every process), leave
         // out the tasks at their limit, and take no more of each than its room.
