@@ -233,11 +233,13 @@ fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
     if let sqlx::Error::Database(db) = error {
         let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
         let reason = db.message().to_owned();
-        return match code & 0xff {
-            5 | 6 => StoreError::Locked {
+        if is_busy(error) {
+            return StoreError::Locked {
                 path: path.to_owned(),
                 waited_ms: u64::try_from(busy.as_millis()).unwrap_or(u64::MAX),
-            },
+            };
+        }
+        return match code & 0xff {
             13 => StoreError::Full {
                 path: path.to_owned(),
                 reason,
@@ -261,6 +263,38 @@ fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
         other => StoreError::Backend {
             reason: other.to_string(),
         },
+    }
+}
+
+/// Runs `open` again while the file is busy, for up to `busy`. SQLite answers some lock
+/// conflicts at once, without its busy handler: several processes switching a new file to
+/// WAL at once, or a transaction whose snapshot another process's commit made stale.
+async fn while_busy<T, F, Fut>(busy: Duration, mut open: F) -> Result<T, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
+{
+    let deadline = std::time::Instant::now() + busy;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match open().await {
+            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// SQLite's "busy" or "locked" (any extended code of either).
+fn is_busy(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
+            matches!(code & 0xff, 5 | 6)
+        }
+        _ => false,
     }
 }
 
@@ -308,16 +342,19 @@ impl SqliteStore {
         if let Some(pages) = max_pages {
             options = options.pragma("max_page_count", pages.to_string());
         }
-        let mut writer = SqliteConnection::connect_with(&options)
+        let mut writer = while_busy(busy, || SqliteConnection::connect_with(&options))
             .await
             .map_err(|e| fail(&e))?;
         migrate(&mut writer, &path, busy).await?;
-        let reads = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options.clone().create_if_missing(false))
-            .await
-            .map_err(|e| fail(&e))?;
-        let mut watch = SqliteConnection::connect_with(&options)
+        let read_options = options.clone().create_if_missing(false);
+        let reads = while_busy(busy, || {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(read_options.clone())
+        })
+        .await
+        .map_err(|e| fail(&e))?;
+        let mut watch = while_busy(busy, || SqliteConnection::connect_with(&options))
             .await
             .map_err(|e| fail(&e))?;
         let version = data_version(&mut watch).await.map_err(|e| fail(&e))?;
@@ -382,16 +419,32 @@ async fn migrate(
 ) -> Result<(), StoreError> {
     let migrator = migrator();
     let known = MIGRATIONS.iter().map(|m| m.0).max().unwrap_or(0);
-    // Processes opening a new file at once race migration by migration: a loser's failed
-    // attempt means another process applied that migration, so it tries again, at most
-    // once per migration (each failure is another one applied).
+    // Processes opening a new file at once race migration by migration. A loser's failed
+    // attempt means another process applied that migration: it tries again, at most once
+    // per migration (each such failure is another one applied). A busy file (another
+    // process holds the write lock, or committed under this one's read: SQLite then answers
+    // at once, without its busy handler) is tried again until the busy timeout.
+    let deadline = std::time::Instant::now() + busy;
+    let mut raced = 0;
+    let mut pause = Duration::from_millis(5);
     let mut outcome = migrator.run(&mut *conn).await;
-    for attempt in 1..=MIGRATIONS.len() as u32 {
+    loop {
         use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
-        if !matches!(outcome, Err(Execute(_) | ExecuteMigration(..))) {
+        let again = match &outcome {
+            Err(Execute(e) | ExecuteMigration(e, _)) if is_busy(e) => {
+                std::time::Instant::now() < deadline
+            }
+            Err(Execute(_) | ExecuteMigration(..)) => {
+                raced += 1;
+                raced <= MIGRATIONS.len()
+            }
+            _ => false,
+        };
+        if !again {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(5 * u64::from(attempt))).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
         outcome = migrator.run(&mut *conn).await;
     }
     match outcome {
