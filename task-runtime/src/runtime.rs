@@ -834,7 +834,6 @@ impl Runtime {
         Ok(self.spawn(descriptor, input, options, None).run_id)
     }
 
-    /// Waits out the delay; refuses a run cancelled meanwhile or past its TTL.
     /// Marks a background run executing, unless it has a delay to wait out or a time to
     /// live to check first: then the wait (boxed, so a run that starts at once carries no
     /// timer state), whose envelope says why the run may not start.
@@ -854,6 +853,7 @@ impl Runtime {
         }
     }
 
+    /// Waits out the delay; refuses a run cancelled meanwhile or past its TTL.
     async fn wait_to_start(
         &self,
         task: &'static str,
