@@ -427,27 +427,16 @@ async fn per_key_limits_hold_while_other_keys_and_keyless_runs_proceed() {
     for id in &ids {
         runs.push(rt.runs().get(id).await.unwrap().unwrap());
     }
-    let of = |tenant: &str| -> Vec<(std::time::SystemTime, std::time::SystemTime)> {
-        let mut mine: Vec<_> = runs
-            .iter()
-            .filter(|r| r.tenant_id.as_deref() == Some(tenant))
-            .map(|r| (r.started_at.unwrap(), r.finished_at.unwrap()))
-            .collect();
-        mine.sort();
-        mine
-    };
     for tenant in ["a", "b", "c"] {
-        for pair in of(tenant).windows(2) {
-            assert!(
-                pair[0].1 <= pair[1].0,
-                "tenant {tenant} overlapped: {pair:?}"
-            );
-        }
+        assert_one_at_a_time(&runs, tenant);
     }
     // b, c and the keyless runs did not wait for a's backlog.
-    let last_a = of("a").last().unwrap().0;
+    let last_a = intervals_of(&runs, "a").last().unwrap().0;
     for other in ["b", "c", "free"] {
-        assert!(of(other)[0].0 < last_a, "{other} waited for a's backlog");
+        assert!(
+            intervals_of(&runs, other)[0].0 < last_a,
+            "{other} waited for a's backlog"
+        );
     }
     // Each run executed once: 4 keyless alone, 12 keyed, 3 keyless among them.
     assert_eq!(probe.count("start work:"), 4 + 12 + 3);

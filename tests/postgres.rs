@@ -589,35 +589,12 @@ async fn per_key_limits_on_one_worker_let_other_keys_proceed() {
     for id in &ids {
         runs.push(rt.runs().get(id).await.unwrap().unwrap());
     }
-    let interval = |r: &task_runtime::RunInfo| (r.started_at.unwrap(), r.finished_at.unwrap());
     for tenant in ["a", "b", "c"] {
-        let mut mine: Vec<_> = runs
-            .iter()
-            .filter(|r| r.tenant_id.as_deref() == Some(tenant))
-            .map(interval)
-            .collect();
-        mine.sort();
-        for pair in mine.windows(2) {
-            assert!(
-                pair[0].1 <= pair[1].0,
-                "tenant {tenant} overlapped: {pair:?}"
-            );
-        }
+        assert_one_at_a_time(&runs, tenant);
     }
     // b and c did not wait for a's backlog.
-    let first_of = |tenant: &str| {
-        runs.iter()
-            .filter(|r| r.tenant_id.as_deref() == Some(tenant))
-            .map(|r| r.started_at.unwrap())
-            .min()
-            .unwrap()
-    };
-    let last_a = runs
-        .iter()
-        .filter(|r| r.tenant_id.as_deref() == Some("a"))
-        .map(|r| r.started_at.unwrap())
-        .max()
-        .unwrap();
+    let first_of = |tenant: &str| intervals_of(&runs, tenant)[0].0;
+    let last_a = intervals_of(&runs, "a").last().unwrap().0;
     assert!(first_of("b") < last_a && first_of("c") < last_a);
 }
 

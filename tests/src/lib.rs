@@ -678,3 +678,27 @@ track! {
         FlakyStep = |_prev, original| WorkInput { label: format!("{}-3", original.label), ..original.clone() },
     }
 }
+
+/// The (started, finished) times of `tenant`'s runs, in start order.
+pub fn intervals_of(
+    runs: &[task_runtime::RunInfo],
+    tenant: &str,
+) -> Vec<(std::time::SystemTime, std::time::SystemTime)> {
+    let mut mine: Vec<_> = runs
+        .iter()
+        .filter(|r| r.tenant_id.as_deref() == Some(tenant))
+        .map(|r| (r.started_at.unwrap(), r.finished_at.unwrap()))
+        .collect();
+    mine.sort();
+    mine
+}
+
+/// Asserts that `tenant`'s runs executed one at a time (a per-key limit of 1).
+pub fn assert_one_at_a_time(runs: &[task_runtime::RunInfo], tenant: &str) {
+    for pair in intervals_of(runs, tenant).windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "tenant {tenant} overlapped: {pair:?}"
+        );
+    }
+}

@@ -266,22 +266,44 @@ fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
     }
 }
 
-/// Runs `open` again while the file is busy, for up to `busy`. SQLite answers some lock
-/// conflicts at once, without its busy handler: several processes switching a new file to
-/// WAL at once, or a transaction whose snapshot another process's commit made stale.
+/// Pauses between tries of a busy file (5 ms, doubling up to 50), until the busy timeout.
+/// SQLite answers some lock conflicts at once, without its busy handler: several processes
+/// switching a new file to WAL at once, or a transaction whose snapshot another process's
+/// commit made stale.
+struct BusyBackoff {
+    deadline: std::time::Instant,
+    pause: Duration,
+}
+
+impl BusyBackoff {
+    fn new(busy: Duration) -> Self {
+        BusyBackoff {
+            deadline: std::time::Instant::now() + busy,
+            pause: Duration::from_millis(5),
+        }
+    }
+
+    /// Waits before the next try; `false` (at once) once the busy timeout has passed.
+    async fn pause(&mut self) -> bool {
+        if std::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        tokio::time::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(Duration::from_millis(50));
+        true
+    }
+}
+
+/// Runs `open` again while the file is busy, for up to `busy` (see [`BusyBackoff`]).
 async fn while_busy<T, F, Fut>(busy: Duration, mut open: F) -> Result<T, sqlx::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, sqlx::Error>>,
 {
-    let deadline = std::time::Instant::now() + busy;
-    let mut pause = Duration::from_millis(5);
+    let mut backoff = BusyBackoff::new(busy);
     loop {
         match open().await {
-            Err(e) if is_busy(&e) && std::time::Instant::now() < deadline => {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(50));
-            }
+            Err(e) if is_busy(&e) && backoff.pause().await => {}
             other => return other,
         }
     }
@@ -424,27 +446,23 @@ async fn migrate(
     // per migration (each such failure is another one applied). A busy file (another
     // process holds the write lock, or committed under this one's read: SQLite then answers
     // at once, without its busy handler) is tried again until the busy timeout.
-    let deadline = std::time::Instant::now() + busy;
+    let mut backoff = BusyBackoff::new(busy);
     let mut raced = 0;
-    let mut pause = Duration::from_millis(5);
     let mut outcome = migrator.run(&mut *conn).await;
     loop {
         use sqlx::migrate::MigrateError::{Execute, ExecuteMigration};
         let again = match &outcome {
-            Err(Execute(e) | ExecuteMigration(e, _)) if is_busy(e) => {
-                std::time::Instant::now() < deadline
-            }
-            Err(Execute(_) | ExecuteMigration(..)) => {
+            Err(Execute(e) | ExecuteMigration(e, _)) if is_busy(e) => backoff.pause().await,
+            Err(Execute(_) | ExecuteMigration(..)) if raced < MIGRATIONS.len() as u64 => {
                 raced += 1;
-                raced <= MIGRATIONS.len()
+                tokio::time::sleep(Duration::from_millis(5 * raced)).await;
+                true
             }
             _ => false,
         };
         if !again {
             break;
         }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(50));
         outcome = migrator.run(&mut *conn).await;
     }
     match outcome {
