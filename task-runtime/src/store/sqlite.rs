@@ -521,13 +521,73 @@ async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), sqlx::Error> {
     sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
 }
 
+/// `sql` inside its own transaction, as one call: sqlx-sqlite runs a connection on a thread
+/// of its own and hands it every call and the answer back (two thread switches a call), so
+/// a write that is one statement alone in its batch (the common claim, a worker's finished
+/// runs, a trigger one by one) sends `BEGIN IMMEDIATE; ..; COMMIT` at once, not in three
+/// calls. Its parameters are numbered (`?N`), which sqlx binds across the statements.
+fn framed(sql: &str) -> String {
+    format!("BEGIN IMMEDIATE;\n{sql};\nCOMMIT")
+}
+
+/// Applies a write alone in its batch as one framed call when it is one statement, and
+/// answers it; hands back any other write (or a claim that found a keyed run queued). A
+/// framed call that fails is rolled back (a failed `BEGIN` leaves nothing to roll back)
+/// and answered with its error, as in a batch.
+async fn apply_framed(
+    conn: &mut Conn,
+    write: Write,
+    fail: &impl Fn(&sqlx::Error) -> StoreError,
+) -> Option<Write> {
+    let failed = async |conn: &mut Conn, error: &sqlx::Error| {
+        let error = fail(error);
+        tracing::warn!(%error, "store write failed");
+        let _ = exec(conn, "ROLLBACK").await;
+        error
+    };
+    match write {
+        Write::Claim(request, tx) if request.task_limits.is_empty() => {
+            match claim_framed(conn, &request).await {
+                Ok(Some(claimed)) => drop(tx.send(Ok(claimed))),
+                Ok(None) => return Some(Write::Claim(request, tx)),
+                Err(e) => drop(tx.send(Err(failed(conn, &e).await))),
+            }
+        }
+        Write::Settle(outcomes, tx) => match settle_framed(conn, &outcomes).await {
+            Some(Ok(applied)) => drop(tx.send(Ok(applied))),
+            Some(Err(e)) => drop(tx.send(Err(failed(conn, &e).await))),
+            None => return Some(Write::Settle(outcomes, tx)),
+        },
+        Write::Enqueue(runs, tx) => match enqueue_framed(conn, &runs).await {
+            Some(Ok(enqueued)) => drop(tx.send(Ok(enqueued))),
+            Some(Err(e)) => drop(tx.send(Err(failed(conn, &e).await))),
+            None => return Some(Write::Enqueue(runs, tx)),
+        },
+        other => return Some(other),
+    }
+    None
+}
+
 /// Applies `writes` in one transaction (one commit for everything waiting: concurrent
 /// triggers, a worker's settles and its next claim). When a write fails (a constraint, a
 /// full disk), the transaction is rolled back, that write is answered with its error, and
 /// the others are applied again in a new transaction: each write is all or nothing, and
 /// none is answered before its transaction committed.
-async fn apply_batch(conn: &mut SqliteConnection, writes: Vec<Write>, path: &str, busy: Duration) {
+async fn apply_batch(
+    conn: &mut SqliteConnection,
+    mut writes: Vec<Write>,
+    path: &str,
+    busy: Duration,
+) {
     let fail = |e: &sqlx::Error| classify(path, busy, e);
+    if let [_] = writes.as_slice()
+        && let Some(write) = writes.pop()
+    {
+        match apply_framed(conn, write, &fail).await {
+            None => return,
+            Some(write) => writes.push(write),
+        }
+    }
     if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
         let error = fail(&e);
         tracing::warn!(%error, "store write failed");
@@ -752,6 +812,72 @@ fn json_text(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
+/// A new run's row; its parameters are bound by [`bind_run`].
+const INSERT_RUN: &str =
+    "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
+                   idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at,
+                   concurrency_key, concurrency_limit, trace_context)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
+
+fn bind_run<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    run: &'q NewRun,
+    now: i64,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let delayed = millis(run.run_at) > now;
+    let (key, key_ttl) = match &run.idempotency {
+        Some((key, ttl)) => (
+            Some(key.as_str()),
+            Some(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        ),
+        None => (None, None),
+    };
+    query
+        .bind(run.id.as_str())
+        .bind(&run.task)
+        .bind(&run.tenant_id)
+        .bind(&run.project_id)
+        .bind(if delayed { "delayed" } else { "queued" })
+        .bind(json_text(&run.input))
+        .bind(millis(run.run_at))
+        .bind(run.expire_at.map(millis))
+        .bind(key)
+        .bind(key_ttl)
+        .bind((!run.tags.is_empty()).then(|| json_text(&run.tags)))
+        .bind(run.replay_of.as_ref().map(RunId::as_str))
+        .bind(now)
+        .bind(run.concurrency_key.as_ref().map(|(key, _)| key.as_str()))
+        .bind(
+            run.concurrency_key
+                .as_ref()
+                .map(|(_, limit)| i64::from(*limit)),
+        )
+        .bind(&run.trace_context)
+}
+
+/// One new run without an idempotency key alone in its batch (a trigger one by one), as
+/// one framed call (see [`apply_framed`]). `None` for anything else.
+async fn enqueue_framed(
+    conn: &mut Conn,
+    runs: &[NewRun],
+) -> Option<Result<Vec<Enqueued>, sqlx::Error>> {
+    let [run] = runs else { return None };
+    if run.idempotency.is_some() {
+        return None;
+    }
+    let now = millis(SystemTime::now());
+    let sql = framed(INSERT_RUN);
+    let inserted = bind_run(sqlx::query(AssertSqlSafe(sql)), run, now)
+        .execute(&mut *conn)
+        .await;
+    Some(inserted.map(|_| {
+        vec![Enqueued {
+            id: run.id.clone(),
+            existing: false,
+        }]
+    }))
+}
+
 async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut out = Vec::with_capacity(runs.len());
@@ -785,42 +911,9 @@ async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx
                 continue;
             }
         }
-        let delayed = millis(run.run_at) > now;
-        let (key, key_ttl) = match &run.idempotency {
-            Some((key, ttl)) => (
-                Some(key.clone()),
-                Some(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-            ),
-            None => (None, None),
-        };
-        sqlx::query(
-            "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
-                               idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at,
-                               concurrency_key, concurrency_limit, trace_context)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
-        )
-        .bind(run.id.as_str())
-        .bind(&run.task)
-        .bind(&run.tenant_id)
-        .bind(&run.project_id)
-        .bind(if delayed { "delayed" } else { "queued" })
-        .bind(json_text(&run.input))
-        .bind(millis(run.run_at))
-        .bind(run.expire_at.map(millis))
-        .bind(key)
-        .bind(key_ttl)
-        .bind((!run.tags.is_empty()).then(|| json_text(&run.tags)))
-        .bind(run.replay_of.as_ref().map(RunId::as_str))
-        .bind(now)
-        .bind(run.concurrency_key.as_ref().map(|(key, _)| key.as_str()))
-        .bind(
-            run.concurrency_key
-                .as_ref()
-                .map(|(_, limit)| i64::from(*limit)),
-        )
-        .bind(&run.trace_context)
-        .execute(&mut *conn)
-        .await?;
+        bind_run(sqlx::query(INSERT_RUN), run, now)
+            .execute(&mut *conn)
+            .await?;
         out.push(Enqueued {
             id: run.id.clone(),
             existing: false,
@@ -947,12 +1040,7 @@ async fn claim(conn: &mut Conn, request: &ClaimRequest) -> Result<Claimed, sqlx:
     let limit = request.limit;
     let runs = claim_runs(conn, request).await?;
     let next_due = if runs.len() < limit {
-        let due: Option<i64> = sqlx::query_scalar(
-            "SELECT min(run_at) FROM runs INDEXED BY runs_due
-             WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL",
-        )
-        .fetch_one(&mut *conn)
-        .await?;
+        let due: Option<i64> = sqlx::query_scalar(NEXT_DUE).fetch_one(&mut *conn).await?;
         due.map(time)
     } else {
         None
@@ -960,46 +1048,102 @@ async fn claim(conn: &mut Conn, request: &ClaimRequest) -> Result<Claimed, sqlx:
     Ok(Claimed { runs, next_due })
 }
 
-async fn claim_runs(
-    conn: &mut Conn,
-    request: &ClaimRequest,
-) -> Result<Vec<ClaimedRun>, sqlx::Error> {
+/// What a claim returns of each run it claimed (see [`claimed_run`]).
+const CLAIM_RETURNING: &str =
+    "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
+
+/// Whether a run with a concurrency key is queued: then a claim must count what executes
+/// with its key. On its partial index: the planner would pick `runs_by_status` and read
+/// every queued row on every claim.
+const KEYED_QUEUED: &str = "EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due
+     WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'delayed')
+       AND parent_run_id IS NULL)";
+
+/// When the next queued or delayed top-level run is due (a worker sleeps until then).
+const NEXT_DUE: &str = "SELECT min(run_at) FROM runs INDEXED BY runs_due
+     WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL";
+
+/// The common claim, one statement: due runs, oldest first, unless a keyed run is queued
+/// (then it updates nothing, and the claim that counts keys runs). Parameters: `?1` the
+/// owner, `?2` the lease's end, `?3` now, `?4` how many.
+fn claim_due_sql() -> String {
+    format!(
+        "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
+                lease_token = lease_token + 1, attempts = attempts + 1,
+                started_at = coalesce(started_at, ?3)
+         WHERE id IN (SELECT id FROM runs INDEXED BY runs_due
+                      WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
+                        AND run_at <= (SELECT ?3) AND (expire_at IS NULL OR expire_at > ?3)
+                      ORDER BY run_at, id LIMIT ?4)
+           AND NOT {KEYED_QUEUED}
+         {CLAIM_RETURNING}"
+    )
+}
+
+/// The parameters of a claim: owner, lease end, now, limit.
+fn claim_args(request: &ClaimRequest) -> (&str, i64, i64, i64) {
     let now = SystemTime::now();
     let lease_until = millis(later(now, request.lease));
-    let now = millis(now);
     let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    let returning =
-        "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
-    // A run with a concurrency key is queued: the claim must count what executes with its
-    // key (below). On its partial index: the planner would pick `runs_by_status` and read
-    // every queued row on every claim.
-    let keyed_queued = "EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due
-                         WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'delayed')
-                           AND parent_run_id IS NULL)";
-    let mut plain = Vec::new();
-    let simple = request.task_limits.is_empty() && {
-        // The common case, one statement: due runs, oldest first, unless a keyed run is
-        // queued (then it updates nothing, and the keyed claim below runs).
-        plain = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
-                    lease_token = lease_token + 1, attempts = attempts + 1,
-                    started_at = coalesce(started_at, ?3)
-             WHERE id IN (SELECT id FROM runs INDEXED BY runs_due
-                          WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
-                            AND run_at <= (SELECT ?3) AND (expire_at IS NULL OR expire_at > ?3)
-                          ORDER BY run_at, id LIMIT ?4)
-               AND NOT {keyed_queued}
-             {returning}"
-        )))
-        .bind(&request.owner)
+    (&request.owner, lease_until, millis(now), limit)
+}
+
+/// The common claim (no task limits) alone in its batch, as one framed call (see
+/// [`apply_framed`]) that also reads when the next run is due and whether a keyed run is
+/// queued. `None` when it claimed nothing and a keyed run is queued: then the claim that
+/// counts keys runs, in a transaction of its own.
+async fn claim_framed(
+    conn: &mut Conn,
+    request: &ClaimRequest,
+) -> Result<Option<Claimed>, sqlx::Error> {
+    let (owner, lease_until, now, limit) = claim_args(request);
+    let sql = framed(&format!(
+        "{};\nSELECT ({NEXT_DUE}) AS next_due, {KEYED_QUEUED} AS keyed",
+        claim_due_sql()
+    ));
+    let mut rows = sqlx::query(AssertSqlSafe(sql))
+        .bind(owner)
         .bind(lease_until)
         .bind(now)
         .bind(limit)
         .fetch_all(&mut *conn)
         .await?;
+    let Some(last) = rows.pop() else {
+        return Err(sqlx::Error::RowNotFound);
+    };
+    let keyed: bool = last.try_get("keyed")?;
+    if rows.is_empty() && keyed {
+        return Ok(None);
+    }
+    let runs = rows
+        .iter()
+        .map(claimed_run)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_due = if runs.len() < request.limit {
+        last.try_get::<Option<i64>, _>("next_due")?.map(time)
+    } else {
+        None
+    };
+    Ok(Some(Claimed { runs, next_due }))
+}
+
+async fn claim_runs(
+    conn: &mut Conn,
+    request: &ClaimRequest,
+) -> Result<Vec<ClaimedRun>, sqlx::Error> {
+    let (owner, lease_until, now, limit) = claim_args(request);
+    let mut plain = Vec::new();
+    let simple = request.task_limits.is_empty() && {
+        plain = sqlx::query(AssertSqlSafe(claim_due_sql()))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *conn)
+            .await?;
         // Nothing claimed: nothing was due, or a keyed run was queued.
         !plain.is_empty()
-            || !sqlx::query_scalar::<_, bool>(AssertSqlSafe(format!("SELECT {keyed_queued}")))
+            || !sqlx::query_scalar::<_, bool>(AssertSqlSafe(format!("SELECT {KEYED_QUEUED}")))
                 .fetch_one(&mut *conn)
                 .await?
     };
@@ -1096,35 +1240,36 @@ async fn claim_runs(
                     lease_token = lease_token + 1, attempts = attempts + 1,
                     started_at = coalesce(started_at, ?3)
              WHERE status IN ('queued', 'delayed') AND id IN ({})
-             {returning}",
+             {CLAIM_RETURNING}",
             placeholders(chosen.len(), 4)
         )))
-        .bind(&request.owner)
+        .bind(owner)
         .bind(lease_until)
         .bind(now)
         .bind_all(&chosen)
         .fetch_all(&mut *conn)
         .await?
     };
-    rows.iter()
-        .map(|row| {
-            let id: String = row.try_get("id")?;
-            let input: String = row.try_get("input")?;
-            Ok(ClaimedRun {
-                id: parse_id(&id)?,
-                task: row.try_get("task")?,
-                input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
-                attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-                token: row.try_get("lease_token")?,
-                resumed: row.try_get::<i64, _>("waits")? > 0,
-                spawned_by: row
-                    .try_get::<Option<String>, _>("spawned_by")?
-                    .map(|id| parse_id(&id))
-                    .transpose()?,
-                trace_context: row.try_get("trace_context")?,
-            })
-        })
-        .collect()
+    rows.iter().map(claimed_run).collect()
+}
+
+/// A claimed run from a row of [`CLAIM_RETURNING`].
+fn claimed_run(row: &SqliteRow) -> Result<ClaimedRun, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let input: String = row.try_get("input")?;
+    Ok(ClaimedRun {
+        id: parse_id(&id)?,
+        task: row.try_get("task")?,
+        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
+        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
+        token: row.try_get("lease_token")?,
+        resumed: row.try_get::<i64, _>("waits")? > 0,
+        spawned_by: row
+            .try_get::<Option<String>, _>("spawned_by")?
+            .map(|id| parse_id(&id))
+            .transpose()?,
+        trace_context: row.try_get("trace_context")?,
+    })
 }
 
 async fn heartbeat(
@@ -1169,6 +1314,105 @@ async fn heartbeat(
     Ok(reply)
 }
 
+/// A finished run of a settle, written with the others of its batch: its place in the
+/// batch, id, lease token and envelope.
+type Finish<'a> = (usize, &'a RunId, i64, &'a RunOutput<Value>);
+
+/// A settle that is a plain finish (its lease was not found expired first).
+fn finish_of((i, outcome): (usize, &Settle)) -> Option<Finish<'_>> {
+    match outcome {
+        Settle::Finish {
+            id,
+            token,
+            envelope,
+            expired_before: None,
+        } => Some((i, id, *token, &**envelope)),
+        _ => None,
+    }
+}
+
+/// One statement for `rows` finished runs, fenced by their lease tokens: `?1` is the time,
+/// then four parameters a run ([`bind_finishes`]). Returns the runs it finished.
+fn finish_sql(rows: usize) -> String {
+    let values = (0..rows)
+        .map(|i| {
+            let b = 2 + 4 * i;
+            format!("(?{b}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "WITH v(id, token, status, envelope) AS (VALUES {values})
+         UPDATE runs SET status = v.status, envelope = v.envelope, finished_at = ?1,
+                lease_owner = NULL, lease_expires_at = NULL,
+                idempotency_key = CASE WHEN v.status = 'completed' THEN runs.idempotency_key END,
+                idempotency_expires_at = CASE WHEN v.status = 'completed' AND runs.idempotency_ttl_ms IS NOT NULL
+                    THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
+         FROM v
+         WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
+         RETURNING runs.id, runs.spawned_by IS NOT NULL AS spawned"
+    )
+}
+
+fn bind_finishes<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    now: i64,
+    chunk: &[Finish<'q>],
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let mut query = query.bind(now);
+    for (_, id, token, envelope) in chunk {
+        query = query
+            .bind(id.as_str())
+            .bind(*token)
+            .bind(RunStatus::of_envelope(envelope).as_str())
+            .bind(json_text(envelope));
+    }
+    query
+}
+
+/// Marks which runs of `chunk` the statement finished (the others' leases were no longer
+/// theirs); whether one of them was a spawned child (its parent may wake).
+fn mark_finished(
+    rows: &[SqliteRow],
+    chunk: &[Finish<'_>],
+    applied: &mut [bool],
+) -> Result<bool, sqlx::Error> {
+    let mut wake = false;
+    let mut done: Vec<String> = Vec::with_capacity(rows.len());
+    for row in rows {
+        done.push(row.try_get("id")?);
+        wake |= row.try_get::<bool, _>("spawned")?;
+    }
+    for (i, id, _, _) in chunk {
+        applied[*i] = done.iter().any(|d| d == id.as_str());
+    }
+    Ok(wake)
+}
+
+/// A worker's finished runs alone in their batch, as one framed call (see
+/// [`apply_framed`]), with the wake of their parents (a no-op when none waits: its
+/// partial index is empty). `None` when the settle is not only plain finishes.
+async fn settle_framed(
+    conn: &mut Conn,
+    outcomes: &[Settle],
+) -> Option<Result<Vec<bool>, sqlx::Error>> {
+    let finished: Vec<Finish<'_>> = outcomes.iter().enumerate().filter_map(finish_of).collect();
+    if finished.len() != outcomes.len() || finished.len() > CHUNK {
+        return None;
+    }
+    let now = millis(SystemTime::now());
+    let sql = framed(&format!("{};\n{WAKE_PARENTS}", finish_sql(finished.len())));
+    let rows = match bind_finishes(sqlx::query(AssertSqlSafe(sql)), now, &finished)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(rows) => rows,
+        Err(error) => return Some(Err(error)),
+    };
+    let mut applied = vec![false; outcomes.len()];
+    Some(mark_finished(&rows, &finished, &mut applied).map(|_| applied))
+}
+
 async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx::Error> {
     let now = millis(SystemTime::now());
     let mut applied = vec![false; outcomes.len()];
@@ -1176,55 +1420,16 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
     // for its children, or a reclaimed run ended (rare, not looked at closer).
     let mut wake = false;
     // A worker's finished runs: one statement for all of them.
-    let finished: Vec<(usize, &RunId, i64, &RunOutput<Value>)> = outcomes
-        .iter()
-        .enumerate()
-        .filter_map(|(i, outcome)| match outcome {
-            Settle::Finish {
-                id,
-                token,
-                envelope,
-                expired_before: None,
-            } => Some((i, id, *token, &**envelope)),
-            _ => None,
-        })
-        .collect();
+    let finished: Vec<Finish<'_>> = outcomes.iter().enumerate().filter_map(finish_of).collect();
     for chunk in finished.chunks(CHUNK) {
-        let rows = (0..chunk.len())
-            .map(|i| {
-                let b = 2 + 4 * i;
-                format!("(?{b}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut query = sqlx::query(AssertSqlSafe(format!(
-            "WITH v(id, token, status, envelope) AS (VALUES {rows})
-             UPDATE runs SET status = v.status, envelope = v.envelope, finished_at = ?1,
-                    lease_owner = NULL, lease_expires_at = NULL,
-                    idempotency_key = CASE WHEN v.status = 'completed' THEN runs.idempotency_key END,
-                    idempotency_expires_at = CASE WHEN v.status = 'completed' AND runs.idempotency_ttl_ms IS NOT NULL
-                        THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
-             FROM v
-             WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
-             RETURNING runs.id, runs.spawned_by IS NOT NULL AS spawned"
-        )))
-        .bind(now);
-        for (_, id, token, envelope) in chunk {
-            query = query
-                .bind(id.as_str())
-                .bind(*token)
-                .bind(RunStatus::of_envelope(envelope).as_str())
-                .bind(json_text(envelope));
-        }
-        let rows = query.fetch_all(&mut *conn).await?;
-        let mut done: Vec<String> = Vec::with_capacity(rows.len());
-        for row in &rows {
-            done.push(row.try_get("id")?);
-            wake |= row.try_get::<bool, _>("spawned")?;
-        }
-        for (i, id, _, _) in chunk {
-            applied[*i] = done.iter().any(|d| d == id.as_str());
-        }
+        let rows = bind_finishes(
+            sqlx::query(AssertSqlSafe(finish_sql(chunk.len()))),
+            now,
+            chunk,
+        )
+        .fetch_all(&mut *conn)
+        .await?;
+        wake |= mark_finished(&rows, chunk, &mut applied)?;
     }
     for (i, outcome) in outcomes.iter().enumerate() {
         let result = match outcome {
@@ -1350,22 +1555,23 @@ async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx:
 
 /// Queues the parents waiting for spawned children whose wake condition holds.
 async fn wake_parents(conn: &mut Conn, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        // At its creation time: ahead of its own queued children, so a fail-fast parent
-        // cancels them before they run.
-        "UPDATE runs SET status = 'queued', run_at = min(created_at, ?1), wait_children = NULL, wait_children_fail = 0
-         WHERE id IN (SELECT p.id FROM runs AS p INDEXED BY runs_waiting_children
-                      WHERE p.status = 'waiting' AND p.wait_children IS NOT NULL
-                        AND ((SELECT count(*) FROM runs AS c WHERE c.spawned_by = p.id
-                                AND c.status IN ('queued', 'delayed', 'executing', 'waiting')) <= p.wait_children
-                             OR (p.wait_children_fail = 1 AND EXISTS (SELECT 1 FROM runs AS c
-                                 WHERE c.spawned_by = p.id AND c.status IN ('failed', 'cancelled', 'expired')))))",
-    )
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query(WAKE_PARENTS)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
+
+/// Queues the parents waiting for spawned children whose wake condition holds; `?1` is the
+/// time. A parent goes back at its creation time: ahead of its own queued children, so a
+/// fail-fast parent cancels them before they run.
+const WAKE_PARENTS: &str = "UPDATE runs SET status = 'queued', run_at = min(created_at, ?1), wait_children = NULL, wait_children_fail = 0
+     WHERE id IN (SELECT p.id FROM runs AS p INDEXED BY runs_waiting_children
+                  WHERE p.status = 'waiting' AND p.wait_children IS NOT NULL
+                    AND ((SELECT count(*) FROM runs AS c WHERE c.spawned_by = p.id
+                            AND c.status IN ('queued', 'delayed', 'executing', 'waiting')) <= p.wait_children
+                         OR (p.wait_children_fail = 1 AND EXISTS (SELECT 1 FROM runs AS c
+                             WHERE c.spawned_by = p.id AND c.status IN ('failed', 'cancelled', 'expired')))))";
 
 /// Enqueues a parent's children, a multi-row statement per chunk, fenced by the parent's
 /// lease; a position that has a child already keeps it.
