@@ -305,6 +305,10 @@ async fn a_full_store_refuses_new_runs_and_keeps_the_committed_ones() {
         .unwrap();
     assert!(listed.iter().any(|run| &run.id == kept.run_id()));
     assert!(listed.iter().all(|run| run.status == RunStatus::Queued));
+    // The refused write left no transaction open: the writer still commits a change.
+    rt.runs().cancel(kept.run_id()).await.unwrap();
+    let info = other.runs().get(kept.run_id()).await.unwrap().unwrap();
+    assert_eq!(info.status, RunStatus::Cancelled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1088,6 +1088,15 @@ fn claim_args(request: &ClaimRequest) -> (&str, i64, i64, i64) {
     (&request.owner, lease_until, millis(now), limit)
 }
 
+/// [`claim_due_sql`]'s parameters bound: owner, lease end, now, limit.
+fn bind_claim<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    request: &'q ClaimRequest,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    let (owner, lease_until, now, limit) = claim_args(request);
+    query.bind(owner).bind(lease_until).bind(now).bind(limit)
+}
+
 /// The common claim (no task limits) alone in its batch, as one framed call (see
 /// [`apply_framed`]) that also reads when the next run is due and whether a keyed run is
 /// queued. `None` when it claimed nothing and a keyed run is queued: then the claim that
@@ -1096,16 +1105,11 @@ async fn claim_framed(
     conn: &mut Conn,
     request: &ClaimRequest,
 ) -> Result<Option<Claimed>, sqlx::Error> {
-    let (owner, lease_until, now, limit) = claim_args(request);
     let sql = framed(&format!(
         "{};\nSELECT ({NEXT_DUE}) AS next_due, {KEYED_QUEUED} AS keyed",
         claim_due_sql()
     ));
-    let mut rows = sqlx::query(AssertSqlSafe(sql))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind(limit)
+    let mut rows = bind_claim(sqlx::query(AssertSqlSafe(sql)), request)
         .fetch_all(&mut *conn)
         .await?;
     let Some(last) = rows.pop() else {
@@ -1134,11 +1138,7 @@ async fn claim_runs(
     let (owner, lease_until, now, limit) = claim_args(request);
     let mut plain = Vec::new();
     let simple = request.task_limits.is_empty() && {
-        plain = sqlx::query(AssertSqlSafe(claim_due_sql()))
-            .bind(owner)
-            .bind(lease_until)
-            .bind(now)
-            .bind(limit)
+        plain = bind_claim(sqlx::query(AssertSqlSafe(claim_due_sql())), request)
             .fetch_all(&mut *conn)
             .await?;
         // Nothing claimed: nothing was due, or a keyed run was queued.
