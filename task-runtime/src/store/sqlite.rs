@@ -1,12 +1,12 @@
 //! `SqliteStore`: the embedded default. One file in WAL mode, shared by every process that
 //! opens it (a `trigger` in one while a `worker` runs in another).
 //!
-//! Writes go through one connection owned by a writer task, which takes whatever writes are
-//! waiting (triggers, claims, settles, journal entries, log lines) and commits them in one
-//! `BEGIN IMMEDIATE` transaction: concurrent triggers share a commit, a worker's finished
-//! runs are settled by one statement, and journal writes are ordered before the root's
-//! settle. Other processes wait for the write lock up to the busy timeout. Reads use a pool
-//! of their own connections, which WAL lets run beside the writer.
+//! Writes go through one connection owned by a writer thread ([`writer`]), which takes
+//! whatever writes are waiting (triggers, claims, settles, journal entries, log lines) and
+//! commits them in one `BEGIN IMMEDIATE` transaction: concurrent triggers share a commit, a
+//! worker's finished runs are settled by one statement, and journal writes are ordered before
+//! the root's settle. Other processes wait for the write lock up to the busy timeout. Reads
+//! use a pool of sqlx connections of their own, which WAL lets run beside the writer.
 //!
 //! Durability: `synchronous=normal` (the default) commits to the WAL without a disk flush:
 //! a committed run survives the process being killed (`kill -9`), and a power cut can lose
@@ -29,15 +29,17 @@ use tokio::sync::{Mutex, Notify, mpsc, oneshot};
 #[cfg(feature = "http")]
 use super::ApiKeyRow;
 use super::{
-    CancelOutcome, ClaimRequest, Claimed, ClaimedRun, Enqueued, ExpiredLease, ExpiredRun,
-    HeartbeatReply, JournalEntry, JournalOp, Lease, LogLine, NewChild, NewRun, RunFilter, RunInfo,
-    RunStore, ScheduleFire, Settle, StoreError, journal_outcome, later, millis, time,
+    CancelOutcome, ClaimRequest, Claimed, Enqueued, ExpiredLease, ExpiredRun, HeartbeatReply,
+    JournalEntry, JournalOp, Lease, LogLine, NewChild, NewRun, RunFilter, RunInfo, RunStore,
+    ScheduleFire, Settle, StoreError, journal_outcome, millis, time,
 };
 use crate::envelope::RunOutput;
 use crate::id::RunId;
 use crate::runs::RunStatus;
 use crate::schedules::Schedule;
 use crate::tokens::{TokenCompletion, TokenStatus, WaitToken};
+
+mod writer;
 
 /// The migrations, embedded: version and SQL.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -85,7 +87,7 @@ struct LocalChanges {
     notify: Notify,
 }
 
-/// A write for the writer task, with where its result goes.
+/// A write for the writer thread, with where its result goes.
 enum Write {
     Enqueue(
         Vec<NewRun>,
@@ -230,32 +232,13 @@ fn parse_url(url: &str) -> Result<Url, StoreError> {
 
 /// What a database error means for the user.
 fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
-    if let sqlx::Error::Database(db) = error {
-        let code: i32 = db.code().and_then(|c| c.parse().ok()).unwrap_or(0);
-        let reason = db.message().to_owned();
-        if is_busy(error) {
-            return StoreError::Locked {
-                path: path.to_owned(),
-                waited_ms: u64::try_from(busy.as_millis()).unwrap_or(u64::MAX),
-            };
-        }
-        return match code & 0xff {
-            13 => StoreError::Full {
-                path: path.to_owned(),
-                reason,
-            },
-            11 | 26 => StoreError::NotAStore {
-                path: path.to_owned(),
-                reason,
-            },
-            8 | 14 | 23 => StoreError::Open {
-                path: path.to_owned(),
-                reason,
-            },
-            _ => StoreError::Backend { reason },
-        };
-    }
     match error {
+        sqlx::Error::Database(db) => classify_code(
+            path,
+            busy,
+            db.code().and_then(|c| c.parse().ok()).unwrap_or(0),
+            db.message().to_owned(),
+        ),
         sqlx::Error::Io(io) => StoreError::Open {
             path: path.to_owned(),
             reason: io.to_string(),
@@ -263,6 +246,29 @@ fn classify(path: &str, busy: Duration, error: &sqlx::Error) -> StoreError {
         other => StoreError::Backend {
             reason: other.to_string(),
         },
+    }
+}
+
+/// What SQLite's (extended) result `code` with its message means for the user.
+fn classify_code(path: &str, busy: Duration, code: i32, reason: String) -> StoreError {
+    match code & 0xff {
+        5 | 6 => StoreError::Locked {
+            path: path.to_owned(),
+            waited_ms: u64::try_from(busy.as_millis()).unwrap_or(u64::MAX),
+        },
+        13 => StoreError::Full {
+            path: path.to_owned(),
+            reason,
+        },
+        11 | 26 => StoreError::NotAStore {
+            path: path.to_owned(),
+            reason,
+        },
+        8 | 14 | 23 => StoreError::Open {
+            path: path.to_owned(),
+            reason,
+        },
+        _ => StoreError::Backend { reason },
     }
 }
 
@@ -364,10 +370,12 @@ impl SqliteStore {
         if let Some(pages) = max_pages {
             options = options.pragma("max_page_count", pages.to_string());
         }
-        let mut writer = while_busy(busy, || SqliteConnection::connect_with(&options))
+        let mut migrating = while_busy(busy, || SqliteConnection::connect_with(&options))
             .await
             .map_err(|e| fail(&e))?;
-        migrate(&mut writer, &path, busy).await?;
+        migrate(&mut migrating, &path, busy).await?;
+        // Best effort: the file is migrated, and dropping the connection closes it too.
+        let _ = migrating.close().await;
         let read_options = options.clone().create_if_missing(false);
         let reads = while_busy(busy, || {
             SqlitePoolOptions::new()
@@ -383,13 +391,19 @@ impl SqliteStore {
         let local = Arc::new(LocalChanges::default());
         let (writes, write_queue) = mpsc::unbounded_channel();
         let (logs, log_queue) = mpsc::channel(LOG_BUFFER);
-        tokio::spawn(writer_task(
-            writer,
+        writer::start(
+            &writer::Open {
+                path: &path,
+                synchronous: match synchronous {
+                    SqliteSynchronous::Full => "FULL",
+                    _ => "NORMAL",
+                },
+                busy,
+                max_pages,
+            },
             write_queue,
             local.clone(),
-            path.clone(),
-            busy,
-        ));
+        )?;
         tokio::spawn(log_task(log_queue, writes.clone()));
         Ok(SqliteStore {
             path,
@@ -407,7 +421,7 @@ impl SqliteStore {
         classify(&self.path, Duration::from_secs(5), error)
     }
 
-    /// Hands a write to the writer task and waits for its result.
+    /// Hands a write to the writer thread and waits for its result.
     async fn write<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Write,
@@ -492,436 +506,6 @@ async fn log_task(mut queue: mpsc::Receiver<LogLine>, writes: mpsc::UnboundedSen
     }
 }
 
-/// The writer: takes every waiting write and commits them in one transaction.
-async fn writer_task(
-    mut conn: SqliteConnection,
-    mut queue: mpsc::UnboundedReceiver<Write>,
-    local: Arc<LocalChanges>,
-    path: String,
-    busy: Duration,
-) {
-    let mut batch = Vec::new();
-    while queue.recv_many(&mut batch, 512).await > 0 {
-        let writes = std::mem::take(&mut batch);
-        // A batch of claims and heartbeats only changes nothing a waiter waits for (a claim
-        // loop would otherwise wake itself with its own claim); any other write (a new run,
-        // a settle, a token, a cancel, log lines a stream follows) is a change.
-        let change = writes
-            .iter()
-            .any(|write| !matches!(write, Write::Claim(..) | Write::Heartbeat(..)));
-        apply_batch(&mut conn, writes, &path, busy).await;
-        if change {
-            local.generation.fetch_add(1, Ordering::AcqRel);
-            local.notify.notify_waiters();
-        }
-    }
-}
-
-async fn exec(conn: &mut Conn, sql: &'static str) -> Result<(), sqlx::Error> {
-    sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
-}
-
-/// `sql` inside its own transaction, as one call: sqlx-sqlite runs a connection on a thread
-/// of its own and hands it every call and the answer back (two thread switches a call), so
-/// a write that is one statement alone in its batch (the common claim, a worker's finished
-/// runs, a trigger one by one) sends `BEGIN IMMEDIATE; ..; COMMIT` at once, not in three
-/// calls. Its parameters are numbered (`?N`), which sqlx binds across the statements.
-fn framed(sql: &str) -> String {
-    format!("BEGIN IMMEDIATE;\n{sql};\nCOMMIT")
-}
-
-/// Applies a write alone in its batch as one framed call when it is one statement, and
-/// answers it; hands back any other write (or a claim that found a keyed run queued). A
-/// framed call that fails is rolled back (a failed `BEGIN` leaves nothing to roll back)
-/// and answered with its error, as in a batch.
-async fn apply_framed(
-    conn: &mut Conn,
-    write: Write,
-    fail: &impl Fn(&sqlx::Error) -> StoreError,
-) -> Option<Write> {
-    let failed = async |conn: &mut Conn, error: &sqlx::Error| {
-        let error = fail(error);
-        tracing::warn!(%error, "store write failed");
-        let _ = exec(conn, "ROLLBACK").await;
-        error
-    };
-    match write {
-        Write::Claim(request, tx) if request.task_limits.is_empty() => {
-            match claim_framed(conn, &request).await {
-                Ok(Some(claimed)) => drop(tx.send(Ok(claimed))),
-                Ok(None) => return Some(Write::Claim(request, tx)),
-                Err(e) => drop(tx.send(Err(failed(conn, &e).await))),
-            }
-        }
-        Write::Settle(outcomes, tx) => match settle_framed(conn, &outcomes).await {
-            Some(Ok(applied)) => drop(tx.send(Ok(applied))),
-            Some(Err(e)) => drop(tx.send(Err(failed(conn, &e).await))),
-            None => return Some(Write::Settle(outcomes, tx)),
-        },
-        Write::Enqueue(runs, tx) => match enqueue_framed(conn, &runs).await {
-            Some(Ok(enqueued)) => drop(tx.send(Ok(enqueued))),
-            Some(Err(e)) => drop(tx.send(Err(failed(conn, &e).await))),
-            None => return Some(Write::Enqueue(runs, tx)),
-        },
-        other => return Some(other),
-    }
-    None
-}
-
-/// Applies `writes` in one transaction (one commit for everything waiting: concurrent
-/// triggers, a worker's settles and its next claim). When a write fails (a constraint, a
-/// full disk), the transaction is rolled back, that write is answered with its error, and
-/// the others are applied again in a new transaction: each write is all or nothing, and
-/// none is answered before its transaction committed.
-async fn apply_batch(
-    conn: &mut SqliteConnection,
-    mut writes: Vec<Write>,
-    path: &str,
-    busy: Duration,
-) {
-    let fail = |e: &sqlx::Error| classify(path, busy, e);
-    if let [_] = writes.as_slice()
-        && let Some(write) = writes.pop()
-    {
-        match apply_framed(conn, write, &fail).await {
-            None => return,
-            Some(write) => writes.push(write),
-        }
-    }
-    if let Err(e) = exec(conn, "BEGIN IMMEDIATE").await {
-        let error = fail(&e);
-        tracing::warn!(%error, "store write failed");
-        for write in writes {
-            reject(write, &error);
-        }
-        return;
-    }
-    let mut done = Vec::new();
-    let mut journal = Vec::new();
-    let mut logs = Vec::new();
-    let mut writes = writes.into_iter();
-    while let Some(write) = writes.next() {
-        // Journal and log writes are queued fire-and-forget; they keep their order relative
-        // to the writes around them by being flushed before the next write that answers.
-        match write {
-            Write::Journal(op) => {
-                journal.push(op);
-                continue;
-            }
-            Write::Logs(lines) => {
-                logs.extend(lines);
-                continue;
-            }
-            _ => {}
-        }
-        if !journal.is_empty() {
-            flush_journal(conn, std::mem::take(&mut journal), &fail).await;
-        }
-        match apply_one(conn, write).await {
-            Ok(d) => done.push(d),
-            Err((failed, error)) => {
-                let error = fail(&error);
-                tracing::warn!(%error, "a store write failed; applying the others again without it");
-                let _ = exec(conn, "ROLLBACK").await;
-                reject(failed, &error);
-                // Everything before it was rolled back too: apply it again, with the rest.
-                let rest: Vec<Write> = done
-                    .into_iter()
-                    .map(Done::into_write)
-                    .chain(journal.into_iter().map(Write::Journal))
-                    .chain((!logs.is_empty()).then(|| Write::Logs(logs)))
-                    .chain(writes)
-                    .collect();
-                if !rest.is_empty() {
-                    Box::pin(apply_batch(conn, rest, path, busy)).await;
-                }
-                return;
-            }
-        }
-    }
-    if !journal.is_empty() {
-        flush_journal(conn, journal, &fail).await;
-    }
-    if !logs.is_empty() {
-        flush_logs(conn, logs, &fail).await;
-    }
-    let commit = exec(conn, "COMMIT").await.map_err(|e| fail(&e));
-    if let Err(error) = &commit {
-        tracing::warn!(%error, "store commit failed; nothing of this batch was kept");
-        let _ = exec(conn, "ROLLBACK").await;
-    }
-    for d in done {
-        d.send(commit.clone());
-    }
-}
-
-/// A write applied in the open transaction, waiting for the commit to be answered.
-enum Done {
-    Enqueue(
-        Vec<NewRun>,
-        oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
-        Vec<Enqueued>,
-    ),
-    Claim(
-        ClaimRequest,
-        oneshot::Sender<Result<Claimed, StoreError>>,
-        Claimed,
-    ),
-    Heartbeat(
-        String,
-        Vec<Lease>,
-        Duration,
-        oneshot::Sender<Result<HeartbeatReply, StoreError>>,
-        HeartbeatReply,
-    ),
-    Settle(
-        Arc<Vec<Settle>>,
-        oneshot::Sender<Result<Vec<bool>, StoreError>>,
-        Vec<bool>,
-    ),
-    EndQueued(
-        Vec<(RunId, Box<RunOutput<Value>>)>,
-        oneshot::Sender<Result<Vec<bool>, StoreError>>,
-        Vec<bool>,
-    ),
-    Cancel(
-        RunId,
-        Box<RunOutput<Value>>,
-        oneshot::Sender<Result<CancelOutcome, StoreError>>,
-        CancelOutcome,
-    ),
-    Sync(oneshot::Sender<Result<(), StoreError>>),
-    Spawn(
-        Box<Spawn>,
-        oneshot::Sender<Result<usize, StoreError>>,
-        usize,
-    ),
-    Schedule(
-        Box<ScheduleWrite>,
-        oneshot::Sender<Result<ScheduleReply, StoreError>>,
-        ScheduleReply,
-    ),
-    Token(
-        Box<TokenWrite>,
-        oneshot::Sender<Result<TokenReply, StoreError>>,
-        TokenReply,
-    ),
-}
-
-impl Done {
-    /// Answers once the transaction committed (or failed to).
-    fn send(self, commit: Result<(), StoreError>) {
-        match self {
-            Done::Enqueue(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Claim(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Heartbeat(_, _, _, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Settle(_, tx, r) | Done::EndQueued(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Cancel(_, _, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Sync(tx) => drop(tx.send(commit)),
-            Done::Spawn(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Schedule(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-            Done::Token(_, tx, r) => drop(tx.send(commit.map(|()| r))),
-        }
-    }
-
-    /// The write again, its effects rolled back.
-    fn into_write(self) -> Write {
-        match self {
-            Done::Enqueue(runs, tx, _) => Write::Enqueue(runs, tx),
-            Done::Claim(request, tx, _) => Write::Claim(request, tx),
-            Done::Heartbeat(owner, leases, extend, tx, _) => {
-                Write::Heartbeat(owner, leases, extend, tx)
-            }
-            Done::Settle(outcomes, tx, _) => Write::Settle(outcomes, tx),
-            Done::EndQueued(ends, tx, _) => Write::EndQueued(ends, tx),
-            Done::Cancel(id, envelope, tx, _) => Write::Cancel(id, envelope, tx),
-            Done::Sync(tx) => Write::Sync(tx),
-            Done::Spawn(spawn, tx, _) => Write::Spawn(spawn, tx),
-            Done::Schedule(write, tx, _) => Write::Schedule(write, tx),
-            Done::Token(write, tx, _) => Write::Token(write, tx),
-        }
-    }
-}
-
-fn reject(write: Write, error: &StoreError) {
-    match write {
-        Write::Enqueue(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Claim(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Heartbeat(_, _, _, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Settle(_, tx) | Write::EndQueued(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Cancel(_, _, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Sync(tx) => drop(tx.send(Err(error.clone()))),
-        Write::Spawn(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Schedule(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Token(_, tx) => drop(tx.send(Err(error.clone()))),
-        Write::Journal(_) | Write::Logs(_) => {}
-    }
-}
-
-type Conn = SqliteConnection;
-
-/// Applies one answered write in the open transaction; on failure, hands the write back
-/// with its error.
-async fn apply_one(conn: &mut Conn, write: Write) -> Result<Done, (Write, sqlx::Error)> {
-    match write {
-        Write::Enqueue(runs, tx) => match enqueue(conn, &runs).await {
-            Ok(r) => Ok(Done::Enqueue(runs, tx, r)),
-            Err(e) => Err((Write::Enqueue(runs, tx), e)),
-        },
-        Write::Claim(request, tx) => match claim(conn, &request).await {
-            Ok(r) => Ok(Done::Claim(request, tx, r)),
-            Err(e) => Err((Write::Claim(request, tx), e)),
-        },
-        Write::Heartbeat(owner, leases, extend, tx) => {
-            match heartbeat(conn, &owner, &leases, extend).await {
-                Ok(r) => Ok(Done::Heartbeat(owner, leases, extend, tx, r)),
-                Err(e) => Err((Write::Heartbeat(owner, leases, extend, tx), e)),
-            }
-        }
-        Write::Settle(outcomes, tx) => match settle(conn, &outcomes).await {
-            Ok(r) => Ok(Done::Settle(outcomes, tx, r)),
-            Err(e) => Err((Write::Settle(outcomes, tx), e)),
-        },
-        Write::EndQueued(ends, tx) => match end_queued(conn, &ends).await {
-            Ok(r) => Ok(Done::EndQueued(ends, tx, r)),
-            Err(e) => Err((Write::EndQueued(ends, tx), e)),
-        },
-        Write::Cancel(id, envelope, tx) => match cancel(conn, &id, &envelope).await {
-            Ok(r) => Ok(Done::Cancel(id, envelope, tx, r)),
-            Err(e) => Err((Write::Cancel(id, envelope, tx), e)),
-        },
-        // The journal queued before it is flushed first, in this transaction.
-        Write::Sync(tx) => Ok(Done::Sync(tx)),
-        Write::Spawn(spawn, tx) => match spawn_children(conn, &spawn).await {
-            Ok(r) => Ok(Done::Spawn(spawn, tx, r)),
-            Err(e) => Err((Write::Spawn(spawn, tx), e)),
-        },
-        Write::Schedule(write, tx) => match write_schedule(conn, &write).await {
-            Ok(r) => Ok(Done::Schedule(write, tx, r)),
-            Err(e) => Err((Write::Schedule(write, tx), e)),
-        },
-        Write::Token(write, tx) => match write_token(conn, &write).await {
-            Ok(r) => Ok(Done::Token(write, tx, r)),
-            Err(e) => Err((Write::Token(write, tx), e)),
-        },
-        Write::Journal(_) | Write::Logs(_) => unreachable!("handled by the batch"),
-    }
-}
-
-fn json_text(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
-/// A new run's row; its parameters are bound by [`bind_run`].
-const INSERT_RUN: &str =
-    "INSERT INTO runs (id, task, tenant_id, project_id, status, input, run_at, expire_at,
-                   idempotency_key, idempotency_ttl_ms, tags, replay_of, created_at,
-                   concurrency_key, concurrency_limit, trace_context)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
-
-fn bind_run<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    run: &'q NewRun,
-    now: i64,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let delayed = millis(run.run_at) > now;
-    let (key, key_ttl) = match &run.idempotency {
-        Some((key, ttl)) => (
-            Some(key.as_str()),
-            Some(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
-        ),
-        None => (None, None),
-    };
-    query
-        .bind(run.id.as_str())
-        .bind(&run.task)
-        .bind(&run.tenant_id)
-        .bind(&run.project_id)
-        .bind(if delayed { "delayed" } else { "queued" })
-        .bind(json_text(&run.input))
-        .bind(millis(run.run_at))
-        .bind(run.expire_at.map(millis))
-        .bind(key)
-        .bind(key_ttl)
-        .bind((!run.tags.is_empty()).then(|| json_text(&run.tags)))
-        .bind(run.replay_of.as_ref().map(RunId::as_str))
-        .bind(now)
-        .bind(run.concurrency_key.as_ref().map(|(key, _)| key.as_str()))
-        .bind(
-            run.concurrency_key
-                .as_ref()
-                .map(|(_, limit)| i64::from(*limit)),
-        )
-        .bind(&run.trace_context)
-}
-
-/// One new run without an idempotency key alone in its batch (a trigger one by one), as
-/// one framed call (see [`apply_framed`]). `None` for anything else.
-async fn enqueue_framed(
-    conn: &mut Conn,
-    runs: &[NewRun],
-) -> Option<Result<Vec<Enqueued>, sqlx::Error>> {
-    let [run] = runs else { return None };
-    if run.idempotency.is_some() {
-        return None;
-    }
-    let now = millis(SystemTime::now());
-    let sql = framed(INSERT_RUN);
-    let inserted = bind_run(sqlx::query(AssertSqlSafe(sql)), run, now)
-        .execute(&mut *conn)
-        .await;
-    Some(inserted.map(|_| {
-        vec![Enqueued {
-            id: run.id.clone(),
-            existing: false,
-        }]
-    }))
-}
-
-async fn enqueue(conn: &mut Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>, sqlx::Error> {
-    let now = millis(SystemTime::now());
-    let mut out = Vec::with_capacity(runs.len());
-    for run in runs {
-        if let Some((key, _)) = &run.idempotency {
-            // A failed, cancelled or expired holder, or one past its key's TTL, gives the
-            // key up; a live one is the answer.
-            sqlx::query(
-                "UPDATE runs SET idempotency_key = NULL
-                 WHERE task = ?1 AND coalesce(tenant_id, '') = coalesce(?2, '') AND idempotency_key = ?3
-                   AND (status IN ('failed', 'cancelled', 'expired')
-                        OR (idempotency_expires_at IS NOT NULL AND idempotency_expires_at <= ?4))",
-            )
-            .bind(&run.task)
-            .bind(&run.tenant_id)
-            .bind(key)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-            let existing: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM runs
-                 WHERE task = ?1 AND coalesce(tenant_id, '') = coalesce(?2, '') AND idempotency_key = ?3",
-            )
-            .bind(&run.task)
-            .bind(&run.tenant_id)
-            .bind(key)
-            .fetch_optional(&mut *conn)
-            .await?;
-            if let Some(id) = existing.and_then(|id| id.parse().ok()) {
-                out.push(Enqueued { id, existing: true });
-                continue;
-            }
-        }
-        bind_run(sqlx::query(INSERT_RUN), run, now)
-            .execute(&mut *conn)
-            .await?;
-        out.push(Enqueued {
-            id: run.id.clone(),
-            existing: false,
-        });
-    }
-    Ok(out)
-}
-
 const SCHEDULE_COLUMNS: &str = "id, task, cron, timezone, tenant_id, project_id, external_id,
      declared, next_fire_at, last_fired_at, created_at";
 
@@ -941,898 +525,11 @@ fn schedule_of(row: &SqliteRow) -> Result<Schedule, sqlx::Error> {
     })
 }
 
-async fn insert_schedule(
-    conn: &mut Conn,
-    s: &Schedule,
-    on_conflict: &str,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO schedules ({SCHEDULE_COLUMNS})
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) {on_conflict}"
-    )))
-    .bind(&s.id)
-    .bind(&s.task)
-    .bind(&s.cron)
-    .bind(&s.timezone)
-    .bind(&s.tenant_id)
-    .bind(&s.project_id)
-    .bind(&s.external_id)
-    .bind(i64::from(s.declared))
-    .bind(s.next_fire_at.map(millis))
-    .bind(s.last_fired_at.map(millis))
-    .bind(millis(s.created_at))
-    .execute(&mut *conn)
-    .await
-    .map(|_| ())
-}
-
-async fn write_schedule(
-    conn: &mut Conn,
-    write: &ScheduleWrite,
-) -> Result<ScheduleReply, sqlx::Error> {
-    match write {
-        ScheduleWrite::Sync(declared, known) => {
-            // A changed pattern starts again from its own next fire time.
-            let update = "ON CONFLICT (id) DO UPDATE SET task = excluded.task,
-                 cron = excluded.cron, timezone = excluded.timezone,
-                 next_fire_at = CASE WHEN schedules.cron = excluded.cron
-                                      AND schedules.timezone = excluded.timezone
-                                     THEN schedules.next_fire_at ELSE excluded.next_fire_at END";
-            for schedule in declared {
-                insert_schedule(conn, schedule, update).await?;
-            }
-            let keep: Vec<&str> = declared.iter().map(|s| s.id.as_str()).collect();
-            sqlx::query(AssertSqlSafe(format!(
-                "DELETE FROM schedules WHERE declared = 1 AND task IN ({}) AND id NOT IN ({})",
-                placeholders(known.len(), 1),
-                placeholders(keep.len(), known.len() + 1)
-            )))
-            .bind_all(known)
-            .bind_all(&keep)
-            .execute(&mut *conn)
-            .await?;
-            Ok(ScheduleReply::Done)
-        }
-        ScheduleWrite::Create(schedule) => {
-            insert_schedule(conn, schedule, "").await?;
-            Ok(ScheduleReply::Done)
-        }
-        ScheduleWrite::Delete(id) => {
-            let deleted = sqlx::query("DELETE FROM schedules WHERE id = ?1 AND declared = 0")
-                .bind(id)
-                .execute(&mut *conn)
-                .await?;
-            Ok(ScheduleReply::Deleted(deleted.rows_affected() == 1))
-        }
-        ScheduleWrite::Fire(fire) => {
-            let moved = sqlx::query(
-                "UPDATE schedules SET next_fire_at = ?1, last_fired_at = ?2
-                 WHERE id = ?3 AND next_fire_at = ?4",
-            )
-            .bind(fire.next.map(millis))
-            .bind(millis(fire.slot))
-            .bind(&fire.id)
-            .bind(millis(fire.expected))
-            .execute(&mut *conn)
-            .await?;
-            if moved.rows_affected() == 0 {
-                return Ok(ScheduleReply::Fired(None));
-            }
-            let Some(run) = &fire.run else {
-                return Ok(ScheduleReply::Fired(None));
-            };
-            let enqueued = enqueue(conn, std::slice::from_ref(run)).await?;
-            Ok(ScheduleReply::Fired(
-                enqueued.into_iter().next().map(|e| e.id),
-            ))
-        }
-    }
-}
-
 fn placeholders(count: usize, first: usize) -> String {
     (first..first + count)
         .map(|i| format!("?{i}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-async fn claim(conn: &mut Conn, request: &ClaimRequest) -> Result<Claimed, sqlx::Error> {
-    let limit = request.limit;
-    let runs = claim_runs(conn, request).await?;
-    let next_due = if runs.len() < limit {
-        let due: Option<i64> = sqlx::query_scalar(NEXT_DUE).fetch_one(&mut *conn).await?;
-        due.map(time)
-    } else {
-        None
-    };
-    Ok(Claimed { runs, next_due })
-}
-
-/// What a claim returns of each run it claimed (see [`claimed_run`]).
-const CLAIM_RETURNING: &str =
-    "RETURNING id, task, input, attempts, lease_token, waits, spawned_by, trace_context";
-
-/// Whether a run with a concurrency key is queued: then a claim must count what executes
-/// with its key. On its partial index: the planner would pick `runs_by_status` and read
-/// every queued row on every claim.
-const KEYED_QUEUED: &str = "EXISTS (SELECT 1 FROM runs INDEXED BY runs_keyed_due
-     WHERE concurrency_key IS NOT NULL AND status IN ('queued', 'delayed')
-       AND parent_run_id IS NULL)";
-
-/// When the next queued or delayed top-level run is due (a worker sleeps until then).
-const NEXT_DUE: &str = "SELECT min(run_at) FROM runs INDEXED BY runs_due
-     WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL";
-
-/// The common claim, one statement: due runs, oldest first, unless a keyed run is queued
-/// (then it updates nothing, and the claim that counts keys runs). Parameters: `?1` the
-/// owner, `?2` the lease's end, `?3` now, `?4` how many.
-fn claim_due_sql() -> String {
-    format!(
-        "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
-                lease_token = lease_token + 1, attempts = attempts + 1,
-                started_at = coalesce(started_at, ?3)
-         WHERE id IN (SELECT id FROM runs INDEXED BY runs_due
-                      WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
-                        AND run_at <= (SELECT ?3) AND (expire_at IS NULL OR expire_at > ?3)
-                      ORDER BY run_at, id LIMIT ?4)
-           AND NOT {KEYED_QUEUED}
-         {CLAIM_RETURNING}"
-    )
-}
-
-/// The parameters of a claim: owner, lease end, now, limit.
-fn claim_args(request: &ClaimRequest) -> (&str, i64, i64, i64) {
-    let now = SystemTime::now();
-    let lease_until = millis(later(now, request.lease));
-    let limit = i64::try_from(request.limit).unwrap_or(i64::MAX);
-    (&request.owner, lease_until, millis(now), limit)
-}
-
-/// [`claim_due_sql`]'s parameters bound: owner, lease end, now, limit.
-fn bind_claim<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    request: &'q ClaimRequest,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let (owner, lease_until, now, limit) = claim_args(request);
-    query.bind(owner).bind(lease_until).bind(now).bind(limit)
-}
-
-/// The common claim (no task limits) alone in its batch, as one framed call (see
-/// [`apply_framed`]) that also reads when the next run is due and whether a keyed run is
-/// queued. `None` when it claimed nothing and a keyed run is queued: then the claim that
-/// counts keys runs, in a transaction of its own.
-async fn claim_framed(
-    conn: &mut Conn,
-    request: &ClaimRequest,
-) -> Result<Option<Claimed>, sqlx::Error> {
-    let sql = framed(&format!(
-        "{};\nSELECT ({NEXT_DUE}) AS next_due, {KEYED_QUEUED} AS keyed",
-        claim_due_sql()
-    ));
-    let mut rows = bind_claim(sqlx::query(AssertSqlSafe(sql)), request)
-        .fetch_all(&mut *conn)
-        .await?;
-    let Some(last) = rows.pop() else {
-        return Err(sqlx::Error::RowNotFound);
-    };
-    let keyed: bool = last.try_get("keyed")?;
-    if rows.is_empty() && keyed {
-        return Ok(None);
-    }
-    let runs = rows
-        .iter()
-        .map(claimed_run)
-        .collect::<Result<Vec<_>, _>>()?;
-    let next_due = if runs.len() < request.limit {
-        last.try_get::<Option<i64>, _>("next_due")?.map(time)
-    } else {
-        None
-    };
-    Ok(Some(Claimed { runs, next_due }))
-}
-
-async fn claim_runs(
-    conn: &mut Conn,
-    request: &ClaimRequest,
-) -> Result<Vec<ClaimedRun>, sqlx::Error> {
-    let (owner, lease_until, now, limit) = claim_args(request);
-    let mut plain = Vec::new();
-    let simple = request.task_limits.is_empty() && {
-        plain = bind_claim(sqlx::query(AssertSqlSafe(claim_due_sql())), request)
-            .fetch_all(&mut *conn)
-            .await?;
-        // Nothing claimed: nothing was due, or a keyed run was queued.
-        !plain.is_empty()
-            || !sqlx::query_scalar::<_, bool>(AssertSqlSafe(format!("SELECT {KEYED_QUEUED}")))
-                .fetch_one(&mut *conn)
-                .await?
-    };
-    let rows: Vec<SqliteRow> = if simple {
-        plain
-    } else {
-        // Tasks with a concurrency limit: count what executes now (in every process), leave
-        // out the tasks at their limit, and take no more of each than its room.
-        let tasks: Vec<&str> = request
-            .task_limits
-            .iter()
-            .map(|(t, _)| t.as_str())
-            .collect();
-        let counts: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT task, count(*) FROM runs INDEXED BY runs_executing
-             WHERE status = 'executing' AND parent_run_id IS NULL AND task IN ({})
-             GROUP BY task",
-            placeholders(tasks.len(), 1)
-        )))
-        .bind_all(&tasks)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut room: std::collections::HashMap<&str, i64> = request
-            .task_limits
-            .iter()
-            .map(|(task, limit)| {
-                let running = counts
-                    .iter()
-                    .find(|(t, _)| t == task)
-                    .map_or(0, |(_, n)| *n);
-                (task.as_str(), i64::from(*limit) - running)
-            })
-            .collect();
-        let full: Vec<&str> = room
-            .iter()
-            .filter(|(_, r)| **r <= 0)
-            .map(|(t, _)| *t)
-            .collect();
-        let exclude = if full.is_empty() {
-            String::new()
-        } else {
-            format!("AND task NOT IN ({})", placeholders(full.len(), 3))
-        };
-        // A keyed run counts the runs executing with its key; a key at its limit is left
-        // out, so its backlog does not hide other keys' runs.
-        let key_running = "(SELECT count(*) FROM runs AS e
-             WHERE e.concurrency_key = runs.concurrency_key AND e.task = runs.task
-               AND e.status = 'executing' AND e.parent_run_id IS NULL)";
-        // (id, task, concurrency key, its limit, runs executing with it)
-        type Candidate = (String, String, Option<String>, Option<i64>, i64);
-        let candidates: Vec<Candidate> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT id, task, concurrency_key, concurrency_limit,
-                    CASE WHEN concurrency_key IS NULL THEN 0 ELSE {key_running} END
-             FROM runs INDEXED BY runs_due
-             WHERE status IN ('queued', 'delayed') AND parent_run_id IS NULL
-               AND run_at <= ?1 AND (expire_at IS NULL OR expire_at > ?1) {exclude}
-               AND (concurrency_key IS NULL OR {key_running} < concurrency_limit)
-             ORDER BY run_at, id LIMIT ?2"
-        )))
-        .bind(now)
-        .bind(limit.saturating_mul(4))
-        .bind_all(&full)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut chosen = Vec::new();
-        let mut key_room: std::collections::HashMap<(String, String), i64> = Default::default();
-        for (id, task, key, key_limit, key_running) in candidates {
-            if chosen.len() >= request.limit {
-                break;
-            }
-            if room.get(task.as_str()).is_some_and(|left| *left <= 0) {
-                continue;
-            }
-            if let Some(key) = key {
-                let left = key_room
-                    .entry((task.clone(), key))
-                    .or_insert(key_limit.unwrap_or(1) - key_running);
-                if *left <= 0 {
-                    continue;
-                }
-                *left -= 1;
-            }
-            if let Some(left) = room.get_mut(task.as_str()) {
-                *left -= 1;
-            }
-            chosen.push(id);
-        }
-        if chosen.is_empty() {
-            return Ok(Vec::new());
-        }
-
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE runs SET status = 'executing', lease_owner = ?1, lease_expires_at = ?2,
-                    lease_token = lease_token + 1, attempts = attempts + 1,
-                    started_at = coalesce(started_at, ?3)
-             WHERE status IN ('queued', 'delayed') AND id IN ({})
-             {CLAIM_RETURNING}",
-            placeholders(chosen.len(), 4)
-        )))
-        .bind(owner)
-        .bind(lease_until)
-        .bind(now)
-        .bind_all(&chosen)
-        .fetch_all(&mut *conn)
-        .await?
-    };
-    rows.iter().map(claimed_run).collect()
-}
-
-/// A claimed run from a row of [`CLAIM_RETURNING`].
-fn claimed_run(row: &SqliteRow) -> Result<ClaimedRun, sqlx::Error> {
-    let id: String = row.try_get("id")?;
-    let input: String = row.try_get("input")?;
-    Ok(ClaimedRun {
-        id: parse_id(&id)?,
-        task: row.try_get("task")?,
-        input: serde_json::from_str(&input).map_err(|e| decode("input", e))?,
-        attempt: u32::try_from(row.try_get::<i64, _>("attempts")?).unwrap_or(u32::MAX),
-        token: row.try_get("lease_token")?,
-        resumed: row.try_get::<i64, _>("waits")? > 0,
-        spawned_by: row
-            .try_get::<Option<String>, _>("spawned_by")?
-            .map(|id| parse_id(&id))
-            .transpose()?,
-        trace_context: row.try_get("trace_context")?,
-    })
-}
-
-async fn heartbeat(
-    conn: &mut Conn,
-    owner: &str,
-    leases: &[Lease],
-    extend: Duration,
-) -> Result<HeartbeatReply, sqlx::Error> {
-    let until = millis(later(SystemTime::now(), extend));
-    let mut reply = HeartbeatReply::default();
-    for chunk in leases.chunks(CHUNK) {
-        // By primary key (a row-value `IN (VALUES ..)` would scan the table); a lease is
-        // ours when the owner and the token still match.
-        let ids: Vec<&str> = chunk.iter().map(|l| l.id.as_str()).collect();
-        let kept = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE runs SET lease_expires_at = ?1
-             WHERE id IN ({}) AND lease_owner = ?2 AND status = 'executing'
-             RETURNING id, lease_token, cancel_requested",
-            placeholders(ids.len(), 3)
-        )))
-        .bind(until)
-        .bind(owner)
-        .bind_all(&ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        let mut seen = std::collections::HashMap::new();
-        for row in kept {
-            let id: String = row.try_get("id")?;
-            let token: i64 = row.try_get("lease_token")?;
-            if row.try_get::<i64, _>("cancel_requested")? != 0 {
-                reply.cancel.push(parse_id(&id)?);
-            }
-            seen.insert(id, token);
-        }
-        reply.lost.extend(
-            chunk
-                .iter()
-                .filter(|l| seen.get(l.id.as_str()) != Some(&l.token))
-                .map(|l| l.id.clone()),
-        );
-    }
-    Ok(reply)
-}
-
-/// A finished run of a settle, written with the others of its batch: its place in the
-/// batch, id, lease token and envelope.
-type Finish<'a> = (usize, &'a RunId, i64, &'a RunOutput<Value>);
-
-/// A settle that is a plain finish (its lease was not found expired first).
-fn finish_of((i, outcome): (usize, &Settle)) -> Option<Finish<'_>> {
-    match outcome {
-        Settle::Finish {
-            id,
-            token,
-            envelope,
-            expired_before: None,
-        } => Some((i, id, *token, &**envelope)),
-        _ => None,
-    }
-}
-
-/// One statement for `rows` finished runs, fenced by their lease tokens: `?1` is the time,
-/// then four parameters a run ([`bind_finishes`]). Returns the runs it finished.
-fn finish_sql(rows: usize) -> String {
-    let values = (0..rows)
-        .map(|i| {
-            let b = 2 + 4 * i;
-            format!("(?{b}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3)
-        })
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        "WITH v(id, token, status, envelope) AS (VALUES {values})
-         UPDATE runs SET status = v.status, envelope = v.envelope, finished_at = ?1,
-                lease_owner = NULL, lease_expires_at = NULL,
-                idempotency_key = CASE WHEN v.status = 'completed' THEN runs.idempotency_key END,
-                idempotency_expires_at = CASE WHEN v.status = 'completed' AND runs.idempotency_ttl_ms IS NOT NULL
-                    THEN min(?1 + runs.idempotency_ttl_ms, 9000000000000000000) END
-         FROM v
-         WHERE runs.id = v.id AND runs.lease_token = v.token AND runs.status = 'executing'
-         RETURNING runs.id, runs.spawned_by IS NOT NULL AS spawned"
-    )
-}
-
-fn bind_finishes<'q>(
-    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
-    now: i64,
-    chunk: &[Finish<'q>],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let mut query = query.bind(now);
-    for (_, id, token, envelope) in chunk {
-        query = query
-            .bind(id.as_str())
-            .bind(*token)
-            .bind(RunStatus::of_envelope(envelope).as_str())
-            .bind(json_text(envelope));
-    }
-    query
-}
-
-/// Marks which runs of `chunk` the statement finished (the others' leases were no longer
-/// theirs); whether one of them was a spawned child (its parent may wake).
-fn mark_finished(
-    rows: &[SqliteRow],
-    chunk: &[Finish<'_>],
-    applied: &mut [bool],
-) -> Result<bool, sqlx::Error> {
-    let mut wake = false;
-    let mut done: Vec<String> = Vec::with_capacity(rows.len());
-    for row in rows {
-        done.push(row.try_get("id")?);
-        wake |= row.try_get::<bool, _>("spawned")?;
-    }
-    for (i, id, _, _) in chunk {
-        applied[*i] = done.iter().any(|d| d == id.as_str());
-    }
-    Ok(wake)
-}
-
-/// A worker's finished runs alone in their batch, as one framed call (see
-/// [`apply_framed`]), with the wake of their parents (a no-op when none waits: its
-/// partial index is empty). `None` when the settle is not only plain finishes.
-async fn settle_framed(
-    conn: &mut Conn,
-    outcomes: &[Settle],
-) -> Option<Result<Vec<bool>, sqlx::Error>> {
-    let finished: Vec<Finish<'_>> = outcomes.iter().enumerate().filter_map(finish_of).collect();
-    if finished.len() != outcomes.len() || finished.len() > CHUNK {
-        return None;
-    }
-    let now = millis(SystemTime::now());
-    let sql = framed(&format!("{};\n{WAKE_PARENTS}", finish_sql(finished.len())));
-    let rows = match bind_finishes(sqlx::query(AssertSqlSafe(sql)), now, &finished)
-        .fetch_all(&mut *conn)
-        .await
-    {
-        Ok(rows) => rows,
-        Err(error) => return Some(Err(error)),
-    };
-    let mut applied = vec![false; outcomes.len()];
-    Some(mark_finished(&rows, &finished, &mut applied).map(|_| applied))
-}
-
-async fn settle(conn: &mut Conn, outcomes: &[Settle]) -> Result<Vec<bool>, sqlx::Error> {
-    let now = millis(SystemTime::now());
-    let mut applied = vec![false; outcomes.len()];
-    // Whether a parent may have to wake: a spawned child ended, a parent suspended to wait
-    // for its children, or a reclaimed run ended (rare, not looked at closer).
-    let mut wake = false;
-    // A worker's finished runs: one statement for all of them.
-    let finished: Vec<Finish<'_>> = outcomes.iter().enumerate().filter_map(finish_of).collect();
-    for chunk in finished.chunks(CHUNK) {
-        let rows = bind_finishes(
-            sqlx::query(AssertSqlSafe(finish_sql(chunk.len()))),
-            now,
-            chunk,
-        )
-        .fetch_all(&mut *conn)
-        .await?;
-        wake |= mark_finished(&rows, chunk, &mut applied)?;
-    }
-    for (i, outcome) in outcomes.iter().enumerate() {
-        let result = match outcome {
-            Settle::Finish {
-                expired_before: None,
-                ..
-            } => continue,
-            Settle::Finish {
-                id,
-                token,
-                envelope,
-                expired_before,
-            } => {
-                wake = true;
-                let status = RunStatus::of_envelope(envelope);
-                let completed = status == RunStatus::Completed;
-                sqlx::query(
-                    "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3,
-                            lease_owner = NULL, lease_expires_at = NULL,
-                            idempotency_key = CASE WHEN ?4 THEN idempotency_key END,
-                            idempotency_expires_at = CASE WHEN ?4 AND idempotency_ttl_ms IS NOT NULL
-                                THEN min(?3 + idempotency_ttl_ms, 9000000000000000000) END
-                     WHERE id = ?5 AND lease_token = ?6 AND status = 'executing'
-                       AND (?7 IS NULL OR lease_expires_at < ?7)",
-                )
-                .bind(status.as_str())
-                .bind(json_text(envelope))
-                .bind(now)
-                .bind(completed)
-                .bind(id.as_str())
-                .bind(token)
-                .bind(expired_before.map(millis))
-                .execute(&mut *conn)
-                .await?
-            }
-            Settle::Retry {
-                id,
-                token,
-                run_at,
-                error,
-                expired_before,
-            } => {
-                sqlx::query(
-                    "UPDATE runs SET status = 'queued', run_at = ?1, lease_owner = NULL, lease_expires_at = NULL,
-                            retried = json_insert(coalesce(retried, '[]'), '$[#]', json(?2))
-                     WHERE id = ?3 AND lease_token = ?4 AND status = 'executing'
-                       AND (?5 IS NULL OR lease_expires_at < ?5)",
-                )
-                .bind(millis(*run_at))
-                .bind(json_text(error))
-                .bind(id.as_str())
-                .bind(token)
-                .bind(expired_before.map(millis))
-                .execute(&mut *conn)
-                .await?
-            }
-            Settle::Release { id, token } => {
-                sqlx::query(
-                    "UPDATE runs SET status = 'queued', attempts = attempts - 1,
-                            lease_owner = NULL, lease_expires_at = NULL
-                     WHERE id = ?1 AND lease_token = ?2 AND status = 'executing'",
-                )
-                .bind(id.as_str())
-                .bind(token)
-                .execute(&mut *conn)
-                .await?
-            }
-            Settle::Suspend {
-                id,
-                token,
-                wake_at,
-                wait_token,
-                children,
-            } => {
-                wake |= children.is_some();
-                // A token completed before this settle (while the attempt wound down) wakes
-                // the run at once: the writer orders this against `complete_token`.
-                let result = sqlx::query(
-                    "UPDATE runs SET
-                            status = CASE WHEN ?3 IS NOT NULL AND EXISTS (SELECT 1 FROM wait_tokens
-                                        WHERE wait_tokens.id = ?3 AND wait_tokens.status = 'completed')
-                                     THEN 'queued' ELSE 'waiting' END,
-                            run_at = CASE WHEN ?3 IS NOT NULL AND EXISTS (SELECT 1 FROM wait_tokens
-                                        WHERE wait_tokens.id = ?3 AND wait_tokens.status = 'completed')
-                                     THEN ?4 ELSE ?5 END,
-                            attempts = attempts - 1, waits = waits + 1, expire_at = NULL,
-                            lease_owner = NULL, lease_expires_at = NULL,
-                            wait_children = ?6, wait_children_fail = ?7
-                     WHERE id = ?1 AND lease_token = ?2 AND status = 'executing'",
-                )
-                .bind(id.as_str())
-                .bind(token)
-                .bind(wait_token)
-                .bind(now)
-                .bind(millis(*wake_at))
-                .bind(children.map(|c| i64::from(c.open_at_most)))
-                .bind(children.is_some_and(|c| c.on_failure))
-                .execute(&mut *conn)
-                .await?;
-                if result.rows_affected() == 1
-                    && let Some(wait_token) = wait_token
-                {
-                    sqlx::query("UPDATE wait_tokens SET run_id = ?2 WHERE id = ?1")
-                        .bind(wait_token)
-                        .bind(id.as_str())
-                        .execute(&mut *conn)
-                        .await?;
-                }
-                result
-            }
-        };
-        applied[i] = result.rows_affected() == 1;
-    }
-    // The settle of a parent's last child (or the one that leaves room) wakes the parent;
-    // so does a parent's own suspension when its children already ended meanwhile. One
-    // writer orders both, so no wake is missed. (Only then: a drain of top-level runs
-    // pays no statement for it.)
-    if wake {
-        wake_parents(conn, now).await?;
-    }
-    Ok(applied)
-}
-
-/// Queues the parents waiting for spawned children whose wake condition holds.
-async fn wake_parents(conn: &mut Conn, now: i64) -> Result<(), sqlx::Error> {
-    sqlx::query(WAKE_PARENTS)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Queues the parents waiting for spawned children whose wake condition holds; `?1` is the
-/// time. A parent goes back at its creation time: ahead of its own queued children, so a
-/// fail-fast parent cancels them before they run.
-const WAKE_PARENTS: &str = "UPDATE runs SET status = 'queued', run_at = min(created_at, ?1), wait_children = NULL, wait_children_fail = 0
-     WHERE id IN (SELECT p.id FROM runs AS p INDEXED BY runs_waiting_children
-                  WHERE p.status = 'waiting' AND p.wait_children IS NOT NULL
-                    AND ((SELECT count(*) FROM runs AS c WHERE c.spawned_by = p.id
-                            AND c.status IN ('queued', 'delayed', 'executing', 'waiting')) <= p.wait_children
-                         OR (p.wait_children_fail = 1 AND EXISTS (SELECT 1 FROM runs AS c
-                             WHERE c.spawned_by = p.id AND c.status IN ('failed', 'cancelled', 'expired')))))";
-
-/// Enqueues a parent's children, a multi-row statement per chunk, fenced by the parent's
-/// lease; a position that has a child already keeps it.
-async fn spawn_children(conn: &mut Conn, spawn: &Spawn) -> Result<usize, sqlx::Error> {
-    let now = millis(SystemTime::now());
-    let mut added = 0;
-    let (again, new): (Vec<&NewChild>, Vec<&NewChild>) =
-        spawn.children.iter().partition(|child| child.again);
-    // Eight parameters a row, three before them.
-    for chunk in new.chunks(CHUNK * 4) {
-        let rows = (0..chunk.len())
-            .map(|i| {
-                let b = 4 + 8 * i;
-                format!(
-                    "(?{b}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5,
-                    b + 6,
-                    b + 7
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut query = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO runs (id, task, tenant_id, project_id, input, position, spawn_attempt,
-                               trace_context, status, run_at, created_at, spawned_by, root_run_id)
-             SELECT v.column1, v.column2, v.column3, v.column4, v.column5, v.column6, v.column7,
-                    v.column8, 'queued', ?3, ?3, ?1, ?1
-             FROM (VALUES {rows}) AS v WHERE {ROOT_HELD}
-             ON CONFLICT DO NOTHING"
-        )))
-        .bind(spawn.parent.as_str())
-        .bind(spawn.token)
-        .bind(now);
-        for child in chunk {
-            query = query
-                .bind(child.id.as_str())
-                .bind(&child.task)
-                .bind(&child.tenant_id)
-                .bind(&child.project_id)
-                .bind(json_text(&child.input))
-                .bind(&child.position)
-                .bind(i64::from(child.parent_attempt))
-                .bind(&child.trace_context);
-        }
-        let result = query.execute(&mut *conn).await?;
-        added += usize::try_from(result.rows_affected()).unwrap_or(0);
-    }
-    // Children that failed in an earlier attempt of the parent: queued again with fresh
-    // attempts; `waits` makes their claim load the journal they keep.
-    for chunk in again.chunks(CHUNK) {
-        let ids: Vec<&str> = chunk.iter().map(|c| c.id.as_str()).collect();
-        let attempt = chunk.iter().map(|c| c.parent_attempt).max().unwrap_or(1);
-        // One attempt of the parent queues them all: one trace context.
-        let trace = chunk.iter().find_map(|c| c.trace_context.as_deref());
-        let result = sqlx::query(AssertSqlSafe(format!(
-            "UPDATE runs SET status = 'queued', run_at = ?3, attempts = 0, retried = NULL,
-                    envelope = NULL, output = NULL, error = NULL, finished_at = NULL,
-                    cancel_requested = 0, lease_owner = NULL, lease_expires_at = NULL,
-                    waits = waits + 1, spawn_attempt = ?4, trace_context = ?5
-             WHERE spawned_by = ?1 AND status IN ('failed', 'cancelled', 'expired')
-               AND {ROOT_HELD} AND id IN ({})",
-            placeholders(ids.len(), 6)
-        )))
-        .bind(spawn.parent.as_str())
-        .bind(spawn.token)
-        .bind(now)
-        .bind(i64::from(attempt))
-        .bind(trace)
-        .bind_all(&ids)
-        .execute(&mut *conn)
-        .await?;
-        added += usize::try_from(result.rows_affected()).unwrap_or(0);
-    }
-    Ok(added)
-}
-
-async fn end_queued(
-    conn: &mut Conn,
-    ends: &[(RunId, Box<RunOutput<Value>>)],
-) -> Result<Vec<bool>, sqlx::Error> {
-    let now = millis(SystemTime::now());
-    let mut applied = Vec::with_capacity(ends.len());
-    for (id, envelope) in ends {
-        let result = sqlx::query(
-            "UPDATE runs SET status = ?1, envelope = ?2, finished_at = ?3, idempotency_key = NULL
-             WHERE id = ?4 AND status IN ('queued', 'delayed', 'waiting')",
-        )
-        .bind(RunStatus::of_envelope(envelope).as_str())
-        .bind(json_text(&envelope))
-        .bind(now)
-        .bind(id.as_str())
-        .execute(&mut *conn)
-        .await?;
-        applied.push(result.rows_affected() == 1);
-    }
-    wake_parents(conn, now).await?;
-    Ok(applied)
-}
-
-async fn cancel(
-    conn: &mut Conn,
-    id: &RunId,
-    envelope: &RunOutput<Value>,
-) -> Result<CancelOutcome, sqlx::Error> {
-    let status: Option<String> = sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
-    let Some(status) = status else {
-        return Ok(CancelOutcome::NotFound);
-    };
-    let status = parse_status(&status)?;
-    match status {
-        // A waiting run holds no worker: it ends at once, like a queued one.
-        RunStatus::Queued | RunStatus::Delayed | RunStatus::Waiting => {
-            end_queued(conn, &[(id.clone(), Box::new(envelope.clone()))]).await?;
-            Ok(CancelOutcome::Cancelled)
-        }
-        RunStatus::Executing => {
-            sqlx::query("UPDATE runs SET cancel_requested = 1 WHERE id = ?1")
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await?;
-            Ok(CancelOutcome::Requested)
-        }
-        finished => Ok(CancelOutcome::AlreadyFinished(finished)),
-    }
-}
-
-/// The root's lease still holds (the writer of a journal entry is its root's owner).
-const ROOT_HELD: &str = "EXISTS (SELECT 1 FROM runs AS root WHERE root.id = ?1 AND root.lease_token = ?2 AND root.status = 'executing')";
-
-async fn flush_journal(
-    conn: &mut Conn,
-    ops: Vec<JournalOp>,
-    fail: &impl Fn(&sqlx::Error) -> StoreError,
-) {
-    for op in ops {
-        let result = match op {
-            JournalOp::Start {
-                root,
-                token,
-                id,
-                parent,
-                position,
-                task,
-                tenant_id,
-                project_id,
-                input,
-                at,
-            } => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO runs (id, task, tenant_id, project_id, status, input, attempts, run_at,
-                                       created_at, started_at, parent_run_id, root_run_id, position)
-                     SELECT ?3, ?4, ?5, ?6, 'executing', ?7, 0, ?8, ?8, ?8, ?9, ?1, ?10 WHERE {ROOT_HELD}
-                     ON CONFLICT (id) DO UPDATE SET status = 'executing', output = NULL, error = NULL,
-                                                    finished_at = NULL"
-                )))
-                .bind(root.as_str())
-                .bind(token)
-                .bind(id.as_str())
-                .bind(task)
-                .bind(tenant_id)
-                .bind(project_id)
-                .bind(json_text(&input))
-                .bind(millis(at))
-                .bind(parent.as_str())
-                .bind(position)
-                .execute(&mut *conn)
-                .await
-            }
-            JournalOp::Finish {
-                root,
-                token,
-                id,
-                status,
-                output,
-                error,
-                attempts,
-                at,
-            } => {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE runs SET status = ?3, output = ?4, error = ?5, attempts = attempts + ?6, finished_at = ?7
-                     WHERE id = ?8 AND {ROOT_HELD}"
-                )))
-                .bind(root.as_str())
-                .bind(token)
-                .bind(status.as_str())
-                .bind(output.as_ref().map(json_text))
-                .bind(error.as_ref().map(json_text))
-                .bind(i64::from(attempts))
-                .bind(millis(at))
-                .bind(id.as_str())
-                .execute(&mut *conn)
-                .await
-            }
-        };
-        if let Err(e) = result {
-            let error = fail(&e);
-            tracing::warn!(%error, "journal write failed; the step may run again on a retry");
-        }
-    }
-}
-
-async fn flush_logs(
-    conn: &mut Conn,
-    lines: Vec<LogLine>,
-    fail: &impl Fn(&sqlx::Error) -> StoreError,
-) {
-    for chunk in lines.chunks(CHUNK) {
-        let rows = (0..chunk.len())
-            .map(|i| {
-                let b = 1 + 5 * i;
-                format!("(?{b}, ?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut query = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO run_logs (run_id, at, level, message, fields) VALUES {rows}"
-        )));
-        for line in chunk {
-            query = query
-                .bind(line.run_id.as_str())
-                .bind(millis(line.at))
-                .bind(&line.level)
-                .bind(&line.message)
-                .bind(json_text(&line.fields));
-        }
-        if let Err(e) = query.execute(&mut *conn).await {
-            let error = fail(&e);
-            tracing::warn!(%error, lines = chunk.len(), "storing log lines failed");
-        }
-    }
-}
-
-trait BindAll<'q> {
-    fn bind_all<T: AsRef<str>>(self, values: &[T]) -> Self;
-}
-
-impl<'q, O> BindAll<'q>
-    for sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>
-{
-    fn bind_all<T: AsRef<str>>(mut self, values: &[T]) -> Self {
-        for value in values {
-            self = self.bind(value.as_ref().to_owned());
-        }
-        self
-    }
-}
-
-impl<'q> BindAll<'q> for sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    fn bind_all<T: AsRef<str>>(mut self, values: &[T]) -> Self {
-        for value in values {
-            self = self.bind(value.as_ref().to_owned());
-        }
-        self
-    }
 }
 
 fn decode(what: &str, error: impl std::fmt::Display) -> sqlx::Error {
@@ -2037,8 +734,11 @@ impl RunStore for SqliteStore {
                 clauses.join(" AND "),
                 filter.page_size()
             );
-            let rows = sqlx::query(AssertSqlSafe(sql))
-                .bind_all(&binds)
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for value in binds {
+                query = query.bind(value);
+            }
+            let rows = query
                 .fetch_all(&self.reads)
                 .await
                 .map_err(|e| self.fail(&e))?;
@@ -2498,86 +1198,6 @@ fn token_of(row: &SqliteRow) -> Result<WaitToken, sqlx::Error> {
         data: json_column(row, "data")?,
         run_id: run_id.as_deref().map(parse_id).transpose()?,
     })
-}
-
-async fn write_token(conn: &mut Conn, write: &TokenWrite) -> Result<TokenReply, sqlx::Error> {
-    match write {
-        TokenWrite::Create(token) => {
-            sqlx::query(
-                "INSERT INTO wait_tokens (id, tenant_id, tags, status, timeout_at, created_at)
-                 VALUES (?1, ?2, ?3, 'waiting', ?4, ?5)",
-            )
-            .bind(&token.id)
-            .bind(&token.tenant_id)
-            .bind((!token.tags.is_empty()).then(|| json_text(&token.tags)))
-            .bind(token.timeout_at.map(millis))
-            .bind(millis(token.created_at))
-            .execute(&mut *conn)
-            .await?;
-            Ok(TokenReply::Done)
-        }
-        TokenWrite::Complete(id, data, now) => {
-            let row: Option<(String, Option<i64>, Option<String>)> =
-                sqlx::query_as("SELECT status, timeout_at, run_id FROM wait_tokens WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-            let Some((status, timeout_at, run_id)) = row else {
-                return Ok(TokenReply::Completed(TokenCompletion::NotFound));
-            };
-            if status == "completed" {
-                return Ok(TokenReply::Completed(TokenCompletion::AlreadyCompleted));
-            }
-            if timeout_at.is_some_and(|t| t <= millis(*now)) {
-                return Ok(TokenReply::Completed(TokenCompletion::TimedOut));
-            }
-            if let Some(run_id) = &run_id {
-                let run_status: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM runs WHERE id = ?1")
-                        .bind(run_id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if run_status.as_deref() == Some("cancelled") {
-                    return Ok(TokenReply::Completed(TokenCompletion::RunCancelled));
-                }
-            }
-            let at = millis(SystemTime::now());
-            sqlx::query(
-                "UPDATE wait_tokens SET status = 'completed', data = ?2, completed_at = ?3 WHERE id = ?1",
-            )
-            .bind(id)
-            .bind(json_text(data))
-            .bind(millis(*now))
-            .execute(&mut *conn)
-            .await?;
-            if let Some(run_id) = &run_id {
-                // Due now on the system clock, which claims read.
-                sqlx::query(
-                    "UPDATE runs SET status = 'queued', run_at = ?2 WHERE id = ?1 AND status = 'waiting'",
-                )
-                .bind(run_id)
-                .bind(at)
-                .execute(&mut *conn)
-                .await?;
-            }
-            Ok(TokenReply::Completed(TokenCompletion::Completed))
-        }
-        TokenWrite::Wake(now) => {
-            // Due now on the system clock, which claims read (`now` may be a test's clock).
-            let woken = sqlx::query(
-                "UPDATE runs SET status = 'queued', run_at = ?2
-                 WHERE id IN (SELECT id FROM runs INDEXED BY runs_waiting
-                              WHERE status = 'waiting' AND parent_run_id IS NULL AND run_at <= ?1)",
-            )
-            .bind(millis(*now))
-            .bind(millis(SystemTime::now()))
-            .execute(&mut *conn)
-            .await?;
-            Ok(TokenReply::Woken(
-                usize::try_from(woken.rows_affected()).unwrap_or(usize::MAX),
-            ))
-        }
-    }
 }
 
 fn corrupt(id: &RunId, error: sqlx::Error) -> StoreError {
