@@ -90,10 +90,13 @@ struct LocalChanges {
 /// A write for the writer thread, with where its result goes.
 enum Write {
     Enqueue(
-        Vec<NewRun>,
+        Encoded<Vec<NewRun>>,
         oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
     ),
-    Claim(ClaimRequest, oneshot::Sender<Result<Claimed, StoreError>>),
+    Claim(
+        ClaimRequest,
+        oneshot::Sender<Result<RawClaimed, StoreError>>,
+    ),
     Heartbeat(
         String,
         Vec<Lease>,
@@ -101,7 +104,7 @@ enum Write {
         oneshot::Sender<Result<HeartbeatReply, StoreError>>,
     ),
     Settle(
-        Arc<Vec<Settle>>,
+        Encoded<Arc<Vec<Settle>>>,
         oneshot::Sender<Result<Vec<bool>, StoreError>>,
     ),
     EndQueued(
@@ -126,6 +129,68 @@ enum Write {
         Box<TokenWrite>,
         oneshot::Sender<Result<TokenReply, StoreError>>,
     ),
+}
+
+/// Writes with their JSON already written out by the caller, on its own thread: the writer
+/// thread is the store's one serial part, and it gets the text to store.
+struct Encoded<T> {
+    items: T,
+    /// One text an item: a new run's input; a settle's envelope or error (empty for the
+    /// others).
+    json: Vec<String>,
+}
+
+impl Encoded<Vec<NewRun>> {
+    fn runs(runs: Vec<NewRun>) -> Self {
+        let json = runs.iter().map(|run| json_text(&run.input)).collect();
+        Encoded { items: runs, json }
+    }
+}
+
+impl Encoded<Arc<Vec<Settle>>> {
+    fn settles(outcomes: Arc<Vec<Settle>>) -> Self {
+        let json = outcomes
+            .iter()
+            .map(|outcome| match outcome {
+                Settle::Finish { envelope, .. } => json_text(envelope),
+                Settle::Retry { error, .. } => json_text(error),
+                Settle::Release { .. } | Settle::Suspend { .. } => String::new(),
+            })
+            .collect();
+        Encoded {
+            items: outcomes,
+            json,
+        }
+    }
+}
+
+/// A claim as the writer answers it: the runs' inputs still as stored text, parsed by the
+/// caller (off the writer's thread) in [`RawClaimed::decode`].
+struct RawClaimed {
+    /// Each run's `input` is `null` until decoded.
+    claimed: Claimed,
+    inputs: Vec<String>,
+}
+
+impl RawClaimed {
+    fn decode(self) -> Result<Claimed, StoreError> {
+        let RawClaimed {
+            mut claimed,
+            inputs,
+        } = self;
+        for (run, input) in claimed.runs.iter_mut().zip(inputs) {
+            run.input = serde_json::from_str(&input).map_err(|e| StoreError::Corrupt {
+                id: run.id.to_string(),
+                reason: format!("input: {e}"),
+            })?;
+        }
+        Ok(claimed)
+    }
+}
+
+/// The text stored for a JSON value.
+fn json_text(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
 }
 
 /// Children a parent enqueues (see [`RunStore::spawn`]).
@@ -591,11 +656,14 @@ const RUN_COLUMNS: &str = "id, task, status, tenant_id, project_id, attempts, ta
 
 impl RunStore for SqliteStore {
     fn enqueue(&self, runs: Vec<NewRun>) -> BoxFuture<'_, Result<Vec<Enqueued>, StoreError>> {
-        Box::pin(self.write(|tx| Write::Enqueue(runs, tx)))
+        Box::pin(async move {
+            let runs = Encoded::runs(runs);
+            self.write(|tx| Write::Enqueue(runs, tx)).await
+        })
     }
 
     fn claim(&self, request: ClaimRequest) -> BoxFuture<'_, Result<Claimed, StoreError>> {
-        Box::pin(self.write(|tx| Write::Claim(request, tx)))
+        Box::pin(async move { self.write(|tx| Write::Claim(request, tx)).await?.decode() })
     }
 
     fn heartbeat(
@@ -608,7 +676,10 @@ impl RunStore for SqliteStore {
     }
 
     fn settle(&self, outcomes: Arc<Vec<Settle>>) -> BoxFuture<'_, Result<Vec<bool>, StoreError>> {
-        Box::pin(self.write(|tx| Write::Settle(outcomes, tx)))
+        Box::pin(async move {
+            let outcomes = Encoded::settles(outcomes);
+            self.write(|tx| Write::Settle(outcomes, tx)).await
+        })
     }
 
     fn expired_leases(

@@ -20,8 +20,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    CHUNK, LocalChanges, ScheduleReply, ScheduleWrite, Spawn, TokenReply, TokenWrite, Write,
-    classify_code, placeholders,
+    CHUNK, Encoded, LocalChanges, RawClaimed, ScheduleReply, ScheduleWrite, Spawn, TokenReply,
+    TokenWrite, Write, classify_code, json_text, placeholders,
 };
 use crate::envelope::RunOutput;
 use crate::id::RunId;
@@ -218,14 +218,14 @@ fn apply_batch(
 /// A write applied in the open transaction, waiting for the commit to be answered.
 enum Done {
     Enqueue(
-        Vec<NewRun>,
+        Encoded<Vec<NewRun>>,
         oneshot::Sender<Result<Vec<Enqueued>, StoreError>>,
         Vec<Enqueued>,
     ),
     Claim(
         ClaimRequest,
-        oneshot::Sender<Result<Claimed, StoreError>>,
-        Claimed,
+        oneshot::Sender<Result<RawClaimed, StoreError>>,
+        RawClaimed,
     ),
     Heartbeat(
         String,
@@ -235,7 +235,7 @@ enum Done {
         HeartbeatReply,
     ),
     Settle(
-        Arc<Vec<Settle>>,
+        Encoded<Arc<Vec<Settle>>>,
         oneshot::Sender<Result<Vec<bool>, StoreError>>,
         Vec<bool>,
     ),
@@ -322,7 +322,7 @@ fn reject(write: Write, error: &StoreError) {
 /// with its error.
 fn apply_one(conn: &Conn, write: Write) -> Result<Done, Box<(Write, rusqlite::Error)>> {
     match write {
-        Write::Enqueue(runs, tx) => match enqueue(conn, &runs) {
+        Write::Enqueue(runs, tx) => match enqueue(conn, &runs.items, &runs.json) {
             Ok(r) => Ok(Done::Enqueue(runs, tx, r)),
             Err(e) => Err(Box::new((Write::Enqueue(runs, tx), e))),
         },
@@ -336,7 +336,7 @@ fn apply_one(conn: &Conn, write: Write) -> Result<Done, Box<(Write, rusqlite::Er
                 Err(e) => Err(Box::new((Write::Heartbeat(owner, leases, extend, tx), e))),
             }
         }
-        Write::Settle(outcomes, tx) => match settle(conn, &outcomes) {
+        Write::Settle(outcomes, tx) => match settle(conn, &outcomes.items, &outcomes.json) {
             Ok(r) => Ok(Done::Settle(outcomes, tx, r)),
             Err(e) => Err(Box::new((Write::Settle(outcomes, tx), e))),
         },
@@ -366,10 +366,6 @@ fn apply_one(conn: &Conn, write: Write) -> Result<Done, Box<(Write, rusqlite::Er
     }
 }
 
-fn json_text(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_owned())
-}
-
 /// A value read back that does not parse (`what` names it).
 fn undecodable(what: &str, error: impl std::fmt::Display) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, Type::Text, format!("{what}: {error}").into())
@@ -385,7 +381,7 @@ const INSERT_RUN: &str =
                    concurrency_key, concurrency_limit, trace_context)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)";
 
-fn insert_run(conn: &Conn, run: &NewRun, now: i64) -> Result<()> {
+fn insert_run(conn: &Conn, run: &NewRun, input: &str, now: i64) -> Result<()> {
     let delayed = millis(run.run_at) > now;
     let (key, key_ttl) = match &run.idempotency {
         Some((key, ttl)) => (
@@ -400,7 +396,7 @@ fn insert_run(conn: &Conn, run: &NewRun, now: i64) -> Result<()> {
         run.tenant_id,
         run.project_id,
         if delayed { "delayed" } else { "queued" },
-        json_text(&run.input),
+        input,
         millis(run.run_at),
         run.expire_at.map(millis),
         key,
@@ -417,10 +413,11 @@ fn insert_run(conn: &Conn, run: &NewRun, now: i64) -> Result<()> {
     Ok(())
 }
 
-fn enqueue(conn: &Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
+/// New runs, `inputs` their inputs as JSON text.
+fn enqueue(conn: &Conn, runs: &[NewRun], inputs: &[String]) -> Result<Vec<Enqueued>> {
     let now = millis(SystemTime::now());
     let mut out = Vec::with_capacity(runs.len());
-    for run in runs {
+    for (run, input) in runs.iter().zip(inputs) {
         if let Some((key, _)) = &run.idempotency {
             // A failed, cancelled or expired holder, or one past its key's TTL, gives the
             // key up; a live one is the answer.
@@ -443,7 +440,7 @@ fn enqueue(conn: &Conn, runs: &[NewRun]) -> Result<Vec<Enqueued>> {
                 continue;
             }
         }
-        insert_run(conn, run, now)?;
+        insert_run(conn, run, input, now)?;
         out.push(Enqueued {
             id: run.id.clone(),
             existing: false,
@@ -525,7 +522,7 @@ fn write_schedule(conn: &Conn, write: &ScheduleWrite) -> Result<ScheduleReply> {
             let Some(run) = &fire.run else {
                 return Ok(ScheduleReply::Fired(None));
             };
-            let enqueued = enqueue(conn, std::slice::from_ref(run))?;
+            let enqueued = enqueue(conn, std::slice::from_ref(run), &[json_text(&run.input)])?;
             Ok(ScheduleReply::Fired(
                 enqueued.into_iter().next().map(|e| e.id),
             ))
@@ -533,8 +530,9 @@ fn write_schedule(conn: &Conn, write: &ScheduleWrite) -> Result<ScheduleReply> {
     }
 }
 
-fn claim(conn: &Conn, request: &ClaimRequest) -> Result<Claimed> {
-    let runs = claim_runs(conn, request)?;
+fn claim(conn: &Conn, request: &ClaimRequest) -> Result<RawClaimed> {
+    let (runs, inputs): (Vec<ClaimedRun>, Vec<String>) =
+        claim_runs(conn, request)?.into_iter().unzip();
     let next_due = if runs.len() < request.limit {
         conn.prepare_cached(NEXT_DUE)?
             .query_row([], |row| row.get::<_, Option<i64>>(0))?
@@ -542,7 +540,10 @@ fn claim(conn: &Conn, request: &ClaimRequest) -> Result<Claimed> {
     } else {
         None
     };
-    Ok(Claimed { runs, next_due })
+    Ok(RawClaimed {
+        claimed: Claimed { runs, next_due },
+        inputs,
+    })
 }
 
 /// What a claim returns of each run it claimed (see [`claimed_run`]).
@@ -577,7 +578,8 @@ static CLAIM_DUE: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-fn claim_runs(conn: &Conn, request: &ClaimRequest) -> Result<Vec<ClaimedRun>> {
+/// The runs claimed, each with its input as stored (see [`RawClaimed`]).
+fn claim_runs(conn: &Conn, request: &ClaimRequest) -> Result<Vec<(ClaimedRun, String)>> {
     let now = SystemTime::now();
     let lease_until = millis(later(now, request.lease));
     let now = millis(now);
@@ -706,14 +708,13 @@ fn claim_runs(conn: &Conn, request: &ClaimRequest) -> Result<Vec<ClaimedRun>> {
     .collect()
 }
 
-/// A claimed run from a row of [`CLAIM_RETURNING`].
-fn claimed_run(row: &Row<'_>) -> Result<ClaimedRun> {
+/// A claimed run from a row of [`CLAIM_RETURNING`], and its input as stored.
+fn claimed_run(row: &Row<'_>) -> Result<(ClaimedRun, String)> {
     let id: String = row.get("id")?;
-    let input: String = row.get("input")?;
-    Ok(ClaimedRun {
+    let run = ClaimedRun {
         id: run_id(&id)?,
         task: row.get("task")?,
-        input: serde_json::from_str(&input).map_err(|e| undecodable("input", e))?,
+        input: Value::Null,
         attempt: u32::try_from(row.get::<_, i64>("attempts")?).unwrap_or(u32::MAX),
         token: row.get("lease_token")?,
         resumed: row.get::<_, i64>("waits")? > 0,
@@ -722,7 +723,8 @@ fn claimed_run(row: &Row<'_>) -> Result<ClaimedRun> {
             .map(|id| run_id(&id))
             .transpose()?,
         trace_context: row.get("trace_context")?,
-    })
+    };
+    Ok((run, row.get("input")?))
 }
 
 fn heartbeat(
@@ -813,7 +815,8 @@ fn finish_sql(rows: usize) -> String {
     )
 }
 
-fn settle(conn: &Conn, outcomes: &[Settle]) -> Result<Vec<bool>> {
+/// How attempts ended; `json` holds each one's envelope or error as text.
+fn settle(conn: &Conn, outcomes: &[Settle], json: &[String]) -> Result<Vec<bool>> {
     let now = millis(SystemTime::now());
     let mut applied = vec![false; outcomes.len()];
     // Whether a parent may have to wake: a spawned child ended, a parent suspended to wait
@@ -823,11 +826,11 @@ fn settle(conn: &Conn, outcomes: &[Settle]) -> Result<Vec<bool>> {
     let finished: Vec<Finish<'_>> = outcomes.iter().enumerate().filter_map(finish_of).collect();
     for chunk in finished.chunks(CHUNK) {
         let mut args: Args<'_> = vec![Box::new(now)];
-        for (_, id, token, envelope) in chunk {
+        for (i, id, token, envelope) in chunk {
             args.push(Box::new(id.as_str()));
             args.push(Box::new(*token));
             args.push(Box::new(RunStatus::of_envelope(envelope).as_str()));
-            args.push(Box::new(json_text(envelope)));
+            args.push(Box::new(json[*i].as_str()));
         }
         let mut statement = conn.prepare_cached(&finish_sql(chunk.len()))?;
         let rows = statement.query_map(params_from_iter(args), |row| {
@@ -869,7 +872,7 @@ fn settle(conn: &Conn, outcomes: &[Settle]) -> Result<Vec<bool>> {
                 )?
                 .execute(params![
                     status.as_str(),
-                    json_text(envelope),
+                    json[i],
                     now,
                     status == RunStatus::Completed,
                     id.as_str(),
@@ -881,7 +884,7 @@ fn settle(conn: &Conn, outcomes: &[Settle]) -> Result<Vec<bool>> {
                 id,
                 token,
                 run_at,
-                error,
+                error: _,
                 expired_before,
             } => conn
                 .prepare_cached(
@@ -892,7 +895,7 @@ fn settle(conn: &Conn, outcomes: &[Settle]) -> Result<Vec<bool>> {
                 )?
                 .execute(params![
                     millis(*run_at),
-                    json_text(error),
+                    json[i],
                     id.as_str(),
                     token,
                     expired_before.map(millis),
