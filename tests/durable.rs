@@ -312,6 +312,61 @@ async fn a_full_store_refuses_new_runs_and_keeps_the_committed_ones() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_among_concurrent_ones_loses_none_of_the_others() {
+    let dir = scratch("refused-among");
+    let (rt, _store) = durable(&dir).await;
+    // A constraint of the user's own (a trigger on the file) refuses one run's insert.
+    {
+        use sqlx::Connection;
+        let db = dir.join("runs.db");
+        let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON runs WHEN NEW.input LIKE '%poison%'
+             BEGIN SELECT RAISE(ABORT, 'poisoned input'); END",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    // Triggered at once, so the writer takes many of them in one transaction: the refused
+    // insert rolls it back, and every other run must be applied again, and only once.
+    let triggers = (0..60).map(|i| {
+        let note = if i == 30 { "poison" } else { "fine" };
+        let input = json!({ "tenantId": "acme", "projectId": "docs", "value": i, "trampData": { "note": note } });
+        let rt = &rt;
+        async move { rt.trigger("double", input).await }
+    });
+    let results = futures_util::future::join_all(triggers).await;
+    let mut ids = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(handle) => {
+                assert_ne!(i, 30, "the poisoned run was stored");
+                ids.push((i, handle.run_id().clone()));
+            }
+            Err(error) => {
+                assert_eq!(i, 30, "run {i} was refused: {}", error.error);
+                assert!(
+                    error.error.to_string().contains("poisoned input"),
+                    "{}",
+                    error.error
+                );
+            }
+        }
+    }
+    assert_eq!(ids.len(), 59);
+    for (i, id) in &ids {
+        let info = rt.runs().get(id).await.unwrap().unwrap();
+        assert_eq!(info.status, RunStatus::Queued);
+        assert_eq!(info.input["value"], json!(i));
+    }
+    let listed = rt.runs().list(RunFilter::new().limit(1000)).await.unwrap();
+    assert_eq!(listed.len(), 59, "no run stored twice, none lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_migrated_by_a_newer_binary_is_refused() {
     let dir = scratch("newer");
     drop(Store::connect(&url(&dir)).await.unwrap());
