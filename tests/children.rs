@@ -7,12 +7,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use task_runtime::{RunId, RunInfo, RunStatus, Runtime, Store};
-use task_tests::pg;
 use task_tests::procs::{KillOnDrop as Worker, signal};
+use task_tests::{eventually, pg};
 
 const APP: &str = env!("CARGO_BIN_EXE_fixture-app");
 
@@ -170,17 +170,8 @@ async fn finished(rt: &Runtime, id: &RunId) -> task_runtime::RunOutput<Value> {
         .expect("the parent exists")
 }
 
-/// Waits (polling, bounded) until `done` holds.
-async fn eventually(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+/// How long a wait for a scene to reach a state may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 fn items_of(children: &[RunInfo]) -> Vec<&RunInfo> {
     children
@@ -261,7 +252,7 @@ async fn fail_fast(scene: Scene) {
     // Nothing is left running or queued, some siblings were cancelled, and the items past
     // the window were never enqueued.
     let mut children = Vec::new();
-    eventually("every child ended", async || {
+    eventually("every child ended", PATIENCE, async || {
         children = rt.runs().children(&parent).await.unwrap();
         children.iter().all(|c| c.status.is_finished())
     })
@@ -308,10 +299,13 @@ async fn kill9(scene: Scene) {
     // that attempt is lost too, and retried.
     let handle = rt.trigger("fan_durable", fan(400, 5, &[])).await.unwrap();
     let parent = handle.run_id().clone();
-    eventually("a first share of the items executed", async || {
-        scene.executions().len() >= 60
-    })
+    eventually(
+        "a first share of the items executed",
+        PATIENCE,
+        async || scene.executions().len() >= 60,
+    )
     .await;
+    let killed = w1.0.id();
     signal(&w1.0, "KILL");
     w1.0.wait().unwrap();
     let _w2 = scene.worker_with_lease("w2", 4, "1s");
@@ -331,6 +325,19 @@ async fn kill9(scene: Scene) {
     assert_eq!(executed.len(), 401, "every item and the lead executed");
     let twice = executed.values().filter(|n| **n > 1).count();
     assert!(twice <= 2 * 4, "{twice} items executed more than once");
+    // And each of those first ran in the killed worker: the second worker executed none of
+    // its own runs twice.
+    let mut first = HashMap::new();
+    for (_, _, label, pid, _) in scene.executions() {
+        if let Some(&earlier) = first.get(&label) {
+            assert_eq!(
+                earlier, killed,
+                "{label} ran twice, first in {earlier}, not killed"
+            );
+        } else {
+            first.insert(label, pid);
+        }
+    }
 }
 
 async fn retried(scene: Scene) {
@@ -360,10 +367,15 @@ async fn cancel_waiting(scene: Scene) {
     let _w = scene.worker("w1", 2);
     let handle = rt.trigger("fan", fan(200, 20, &[])).await.unwrap();
     let parent = handle.run_id().clone();
-    eventually("the parent waits while its items run", async || {
-        let waiting = rt.runs().get(&parent).await.unwrap().unwrap().status == RunStatus::Waiting;
-        waiting && scene.executions().len() >= 5
-    })
+    eventually(
+        "the parent waits while its items run",
+        PATIENCE,
+        async || {
+            let waiting =
+                rt.runs().get(&parent).await.unwrap().unwrap().status == RunStatus::Waiting;
+            waiting && scene.executions().len() >= 5
+        },
+    )
     .await;
     assert_eq!(
         rt.runs().cancel(&parent).await.unwrap(),
@@ -374,7 +386,7 @@ async fn cancel_waiting(scene: Scene) {
     assert_eq!(envelope.error().unwrap().kind_name(), "cancelled");
     // Its children do not run on: the queued ones end at once, the executing ones stop.
     let mut children = Vec::new();
-    eventually("every child ended", async || {
+    eventually("every child ended", PATIENCE, async || {
         children = rt.runs().children(&parent).await.unwrap();
         children.iter().all(|c| c.status.is_finished())
     })

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use task_runtime::{RunFilter, RunId, RunStatus, Runtime, Store};
+use task_tests::eventually;
 // The recorder tasks are registered in this process too, so it can trigger them.
 use task_tests::procs::{KillOnDrop as Worker, signal};
 
@@ -76,15 +77,6 @@ fn stop_gracefully(mut worker: Worker) {
         worker.0.wait().unwrap().success(),
         "the worker stops cleanly on SIGTERM"
     );
-}
-
-/// Waits (polling, bounded) until `done` holds.
-async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let start = Instant::now();
-    while !done().await {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn all_runs(rt: &Runtime) -> Vec<task_runtime::RunInfo> {

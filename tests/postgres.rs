@@ -268,6 +268,77 @@ async fn a_cancel_reaches_the_executing_run_through_notify_not_the_next_heartbea
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// A heartbeat that finds one of its runs locked by another transaction (a settle of it, a
+/// child's settle updating it as a parent) extends the others without waiting. Waiting, it
+/// deadlocked with the worker's own settle, PostgreSQL broke the deadlock only after a
+/// second, and by then short leases had run out and their runs were executed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_extends_its_other_leases_while_one_run_is_locked() {
+    let url = pg::server().database("heartbeat_locked");
+    let (rt, _) = durable(&url).await;
+    let probe = Probe::new();
+    // Heartbeats every 2 s.
+    let worker = rt
+        .worker()
+        .concurrency(2)
+        .lease(Duration::from_secs(6))
+        .start();
+    let locked = rt
+        .trigger("gated", json_of(&WorkInput::new(&probe, "locked", 0)))
+        .await
+        .unwrap();
+    let free = rt
+        .trigger("gated", json_of(&WorkInput::new(&probe, "free", 0)))
+        .await
+        .unwrap();
+    for handle in [&locked, &free] {
+        eventually("both runs executing", Duration::from_secs(30), async || {
+            let info = rt.runs().get(handle.run_id()).await.unwrap().unwrap();
+            info.status == RunStatus::Executing
+        })
+        .await;
+    }
+    let mut reader = sqlx::PgConnection::connect(&url).await.unwrap();
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    let lease_sql = "SELECT lease_expires_at FROM task_runtime.runs WHERE id = $1";
+    // Another transaction holds the row of one run, as a settle does while it runs.
+    let mut tx = Connection::begin(&mut holder).await.unwrap();
+    sqlx::query("SELECT 1 FROM task_runtime.runs WHERE id = $1 FOR UPDATE")
+        .bind(locked.run_id().as_str())
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let before: i64 = sqlx::query_scalar(lease_sql)
+        .bind(free.run_id().as_str())
+        .fetch_one(&mut reader)
+        .await
+        .unwrap();
+    eventually(
+        "the next heartbeat extended the lease of the run not locked",
+        Duration::from_secs(30),
+        async || {
+            let now: i64 = sqlx::query_scalar(lease_sql)
+                .bind(free.run_id().as_str())
+                .fetch_one(&mut reader)
+                .await
+                .unwrap();
+            now > before
+        },
+    )
+    .await;
+    tx.rollback().await.unwrap();
+    // The skipped run was not taken for lost: both end in their first attempt.
+    probe.open_gate();
+    for handle in [locked, free] {
+        let envelope = handle.wait().await;
+        assert!(envelope.job.success, "{:?}", envelope.job.error);
+        assert_eq!(envelope.metadata.attempts, 1);
+    }
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.executed, 2);
+    assert_eq!(report.lost, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_in_commits_with_the_callers_transaction_or_not_at_all() {
     let url = pg::server().database("trigger_in");

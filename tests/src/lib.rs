@@ -6,6 +6,16 @@ use std::time::Duration;
 use serde_json::Value;
 use task_runtime::prelude::*;
 
+/// Waits, polling every 20 ms, until `done` holds; fails the test naming `what` after
+/// `limit` (a bound on a hang, not a measure of speed).
+pub async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done().await {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub mod api;
 pub mod pg;
 pub mod probe;

@@ -1327,12 +1327,28 @@ impl RunStore for PostgresStore {
             let kept: Vec<(String, bool)> = self
                 .shared
                 .run(|conn| {
+                    // A lease row another transaction has locked (this worker's settle of
+                    // it, another's settle of a child updating it as a parent) is skipped,
+                    // not waited for: a heartbeat waiting there, while the settle waits for
+                    // a row this heartbeat locked, is a deadlock that PostgreSQL breaks only
+                    // after `deadlock_timeout` (1 s), long enough for short leases to run
+                    // out. A skipped run is still reported held (the snapshot says whose it
+                    // is) and extended by the next heartbeat, two more before it expires.
+                    // (PostgreSQL runs `extended` whether or not the query reads it.)
                     let query = sqlx::query_as(
-                        "UPDATE task_runtime.runs r SET lease_expires_at = $1
-                           FROM unnest($3::text[], $4::int8[]) AS l(id, token)
-                          WHERE r.id = l.id AND r.lease_token = l.token AND r.lease_owner = $2
-                            AND r.status = 'executing'
-                         RETURNING r.id, r.cancel_requested",
+                        "WITH l AS (SELECT * FROM unnest($3::text[], $4::int8[]) AS l(id, token)),
+                         locked AS (
+                             SELECT r.id FROM task_runtime.runs r JOIN l ON r.id = l.id
+                              WHERE r.lease_token = l.token AND r.lease_owner = $2
+                                AND r.status = 'executing'
+                                FOR UPDATE OF r SKIP LOCKED),
+                         extended AS (
+                             UPDATE task_runtime.runs r SET lease_expires_at = $1
+                               FROM locked WHERE r.id = locked.id)
+                         SELECT r.id, r.cancel_requested
+                           FROM task_runtime.runs r JOIN l ON r.id = l.id
+                          WHERE r.lease_token = l.token AND r.lease_owner = $2
+                            AND r.status = 'executing'",
                     )
                     .bind(until)
                     .bind(owner.clone())
