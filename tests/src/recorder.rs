@@ -343,11 +343,14 @@ orchestrator! {
 }
 
 /// The execution lines the fixture tasks append to `FIXTURE_LOG` (`log`), in the order
-/// written: (run id, task, label, pid, attempt). A missing log is no executions.
+/// written: (run id, task, label, pid, attempt). A missing log is no executions. A last line
+/// without its newline is being appended as the file is read (a reader can see part of a
+/// write that crosses a page) and is left for the next read.
 pub fn executions(log: &std::path::Path) -> Vec<(String, String, String, u32, u32)> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
-        .lines()
+        .split_inclusive('\n')
+        .filter_map(|line| line.strip_suffix('\n'))
         .map(|line| {
             let parts: Vec<&str> = line.split(' ').collect();
             (
