@@ -319,12 +319,13 @@ async fn kill9(scene: Scene) {
     let children = rt.runs().children(&parent).await.unwrap();
     let items = items_of(&children);
     assert_eq!(items.len(), 400, "one row per item, none enqueued twice");
-    // Only what the killed worker held ran twice: its 4 slots, plus at most as many runs
-    // again whose settle it had not written yet (the worker's bound, as in tests/crash.rs).
+    // Only what the killed worker held ran twice: its 4 slots, plus at most twice as many
+    // runs again whose settle it had not written yet (the worker's bound, as in
+    // tests/crash.rs).
     let executed = scene.executed();
     assert_eq!(executed.len(), 401, "every item and the lead executed");
     let twice = executed.values().filter(|n| **n > 1).count();
-    assert!(twice <= 2 * 4, "{twice} items executed more than once");
+    assert!(twice <= 3 * 4, "{twice} items executed more than once");
     // And each of those first ran in the killed worker: the second worker executed none of
     // its own runs twice.
     let mut first = HashMap::new();

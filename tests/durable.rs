@@ -500,3 +500,44 @@ async fn per_key_limits_hold_while_other_keys_and_keyless_runs_proceed() {
     // Each run executed once: 4 keyless alone, 12 keyed, 3 keyless among them.
     assert_eq!(probe.count("start work:"), 4 + 12 + 3);
 }
+
+/// A worker claims runs ahead of its free slots only when they are short (the store then
+/// commits the next claim while they execute). Runs of 100 ms are claimed no further than
+/// its slots: the others stay queued for any worker, none waits in this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_runs_are_not_claimed_ahead_of_the_free_slots() {
+    let dir = scratch("slow-not-ahead");
+    let (rt, _store) = durable(&dir).await;
+    let probe = Probe::new();
+    let mut handles = Vec::new();
+    for i in 0..8 {
+        let input = WorkInput::new(&probe, &format!("slow-{i}"), 100);
+        handles.push(rt.trigger("work", json_of(&input)).await.unwrap());
+    }
+    let worker = rt.worker().concurrency(2).start();
+    let executing = RunFilter::new().status(RunStatus::Executing);
+    let mut most = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the runs finish");
+        let claimed = rt.runs().list(executing.clone()).await.unwrap().len();
+        most = most.max(claimed);
+        let finished = rt
+            .runs()
+            .list(RunFilter::new().status(RunStatus::Completed))
+            .await
+            .unwrap()
+            .len();
+        if finished == handles.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        most, 2,
+        "at most the worker's 2 slots were claimed at a time"
+    );
+    assert_eq!(probe.max_running(), 2);
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.executed, 8);
+}
