@@ -52,7 +52,9 @@ pub struct Job {
     pub task_name: Cow<'static, str>,
     /// The run's id.
     pub run_id: RunId,
-    /// The input as given (JSON), so a failed run loses nothing.
+    /// The input as given (JSON), so a failed run loses nothing. (Absent is `null`: a
+    /// store may keep an envelope without it, beside the run's input.)
+    #[serde(default)]
     pub input: Value,
     /// The human sentence (`"step 2 'count_words' failed: ..."`); `null` on success.
     pub error: Option<String>,
@@ -281,6 +283,36 @@ impl RunOutput<Value> {
     /// shutdown, a refused duplicate).
     pub(crate) fn refused(task: &str, run_id: RunId, input: Value, error: TaskError) -> Self {
         RunOutput::build(Head::refused(task, run_id, input), Value::Null, Some(error))
+    }
+
+    /// The envelope as a store keeps it beside the run's input: its JSON with `job.input`
+    /// `null`, so the input (and the `trampData` read from it) is stored once, not twice
+    /// (about half of a small run's envelope). [`RunOutput::with_input`] puts it back.
+    pub(crate) fn stored_json(&self) -> String {
+        #[derive(Serialize)]
+        struct Stored<'a> {
+            job: Job,
+            results: &'a Value,
+            metadata: &'a Metadata,
+        }
+        let stored = Stored {
+            job: Job {
+                input: Value::Null,
+                ..self.job.clone()
+            },
+            results: &self.results,
+            metadata: &self.metadata,
+        };
+        serde_json::to_string(&stored).unwrap_or_else(|_| "null".to_owned())
+    }
+
+    /// A stored envelope made whole again with the run's `input` (see
+    /// [`RunOutput::stored_json`]); one stored with its input is left as it is.
+    pub(crate) fn with_input(mut self, input: &Value) -> Self {
+        if self.job.input.is_null() {
+            self.job.input = input.clone();
+        }
+        self
     }
 }
 

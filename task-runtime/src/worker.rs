@@ -92,7 +92,7 @@ impl WorkerBuilder {
             lease: self.lease,
             stats: Stats::default(),
             inherited: Inherited::default(),
-            pace: Pace::default(),
+            pace: Pace::new(self.concurrency),
         });
         let task = match self.rt.store().cloned() {
             Some(store) => {
@@ -230,46 +230,68 @@ struct Shared {
     pace: Pace,
 }
 
-/// How fast this worker's runs end: when the last one ended and a moving average of the
-/// time between ends. It says how many runs a worker claims ahead of its free slots (see
-/// [`Pace::ahead`]).
+/// How fast this worker's runs turn over: when the last `concurrency` of them ended, and a
+/// moving average of how long an attempt takes. It says how many runs the worker claims
+/// ahead of its free slots (see [`Pace::ahead`]).
+#[derive(Debug)]
+struct Pace {
+    concurrency: usize,
+    state: Mutex<PaceState>,
+}
+
 #[derive(Debug, Default)]
-struct Pace(Mutex<Option<(tokio::time::Instant, Duration)>>);
+struct PaceState {
+    /// When the last runs ended, at most `concurrency` of them, oldest first.
+    ends: std::collections::VecDeque<tokio::time::Instant>,
+    /// How long an attempt takes (each new one weighs an eighth).
+    took: Option<Duration>,
+}
 
 impl Pace {
     /// How soon a run claimed ahead may expect a slot, at most.
     const HORIZON: Duration = Duration::from_millis(10);
 
-    /// Takes in that a run ended at `at` (each gap between ends weighs an eighth).
-    fn ended(&self, at: tokio::time::Instant) {
-        let mut pace = lock(&self.0);
-        let gap = match *pace {
-            None => Self::HORIZON,
-            Some((last, gap)) => {
-                let since = at.saturating_duration_since(last);
-                gap - gap / 8 + since / 8
-            }
-        };
-        *pace = Some((at, gap));
+    fn new(concurrency: usize) -> Self {
+        Pace {
+            concurrency,
+            state: Mutex::default(),
+        }
     }
 
-    /// Runs to claim ahead of the free slots at `now`: as many as end within
-    /// [`Pace::HORIZON`] at the pace runs end, at most two concurrencies' worth; none when
-    /// no run ended within the horizon (the slots hold long runs, or nothing ran yet).
-    /// Runs that turn over fast are claimed ahead, so the store commits the next claim
-    /// while they execute; no run waits in this worker for a slot that long runs hold,
-    /// while another worker may be free.
-    fn ahead(&self, concurrency: usize, now: tokio::time::Instant) -> usize {
-        let Some((last, gap)) = *lock(&self.0) else {
+    /// Takes in that an attempt that took `took` ended at `at`.
+    fn ended(&self, at: tokio::time::Instant, took: Duration) {
+        let mut state = lock(&self.state);
+        if state.ends.len() == self.concurrency {
+            state.ends.pop_front();
+        }
+        state.ends.push_back(at);
+        state.took = Some(match state.took {
+            None => took,
+            Some(average) => average - average / 8 + took / 8,
+        });
+    }
+
+    /// Runs to claim ahead of the free slots at `now`: as many as the slots start within
+    /// [`Pace::HORIZON`] at the average attempt's length, at most two concurrencies' worth,
+    /// and none unless a whole concurrency's worth of runs ended within the horizon (the
+    /// slots turn over now; they do not hold long runs). Runs that turn over fast are
+    /// claimed ahead, so the store commits the next claim while they execute; no run waits
+    /// in this worker for a slot while another worker may be free.
+    fn ahead(&self, now: tokio::time::Instant) -> usize {
+        let state = lock(&self.state);
+        let (Some(oldest), Some(took)) = (state.ends.front(), state.took) else {
             return 0;
         };
-        if now.saturating_duration_since(last) > Self::HORIZON {
+        if state.ends.len() < self.concurrency
+            || now.saturating_duration_since(*oldest) > Self::HORIZON
+        {
             return 0;
         }
-        let within = Self::HORIZON.as_nanos() / gap.as_nanos().max(1);
+        let within = (self.concurrency as u128).saturating_mul(Self::HORIZON.as_nanos())
+            / took.as_nanos().max(1);
         usize::try_from(within)
             .unwrap_or(usize::MAX)
-            .min(2 * concurrency)
+            .min(2 * self.concurrency)
     }
 }
 
@@ -428,7 +450,7 @@ async fn work(
         }
         // Claims fill free slots and the runs ahead of them; everything held (claimed,
         // executing, unrecorded) stays within `unrecorded + ahead`.
-        let ahead = shared.pace.ahead(concurrency, tokio::time::Instant::now());
+        let ahead = shared.pace.ahead(tokio::time::Instant::now());
         let held = lock(&shared.held).len();
         let room = (concurrency + ahead)
             .saturating_sub(running.len() + queue.len())
@@ -636,10 +658,12 @@ async fn execute_claimed(shared: Arc<Shared>, store: Arc<dyn RunStore>, run: Cla
     seed.attempt = Some(attempt);
     seed.scope.journal = Some(journal.clone());
     seed.trace = crate::telemetry::Remote::of(trace_context.as_deref());
+    let began = tokio::time::Instant::now();
     let end = descriptor
         .run_stored(shared.rt.executor(), input, seed)
         .await;
-    shared.pace.ended(tokio::time::Instant::now());
+    let now = tokio::time::Instant::now();
+    shared.pace.ended(now, now - began);
     // A durable wait ended the attempt: the run waits in the store, holding nothing.
     if let Some(suspension) = journal.suspension() {
         return Settle::Suspend {
@@ -963,51 +987,75 @@ mod tests {
     use super::*;
     use tokio::time::Instant;
 
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
+    fn us(n: u64) -> Duration {
+        Duration::from_micros(n)
+    }
+
+    /// `pace` after runs of `took` ended `gap` apart, `n` of them from `t`; the last end.
+    fn after(pace: &Pace, t: Instant, n: u64, gap: Duration, took: Duration) -> Instant {
+        for i in 0..n {
+            pace.ended(t + gap * u32::try_from(i).unwrap(), took);
+        }
+        t + gap * u32::try_from(n - 1).unwrap()
     }
 
     #[test]
-    fn runs_that_end_fast_are_claimed_ahead() {
-        let pace = Pace::default();
+    fn runs_that_turn_over_fast_are_claimed_ahead() {
         let t = Instant::now();
-        assert_eq!(pace.ahead(16, t), 0, "nothing ahead before a run ended");
-        // 200 runs ended 50 us apart: 200 end within 10 ms, capped at two concurrencies.
-        for i in 0..200 {
-            pace.ended(t + Duration::from_micros(50 * i));
-        }
-        let now = t + ms(10);
-        assert_eq!(pace.ahead(16, now), 32);
-        assert_eq!(pace.ahead(4, now), 8);
+        let pace = Pace::new(16);
+        assert_eq!(pace.ahead(t), 0, "nothing ahead before runs ended");
+        // No-op runs of 20 us, ending every 2 us on 16 slots: two concurrencies ahead.
+        let last = after(&pace, t, 200, us(2), us(20));
+        assert_eq!(pace.ahead(last + us(100)), 32);
+        // Runs of 5 ms on 4 slots: 4 slots start 8 runs within 10 ms.
+        let pace = Pace::new(4);
+        let last = after(&pace, t, 40, us(1_250), us(5_000));
+        assert_eq!(pace.ahead(last), 8);
+        // Runs of 8 ms on 16 slots: 20 start within 10 ms.
+        let pace = Pace::new(16);
+        let last = after(&pace, t, 64, us(500), us(8_000));
+        assert_eq!(pace.ahead(last), 20);
+        // Runs of 40 ms: a slot turns over every 40 ms, none ahead.
+        let pace = Pace::new(16);
+        let last = after(&pace, t, 64, us(2_500), us(40_000));
+        assert_eq!(pace.ahead(last), 0);
     }
 
     #[test]
-    fn runs_that_end_slowly_are_not_claimed_ahead() {
-        // One run ending every 2.5 ms: 4 end within 10 ms.
-        let pace = Pace::default();
+    fn long_runs_are_not_claimed_ahead() {
         let t = Instant::now();
-        for i in 0..100 {
-            pace.ended(t + Duration::from_micros(2_500 * i));
-        }
-        let ahead = pace.ahead(16, t + Duration::from_micros(2_500 * 99));
-        assert!((3..=4).contains(&ahead), "{ahead} (4 but for rounding)");
-        // One every 50 ms: none ahead, and none once the last end is past the horizon.
-        let pace = Pace::default();
-        for i in 0..100 {
-            pace.ended(t + ms(50 * i));
-        }
-        assert_eq!(pace.ahead(16, t + ms(50 * 99)), 0);
+        // Two slots of 100 ms runs that end together: they end fast, but take long.
+        let pace = Pace::new(2);
+        let last = after(&pace, t, 2, us(100), us(100_000));
+        assert_eq!(pace.ahead(last), 0);
+        // Fewer ends than slots within the horizon: the slots hold runs that do not end.
+        let pace = Pace::new(4);
+        let last = after(&pace, t, 3, us(10), us(20));
+        assert_eq!(pace.ahead(last), 0, "3 of 4 slots turned over");
+        pace.ended(last + us(10), us(20));
+        assert_eq!(pace.ahead(last + us(20)), 8, "all 4 did");
     }
 
     #[test]
     fn slots_held_by_long_runs_stop_claims_ahead_at_once() {
-        let pace = Pace::default();
         let t = Instant::now();
-        for i in 0..1_000 {
-            pace.ended(t + Duration::from_micros(20 * i));
-        }
-        let last = t + Duration::from_micros(20 * 999);
-        assert_eq!(pace.ahead(8, last + ms(5)), 16, "fast a moment ago");
-        assert_eq!(pace.ahead(8, last + ms(11)), 0, "no run ended for 11 ms");
+        let pace = Pace::new(8);
+        let last = after(&pace, t, 1_000, us(3), us(20));
+        assert_eq!(pace.ahead(last + us(5_000)), 16, "fast a moment ago");
+        assert_eq!(
+            pace.ahead(last + us(11_000)),
+            0,
+            "no 8 runs ended within 10 ms"
+        );
+    }
+
+    #[test]
+    fn the_pace_follows_the_recent_runs() {
+        let t = Instant::now();
+        let pace = Pace::new(8);
+        let last = after(&pace, t, 8, us(10), Duration::from_secs(1));
+        assert_eq!(pace.ahead(last), 0);
+        let last = after(&pace, last, 64, us(3), us(10));
+        assert_eq!(pace.ahead(last), 16, "runs became short again");
     }
 }

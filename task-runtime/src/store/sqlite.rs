@@ -152,7 +152,7 @@ impl Encoded<Arc<Vec<Settle>>> {
         let json = outcomes
             .iter()
             .map(|outcome| match outcome {
-                Settle::Finish { envelope, .. } => json_text(envelope),
+                Settle::Finish { envelope, .. } => envelope.stored_json(),
                 Settle::Retry { error, .. } => json_text(error),
                 Settle::Release { .. } | Settle::Suspend { .. } => String::new(),
             })
@@ -624,6 +624,10 @@ fn run_info(row: &SqliteRow) -> Result<RunInfo, sqlx::Error> {
         text.map(|t| parse_id(&t)).transpose()
     };
     let status: String = row.try_get("status")?;
+    let input: Value = json_column(row, "input")?.unwrap_or_default();
+    // Stored without its input (see `RunOutput::stored_json`).
+    let envelope = json_column::<RunOutput<Value>>(row, "envelope")?
+        .map(|envelope| envelope.with_input(&input));
     Ok(RunInfo {
         id: id("id")?.ok_or_else(|| decode("id", "missing"))?,
         task: row.try_get("task")?,
@@ -641,8 +645,8 @@ fn run_info(row: &SqliteRow) -> Result<RunInfo, sqlx::Error> {
         run_at: time(row.try_get("run_at")?),
         started_at: row.try_get::<Option<i64>, _>("started_at")?.map(time),
         finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
-        input: json_column(row, "input")?.unwrap_or_default(),
-        envelope: json_column(row, "envelope")?,
+        input,
+        envelope,
         output: json_column(row, "output")?,
         error: json_column(row, "error")?,
         retried: json_column(row, "retried")?.unwrap_or_default(),
