@@ -527,18 +527,14 @@ async fn slow_runs_are_not_claimed_ahead_of_the_free_slots() {
     // order, a run that moves on between the reads is counted as started, never as
     // claimed ahead.
     let mut most_ahead = 0;
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        assert!(std::time::Instant::now() < deadline, "the runs finish");
+    eventually("the runs finish", Duration::from_secs(60), async || {
         let completed = count(RunStatus::Completed).await;
         let executing = count(RunStatus::Executing).await;
         let started = probe.count("start");
         most_ahead = most_ahead.max(executing.saturating_sub(started - completed));
-        if completed == handles.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        completed == handles.len()
+    })
+    .await;
     assert_eq!(most_ahead, 0, "no run was claimed ahead of a free slot");
     assert_eq!(probe.max_running(), 2);
     let report = worker.shutdown(Duration::from_secs(5)).await;

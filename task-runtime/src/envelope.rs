@@ -290,16 +290,39 @@ impl RunOutput<Value> {
     /// (about half of a small run's envelope). [`RunOutput::with_input`] puts it back.
     #[cfg(feature = "sqlite")]
     pub(crate) fn stored_json(&self) -> String {
+        // `Job`'s fields, borrowed, with `input` written as `null` (not cloned and dropped).
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct StoredJob<'a> {
+            success: bool,
+            task_name: &'a str,
+            run_id: &'a RunId,
+            input: (),
+            error: &'a Option<String>,
+            error_detail: &'a Option<TaskError>,
+        }
         #[derive(Serialize)]
         struct Stored<'a> {
-            job: Job,
+            job: StoredJob<'a>,
             results: &'a Value,
             metadata: &'a Metadata,
         }
+        let Job {
+            success,
+            task_name,
+            run_id,
+            input: _,
+            error,
+            error_detail,
+        } = &self.job;
         let stored = Stored {
-            job: Job {
-                input: Value::Null,
-                ..self.job.clone()
+            job: StoredJob {
+                success: *success,
+                task_name,
+                run_id,
+                input: (),
+                error,
+                error_detail,
             },
             results: &self.results,
             metadata: &self.metadata,
@@ -385,5 +408,29 @@ pub(crate) mod rfc3339_option {
         let text = Option::<std::borrow::Cow<'de, str>>::deserialize(d)?;
         text.map(|text| humantime::parse_rfc3339_weak(&text).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stored_form_is_the_envelope_without_its_input() {
+        let input = serde_json::json!({ "tenantId": "acme", "trampData": { "k": 1 } });
+        let id = RunId::new(SystemTime::now());
+        let envelope =
+            RunOutput::refused("noop", id, input.clone(), TaskError::failed("refused here"));
+        let mut whole = serde_json::to_value(&envelope).unwrap();
+        whole["job"]["input"] = Value::Null;
+        whole.as_object_mut().unwrap().remove("trampData");
+        let stored: Value = serde_json::from_str(&envelope.stored_json()).unwrap();
+        assert_eq!(stored, whole);
+        // Read back whole (compared as JSON: times are kept to the millisecond).
+        let read: RunOutput<Value> = serde_json::from_value(stored).unwrap();
+        assert_eq!(
+            serde_json::to_value(read.with_input(&input)).unwrap(),
+            serde_json::to_value(&envelope).unwrap()
+        );
     }
 }

@@ -439,9 +439,12 @@ async fn work(
             }
             continue;
         }
+        // Everything held: claimed (queued here), executing, ended and not recorded yet.
+        // Starting a run moves it from the queue to `running`; only settles change it.
+        let held = lock(&shared.held).len();
         // Runs start while a slot is free and fewer than `unrecorded` started runs are
         // not recorded yet.
-        let mut started = lock(&shared.held).len().saturating_sub(queue.len());
+        let mut started = held.saturating_sub(queue.len());
         while running.len() < concurrency && started < unrecorded {
             let Some(run) = queue.pop_front() else { break };
             let (shared, store) = (shared.clone(), store.clone());
@@ -451,7 +454,6 @@ async fn work(
         // Claims fill free slots and the runs ahead of them; everything held (claimed,
         // executing, unrecorded) stays within `unrecorded + ahead`.
         let ahead = shared.pace.ahead(tokio::time::Instant::now());
-        let held = lock(&shared.held).len();
         let room = (concurrency + ahead)
             .saturating_sub(running.len() + queue.len())
             .min((unrecorded + ahead).saturating_sub(held));
