@@ -3,7 +3,6 @@
 //! runtime's store or, without one, in the memory index of its background runs.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -175,7 +174,7 @@ pub struct RunInfo {
 /// envelope only for someone waiting in `runs().wait` (a run's handle returns it anyway).
 #[derive(Default)]
 pub(crate) struct LiveRuns {
-    runs: HashMap<RunId, LiveRun, BuildHasherDefault<IdHasher>>,
+    runs: HashMap<RunId, LiveRun>,
     finished: VecDeque<RunId>,
 }
 
@@ -221,24 +220,6 @@ impl LiveRun {
             output: None,
             error: None,
             retried: Vec::new(),
-        }
-    }
-}
-
-/// Run ids end in 80 random bits: their last eight bytes are hash enough, without SipHash.
-#[derive(Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        if let Some(chunk) = bytes.rchunks(8).next() {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(word);
         }
     }
 }
