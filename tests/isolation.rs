@@ -231,8 +231,16 @@ async fn depth_limits_are_one_limit_for_every_path() {
         .limits()
         .parse(&text)
         .expect("128 levels parse from bytes");
-    let env = rt.trigger_and_wait("double", parsed).await;
+    let env = rt.trigger_and_wait("double", parsed.clone()).await;
     assert!(env.job.success, "and run by id: {:?}", env.job.error);
+    // In the background too, where the input waits as text and is read back twice.
+    let env = rt.trigger("double", parsed).await.unwrap().wait().await;
+    assert!(
+        env.job.success,
+        "and in the background: {:?}",
+        env.job.error
+    );
+    assert_eq!(env.job.input, input);
 }
 
 #[test]

@@ -398,6 +398,37 @@ async fn runs_triggered_by_id_keep_their_envelope_until_awaited_and_expire_from_
     assert_eq!(forever.wait().await.results, json!({ "value": 6 }));
 }
 
+/// A run triggered in the background keeps its input as text until its envelope is built:
+/// what comes back is exactly what was given, whatever the numbers and strings.
+#[tokio::test]
+async fn a_background_runs_input_comes_back_exactly_as_given() {
+    let rt = Runtime::new();
+    let input = json!({
+        "tenantId": "acme",
+        "projectId": "docs",
+        "value": 4,
+        "trampData": {
+            "max": u64::MAX, "min": i64::MIN, "neg0": -0.0, "tiny": 1e-300, "third": 0.1 + 0.2,
+            "text": "line\nbreak \"quoted\" \u{1F600} \\ é", "empty": {}, "nested": [[], [null, true, false]]
+        }
+    });
+    let out = rt
+        .trigger("double", input.clone())
+        .await
+        .unwrap()
+        .wait()
+        .await;
+    assert!(out.job.success, "{:?}", out.job.error);
+    assert_eq!(out.job.input, input);
+    assert_eq!(
+        out.job.input["trampData"]["neg0"]
+            .as_f64()
+            .map(f64::is_sign_negative),
+        Some(true)
+    );
+    assert_eq!(out.results, json!({ "value": 8 }));
+}
+
 #[tokio::test]
 async fn run_ids_sort_in_creation_order() {
     let rt = Runtime::new();

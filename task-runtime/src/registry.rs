@@ -16,7 +16,8 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::envelope::RunOutput;
-use crate::exec::{Ended, Executor, RunInput, Seed, execute};
+use crate::exec::{Compact, Ended, Executor, RunInput, Seed, execute};
+use crate::json::CompactJson;
 use crate::policy::RunPolicy;
 use crate::schema::TaskSchemas;
 use crate::task::{Kind, Task};
@@ -56,7 +57,7 @@ pub struct TaskDescriptor {
     schemas: fn() -> &'static TaskSchemas,
     run_json: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, RunOutput<Value>>,
     run_stored: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, StoredEnd>,
-    run_background: for<'a> fn(&'a Executor, Value, Seed) -> BoxFuture<'a, Box<dyn Ended>>,
+    run_background: for<'a> fn(&'a Executor, CompactJson, Seed) -> BoxFuture<'a, Box<dyn Ended>>,
 }
 
 /// How one attempt of a stored run ended: its envelope (`results` is the output as JSON),
@@ -120,7 +121,7 @@ impl TaskDescriptor {
     pub(crate) fn run_background<'a>(
         &self,
         exec: &'a Executor,
-        input: Value,
+        input: CompactJson,
         seed: Seed,
     ) -> BoxFuture<'a, Box<dyn Ended>> {
         (self.run_background)(exec, input, seed)
@@ -164,12 +165,17 @@ fn run_json<T: Task>(exec: &Executor, input: Value, seed: Seed) -> BoxFuture<'_,
 /// The entry point of background runs by id for handle `T`.
 fn run_background<T: Task>(
     exec: &Executor,
-    input: Value,
+    input: CompactJson,
     seed: Seed,
 ) -> BoxFuture<'_, Box<dyn Ended>> {
     Box::pin(async move {
-        let finished = execute::<T>(exec, RunInput::Json(input), seed).await;
-        Box::new(finished.without_json()) as Box<dyn Ended>
+        let json = input.value();
+        let mut finished = execute::<T>(exec, RunInput::Json(json), seed)
+            .await
+            .without_json();
+        // Kept as text until the envelope is built (see `Compact`).
+        finished.input = Value::Null;
+        Box::new(Compact { finished, input }) as Box<dyn Ended>
     })
 }
 

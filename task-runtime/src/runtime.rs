@@ -26,7 +26,7 @@ use crate::exec::{Ended, Executor, RunInput, Seed, execute};
 use crate::handle::{Done, RunHandle, SharedRun, TypedRunHandle};
 use crate::id::RunId;
 use crate::input::{InputError, Limits};
-use crate::json::drop_deep;
+use crate::json::{CompactJson, drop_deep};
 use crate::registry::{Registry, TaskDescriptor};
 use crate::runs::{LiveRuns, RunStatus, Runs};
 use crate::store::{NewRun, RunStore, Store, later};
@@ -896,6 +896,8 @@ impl Runtime {
         let (rt, id, seed_cancel) = (self.clone(), run_id.clone(), cancel.clone());
         let start = Start::of(&options);
         let key = key.map(Box::new);
+        // The input waits as text (see `CompactJson`): a tenth of its size as a `Value`.
+        let input = CompactJson::new(&input);
         // Until it first runs (100 000 triggers queue up faster than they run) a task holds
         // only these captures: the run's own state is boxed by `run_background`, and a
         // delayed start's by its own box.

@@ -17,7 +17,7 @@ use crate::envelope::{Head, RunError, RunOutput};
 use crate::error::{Issue, TaskError};
 use crate::id::RunId;
 use crate::input::{TrampData, capture_tramp, without_inherited};
-use crate::json;
+use crate::json::{self, CompactJson};
 use crate::runs::RunStatus;
 use crate::store::journal::Recorded;
 use crate::task::Task;
@@ -162,6 +162,32 @@ impl<O: serde::Serialize + Send> Ended for Finished<O> {
 
     fn envelope(self: Box<Self>) -> RunOutput<Value> {
         self.into_json_envelope()
+    }
+}
+
+/// A finished background run, its input kept as compact JSON text until its envelope is
+/// built (`finished.input` is null meanwhile).
+pub(crate) struct Compact<O> {
+    pub finished: Finished<O>,
+    pub input: CompactJson,
+}
+
+impl<O: serde::Serialize + Send> Ended for Compact<O> {
+    fn status(&self) -> RunStatus {
+        self.finished.status()
+    }
+
+    fn attempts(&self) -> u32 {
+        self.finished.attempts()
+    }
+
+    fn envelope(self: Box<Self>) -> RunOutput<Value> {
+        let Compact {
+            mut finished,
+            input,
+        } = *self;
+        finished.input = input.value();
+        finished.into_json_envelope()
     }
 }
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub(crate) use execute::{Ended, Finished, RunInput, execute, scope_of};
+pub(crate) use execute::{Compact, Ended, Finished, RunInput, execute, scope_of};
 pub(crate) use seed::{AttemptState, Scope, Seed};
 
 use crate::input::Limits;
