@@ -6,9 +6,14 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use task_runtime::prelude::*;
 use task_runtime::{
-    ErrorKind, Kind, Registry, RegistryError, RunStatus, TaskDescriptor, TriggerOptions,
+    CancelOutcome, ErrorKind, Kind, Registry, RegistryError, RunFilter, RunId, RunStatus,
+    TaskDescriptor, TriggerOptions,
 };
 use task_tests::*;
+
+fn json_of<T: Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap()
+}
 
 fn base_json() -> Value {
     json!({ "tenantId": "acme", "projectId": "docs" })
@@ -427,6 +432,93 @@ async fn a_background_runs_input_comes_back_exactly_as_given() {
         Some(true)
     );
     assert_eq!(out.results, json!({ "value": 8 }));
+}
+
+/// Without a store, `rt.runs()` follows background runs in memory: status while they run,
+/// a waiter that arrives before the end gets the envelope, cancel reaches queued and
+/// executing runs, and a finished run answers `AlreadyFinished`.
+#[tokio::test(start_paused = true)]
+async fn runs_in_memory_are_followed_waited_for_and_cancelled() {
+    let rt = Runtime::new();
+    let probe = task_tests::probe::Probe::new();
+    let work = |label: &str, millis: u64| json_of(&WorkInput::new(&probe, label, millis));
+    let slow = rt.trigger("work", work("slow", 1_000)).await.unwrap();
+    let doomed = rt.trigger("work", work("doomed", 1_000)).await.unwrap();
+    let delayed = rt
+        .trigger_with(
+            "work",
+            work("delayed", 0),
+            TriggerOptions::new()
+                .delay(Duration::from_secs(60))
+                .tags(["later"]),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let status = |id: RunId| {
+        let rt = rt.clone();
+        async move { rt.runs().get(&id).await.unwrap().map(|info| info.status) }
+    };
+    assert_eq!(
+        status(slow.run_id().clone()).await,
+        Some(RunStatus::Executing)
+    );
+    assert_eq!(
+        status(delayed.run_id().clone()).await,
+        Some(RunStatus::Delayed)
+    );
+    let listed = rt.runs().list(RunFilter::new().tag("later")).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [delayed.run_id()]
+    );
+
+    // A waiter that arrives while the run executes gets its envelope when it ends.
+    let waiter = {
+        let (rt, id) = (rt.clone(), slow.run_id().clone());
+        tokio::spawn(async move { rt.runs().wait(&id).await.unwrap() })
+    };
+    let cancels = [
+        rt.runs().cancel(doomed.run_id()).await.unwrap(),
+        rt.runs().cancel(delayed.run_id()).await.unwrap(),
+    ];
+    assert!(
+        matches!(
+            cancels,
+            [CancelOutcome::Requested, CancelOutcome::Cancelled]
+        ),
+        "{cancels:?}"
+    );
+    let waited = waiter.await.unwrap().expect("the envelope");
+    assert!(waited.job.success, "{:?}", waited.job.error);
+    assert_eq!(waited.job.run_id, *slow.run_id());
+    assert_eq!(waited.job.input, work("slow", 1_000));
+    assert_eq!(slow.wait().await.results, waited.results);
+    let doomed_out = doomed.wait().await;
+    assert_eq!(
+        doomed_out.error().map(TaskError::kind_name),
+        Some("cancelled")
+    );
+    assert_eq!(
+        status(doomed_out.job.run_id.clone()).await,
+        Some(RunStatus::Cancelled)
+    );
+    assert_eq!(
+        delayed.wait().await.error().map(TaskError::kind_name),
+        Some("cancelled")
+    );
+    assert_eq!(probe.count("start work:delayed"), 0);
+    assert_eq!(probe.count("cleanup work:doomed"), 1);
+    assert!(matches!(
+        rt.runs().cancel(&waited.job.run_id).await.unwrap(),
+        CancelOutcome::AlreadyFinished(RunStatus::Completed)
+    ));
+    let unknown: RunId = "run_01KB0000000000000000000000".parse().unwrap();
+    assert!(matches!(
+        rt.runs().cancel(&unknown).await.unwrap(),
+        CancelOutcome::NotFound
+    ));
+    assert!(rt.runs().wait(&unknown).await.unwrap().is_none());
 }
 
 #[tokio::test]
