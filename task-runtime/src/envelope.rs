@@ -288,7 +288,7 @@ impl RunOutput<Value> {
     /// The envelope as a store keeps it beside the run's input: its JSON with `job.input`
     /// `null`, so the input (and the `trampData` read from it) is stored once, not twice
     /// (about half of a small run's envelope). [`RunOutput::with_input`] puts it back.
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn stored_json(&self) -> String {
         // `Job`'s fields, borrowed, with `input` written as `null` (not cloned and dropped).
         #[derive(Serialize)]
@@ -332,7 +332,7 @@ impl RunOutput<Value> {
 
     /// A stored envelope made whole again with the run's `input` (see
     /// [`RunOutput::stored_json`]); one stored with its input is left as it is.
-    #[cfg(feature = "sqlite")]
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn with_input(mut self, input: &Value) -> Self {
         if self.job.input.is_null() {
             self.job.input = input.clone();
@@ -411,7 +411,7 @@ pub(crate) mod rfc3339_option {
     }
 }
 
-#[cfg(all(test, feature = "sqlite"))]
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 mod tests {
     use super::*;
 

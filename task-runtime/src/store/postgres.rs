@@ -1086,6 +1086,7 @@ fn run_info(row: &PgRow) -> Result<RunInfo, sqlx::Error> {
         text.map(|t| parse_id(&t)).transpose()
     };
     let status: String = row.try_get("status")?;
+    let input: Value = json_column(row, "input")?.unwrap_or_default();
     Ok(RunInfo {
         id: id("id")?.ok_or_else(|| decode("id", "missing"))?,
         task: row.try_get("task")?,
@@ -1103,8 +1104,10 @@ fn run_info(row: &PgRow) -> Result<RunInfo, sqlx::Error> {
         run_at: time(row.try_get("run_at")?),
         started_at: row.try_get::<Option<i64>, _>("started_at")?.map(time),
         finished_at: row.try_get::<Option<i64>, _>("finished_at")?.map(time),
-        input: json_column(row, "input")?.unwrap_or_default(),
-        envelope: json_column(row, "envelope")?,
+        // A settled envelope is stored without its input (see `RunOutput::stored_json`).
+        envelope: json_column::<RunOutput<Value>>(row, "envelope")?
+            .map(|envelope| envelope.with_input(&input)),
+        input,
         output: json_column(row, "output")?,
         error: json_column(row, "error")?,
         retried: json_column(row, "retried")?.unwrap_or_default(),
@@ -1157,7 +1160,8 @@ impl SettleColumns {
                     c.f_token.push(*token);
                     c.f_status
                         .push(RunStatus::of_envelope(envelope).as_str().to_owned());
-                    c.f_envelope.push(json_text(envelope));
+                    // Without its input, which the row holds already (see `stored_json`).
+                    c.f_envelope.push(envelope.stored_json());
                     c.f_before.push(expired_before.map(millis));
                 }
                 Settle::Retry {
