@@ -76,6 +76,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "trace context",
         include_str!("postgres/0006_trace_context.sql"),
     ),
+    (
+        7,
+        "generic plans",
+        include_str!("postgres/0007_generic_plans.sql"),
+    ),
 ];
 
 /// The schema everything lives in.
