@@ -331,6 +331,7 @@ async fn ours(server: &pg::PgServer, url: &str, sizes: &Sizes) -> Row {
     stats.end("3-step runs", sizes.flows);
 
     // 4. Latency into the idle worker.
+    stats.begin();
     row.latency = Some(
         latency(0, sizes.latency, |n| {
             let rt = rt.clone();
@@ -342,6 +343,7 @@ async fn ours(server: &pg::PgServer, url: &str, sizes: &Sizes) -> Row {
         })
         .await,
     );
+    stats.end("latency", sizes.latency);
     worker.shutdown(Duration::from_secs(10)).await;
     row
 }
