@@ -61,52 +61,28 @@ async fn a_triggered_run_is_stored_executed_by_a_worker_and_kept() {
 }
 
 /// As on SQLite: a finished run's envelope is stored without a second copy of its input
-/// (the row holds it, with the `trampData` read from it) and read back whole; an envelope
-/// stored whole (by an earlier binary) reads as it was.
+/// (see `task_tests::an_envelope_is_stored_once_beside_its_input`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_is_stored_without_a_second_copy_of_its_input() {
     let url = pg::server().database("envelope_input_once");
     let (rt, _store) = durable(&url).await;
-    let input = json!({
-        "tenantId": "acme", "projectId": "docs", "value": 21,
-        "trampData": { "requestId": "req-41d8", "blob": "x".repeat(400) },
-    });
-    let worker = rt.worker().concurrency(2).start();
-    let handle = rt.trigger("double", input.clone()).await.unwrap();
-    let id = handle.run_id().clone();
-    let envelope = handle.wait().await;
-    assert!(envelope.job.success, "{:?}", envelope.job.error);
-    worker.shutdown(Duration::from_secs(5)).await;
-
-    let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
-    let stored: String = sqlx::query_scalar("SELECT envelope FROM task_runtime.runs WHERE id = $1")
-        .bind(id.as_str())
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    assert!(
-        !stored.contains("req-41d8"),
-        "the input is stored once: {stored}"
-    );
-    let stored: Value = serde_json::from_str(&stored).unwrap();
-    assert_eq!(stored["job"]["input"], Value::Null);
-    assert_eq!(stored["results"], json!({ "value": 42 }));
-
-    let read = rt.runs().get(&id).await.unwrap().unwrap().envelope.unwrap();
-    assert_eq!(read, envelope);
-    assert_eq!(read.job.input, input);
-    assert_eq!(read.tramp_data(), Some(&input["trampData"]));
-    assert_eq!(rt.runs().wait(&id).await.unwrap().unwrap(), envelope);
-
-    let whole = serde_json::to_string(&envelope).unwrap();
-    sqlx::query("UPDATE task_runtime.runs SET envelope = $1 WHERE id = $2")
-        .bind(&whole)
-        .bind(id.as_str())
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let again = rt.runs().get(&id).await.unwrap().unwrap().envelope.unwrap();
-    assert_eq!(again, envelope);
+    an_envelope_is_stored_once_beside_its_input(&rt, async |id, write| {
+        let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
+        if let Some(text) = write {
+            sqlx::query("UPDATE task_runtime.runs SET envelope = $1 WHERE id = $2")
+                .bind(text)
+                .bind(id.as_str())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        sqlx::query_scalar("SELECT envelope FROM task_runtime.runs WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,48 @@ pub async fn eventually(what: &str, limit: Duration, mut done: impl AsyncFnMut()
     }
 }
 
+/// The stores' contract for a settled envelope: kept without a second copy of its input
+/// (the run's row holds it, with the `trampData` read from it) and read back whole; an
+/// envelope stored whole (by an earlier binary) reads as it was. `column(id, write)` writes
+/// `write` in place of the run's stored envelope text when given one, then returns that text.
+pub async fn an_envelope_is_stored_once_beside_its_input(
+    rt: &Runtime,
+    mut column: impl AsyncFnMut(&task_runtime::RunId, Option<&str>) -> String,
+) {
+    let input = serde_json::json!({
+        "tenantId": "acme", "projectId": "docs", "value": 21,
+        "trampData": { "requestId": "req-41d8", "blob": "x".repeat(400) },
+    });
+    let worker = rt.worker().concurrency(2).start();
+    let handle = rt.trigger("double", input.clone()).await.unwrap();
+    let id = handle.run_id().clone();
+    let envelope = handle.wait().await;
+    assert!(envelope.job.success, "{:?}", envelope.job.error);
+    worker.shutdown(Duration::from_secs(5)).await;
+
+    let stored = column(&id, None).await;
+    assert!(
+        !stored.contains("req-41d8"),
+        "the input is stored once: {stored}"
+    );
+    let stored: Value = serde_json::from_str(&stored).unwrap();
+    assert_eq!(stored["job"]["input"], Value::Null);
+    assert_eq!(stored["results"], serde_json::json!({ "value": 42 }));
+
+    // Read back whole: the input and its trampData are where the caller saw them.
+    let read = rt.runs().get(&id).await.unwrap().unwrap().envelope.unwrap();
+    assert_eq!(read, envelope);
+    assert_eq!(read.job.input, input);
+    assert_eq!(read.tramp_data(), Some(&input["trampData"]));
+    assert_eq!(rt.runs().wait(&id).await.unwrap().unwrap(), envelope);
+
+    // An envelope stored whole reads as it was.
+    let whole = serde_json::to_string(&envelope).unwrap();
+    column(&id, Some(&whole)).await;
+    let again = rt.runs().get(&id).await.unwrap().unwrap().envelope.unwrap();
+    assert_eq!(again, envelope);
+}
+
 pub mod api;
 pub mod pg;
 pub mod probe;
