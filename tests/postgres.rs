@@ -293,6 +293,71 @@ async fn a_cancel_reaches_the_executing_run_through_notify_not_the_next_heartbea
     worker.shutdown(Duration::from_secs(5)).await;
 }
 
+/// An idle worker given runs one at a time claims about once per run, not once per
+/// wake-up: the `NOTIFY` of this process's own trigger and settle is not a second wake-up
+/// (their commits woke it already), and a run that ended is no reason to claim again before
+/// its settle is written. (It claimed five times per run, four of them empty: each an
+/// index scan and a commit on the server.) Counted by the server itself
+/// (`pg_stat_user_functions`, which a server process reports when it exits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_worker_claims_at_most_twice_per_run_it_is_given() {
+    const RUNS: i64 = 20;
+    let url = pg::server().database("claims_per_run");
+    let db = database_of(&url).to_owned();
+    pg::server()
+        .psql(
+            "postgres",
+            &format!("ALTER DATABASE {db} SET track_functions = 'pl'"),
+        )
+        .unwrap();
+    let (rt, store) = durable(&url).await;
+    let worker = rt.worker().concurrency(4).start();
+    for value in 0..RUNS {
+        let input = json!({ "tenantId": "acme", "projectId": "docs", "value": value });
+        let envelope = rt.trigger("double", input).await.unwrap().wait().await;
+        assert!(envelope.job.success, "{:?}", envelope.job.error);
+        assert_eq!(envelope.results, json!({ "value": 2 * value }));
+    }
+    let report = worker.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.executed, u64::try_from(RUNS).unwrap());
+    drop((rt, store));
+    let gone = Instant::now();
+    loop {
+        let open = pg::server()
+            .psql(
+                "postgres",
+                &format!(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = '{db}' AND application_name = 'task-runtime'"
+                ),
+            )
+            .unwrap();
+        if open == "0" {
+            break;
+        }
+        assert!(
+            gone.elapsed() < Duration::from_secs(30),
+            "the store's connections stayed open after it was dropped: {open}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let claims: i64 = pg::server()
+        .psql(
+            &db,
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions
+              WHERE schemaname = 'task_runtime' AND funcname = 'claim'",
+        )
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Each run: the claim that takes it, and one after its settle (a settle can free a
+    // queue limit's slot); a few more for the worker's idle polls.
+    assert!(
+        (RUNS..=2 * RUNS + 4).contains(&claims),
+        "{claims} claims for {RUNS} runs"
+    );
+}
+
 /// A heartbeat that finds one of its runs locked by another transaction (a settle of it, a
 /// child's settle updating it as a parent) extends the others without waiting. Waiting, it
 /// deadlocked with the worker's own settle, PostgreSQL broke the deadlock only after a

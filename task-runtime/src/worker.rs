@@ -421,6 +421,11 @@ async fn work(
         Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
     };
     let mut backoff = Duration::from_millis(10);
+    // After a claim that came back short: its change mark, and until when it would have
+    // waited. While the store's mark counts every change and has not moved, nothing became
+    // claimable: a slot freed by a run that ended (its settle not written yet) is no
+    // reason to claim again (on PostgreSQL that claim came back empty after every run).
+    let mut drained: Option<(u64, tokio::time::Instant)> = None;
     loop {
         while let Some(outcome) = running.try_join_next() {
             done(outcome);
@@ -464,7 +469,15 @@ async fn work(
         };
         // Taken before the claim: a run enqueued while it runs wakes the wait below.
         let mark = store.change_mark();
-        let claim = if want == 0 {
+        let quiet = match drained {
+            Some((since, until))
+                if want > 0 && since == mark && store.mark_counts_every_change() =>
+            {
+                until.checked_duration_since(tokio::time::Instant::now())
+            }
+            _ => None,
+        };
+        let claim = if want == 0 || quiet.is_some() {
             None
         } else {
             let request = ClaimRequest {
@@ -475,7 +488,7 @@ async fn work(
             };
             Some(store.claim(request).await)
         };
-        let mut wait = idle_poll;
+        let mut wait = quiet.unwrap_or(idle_poll);
         let got = match claim {
             None => 0,
             Some(Ok(batch)) => {
@@ -486,6 +499,7 @@ async fn work(
                     wait = wait.min(until + Duration::from_millis(1));
                 }
                 let got = batch.runs.len();
+                drained = (got < want).then(|| (mark, tokio::time::Instant::now() + wait));
                 for run in batch.runs {
                     shared.hold(&run);
                     queue.push_back(run);
@@ -493,6 +507,7 @@ async fn work(
                 got
             }
             Some(Err(error)) => {
+                drained = None;
                 tracing::warn!(%error, retry_in_ms = u64::try_from(backoff.as_millis()).unwrap_or(0), "claiming failed");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -517,7 +532,7 @@ async fn work(
             // Settles written: their slots can be claimed again.
             _ = shared.settled.notified(), if want == 0 || gated => {}
             // Nothing more was due: wait for a trigger (ours or another process's).
-            _ = store.changed(mark, wait), if want > 0 && got < want => {}
+            _ = store.changed(mark, wait), if want > 0 && got < want => drained = None,
         }
     }
     // Every settle is written before the worker reports that it stopped.

@@ -822,6 +822,14 @@ pub(crate) trait RunStore: Send + Sync + 'static {
     /// by another one seen through polling or a notification), or after `within`.
     fn changed(&self, since: u64, within: Duration) -> BoxFuture<'_, ()>;
 
+    /// Whether [`change_mark`](Self::change_mark) moves for every change, other processes'
+    /// included (PostgreSQL while its `LISTEN` connection is up): an unchanged mark then
+    /// means nothing became claimable. `false` (the default): other processes' changes are
+    /// only found by [`changed`](Self::changed) looking (SQLite polls).
+    fn mark_counts_every_change(&self) -> bool {
+        false
+    }
+
     /// Runs someone asked to cancel, as the store hears of them (PostgreSQL's `NOTIFY`), so
     /// that the worker executing one stops it at once instead of at its next heartbeat.
     /// `None`: the store has no such channel (heartbeats carry the requests).
