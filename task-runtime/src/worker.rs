@@ -93,6 +93,7 @@ impl WorkerBuilder {
             stats: Stats::default(),
             inherited: Inherited::default(),
             pace: Pace::new(self.concurrency),
+            plain_settle: Mutex::default(),
         });
         let task = match self.rt.store().cloned() {
             Some(store) => {
@@ -207,6 +208,8 @@ struct Held {
     /// the row no longer executing raced that write (the settle itself reports a lease
     /// that was really lost).
     ending: bool,
+    /// An orchestrator's branch or item, run by a worker: its end may wake its parent.
+    spawned: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +231,10 @@ struct Shared {
     inherited: Inherited,
     /// How fast this worker's runs end (see [`Pace`]).
     pace: Pace,
+    /// The store's change mark before and after this worker's last settle, when that
+    /// settle only finished top-level runs and nothing else changed the store meanwhile:
+    /// such a settle makes nothing claimable where nothing was queued.
+    plain_settle: Mutex<Option<(u64, u64)>>,
 }
 
 /// How fast this worker's runs turn over: when the last `concurrency` of them ended, and a
@@ -327,6 +334,7 @@ impl Shared {
                 cancel,
                 released: Arc::new(AtomicBool::new(false)),
                 ending: false,
+                spawned: run.spawned_by.is_some(),
             },
         );
     }
@@ -421,11 +429,14 @@ async fn work(
         Err(error) => tracing::error!(%error, "a run's task ended abnormally"),
     };
     let mut backoff = Duration::from_millis(10);
-    // After a claim that came back short: its change mark, and until when it would have
-    // waited. While the store's mark counts every change and has not moved, nothing became
-    // claimable: a slot freed by a run that ended (its settle not written yet) is no
-    // reason to claim again (on PostgreSQL that claim came back empty after every run).
-    let mut drained: Option<(u64, tokio::time::Instant)> = None;
+    // After a claim that came back short: its change mark, until when it would have
+    // waited, and whether nothing at all was queued. While the store's mark counts every
+    // change and has not moved, nothing became claimable: a slot freed by a run that ended
+    // (its settle not written yet) is no reason to claim again (on PostgreSQL that claim
+    // came back empty after every run). Nor, where nothing was queued, is this worker's
+    // own settle of top-level runs that ended (no retry, release or wait, no parent to
+    // wake): it frees slots, and no run waits for one.
+    let mut drained: Option<Drained> = None;
     loop {
         while let Some(outcome) = running.try_join_next() {
             done(outcome);
@@ -469,11 +480,19 @@ async fn work(
         };
         // Taken before the claim: a run enqueued while it runs wakes the wait below.
         let mark = store.change_mark();
-        let quiet = match drained {
-            Some((since, until))
-                if want > 0 && since == mark && store.mark_counts_every_change() =>
-            {
-                until.checked_duration_since(tokio::time::Instant::now())
+        let quiet = match drained.as_mut() {
+            Some(last) if want > 0 && store.mark_counts_every_change() => {
+                let own = *lock(&shared.plain_settle);
+                let unchanged = last.mark == mark
+                    || (last.empty
+                        && own.is_some_and(|(before, after)| before == last.mark && after == mark));
+                last.mark = mark;
+                unchanged
+                    .then(|| {
+                        last.until
+                            .checked_duration_since(tokio::time::Instant::now())
+                    })
+                    .flatten()
             }
             _ => None,
         };
@@ -499,7 +518,11 @@ async fn work(
                     wait = wait.min(until + Duration::from_millis(1));
                 }
                 let got = batch.runs.len();
-                drained = (got < want).then(|| (mark, tokio::time::Instant::now() + wait));
+                drained = (got < want).then(|| Drained {
+                    mark,
+                    until: tokio::time::Instant::now() + wait,
+                    empty: batch.next_due.is_none(),
+                });
                 for run in batch.runs {
                     shared.hold(&run);
                     queue.push_back(run);
@@ -532,7 +555,7 @@ async fn work(
             // Settles written: their slots can be claimed again.
             _ = shared.settled.notified(), if want == 0 || gated => {}
             // Nothing more was due: wait for a trigger (ours or another process's).
-            _ = store.changed(mark, wait), if want > 0 && got < want => drained = None,
+            _ = store.changed(mark, wait), if want > 0 && got < want => {}
         }
     }
     // Every settle is written before the worker reports that it stopped.
@@ -556,6 +579,16 @@ async fn work(
     );
 }
 
+/// A claim that came back short (see the claim loop).
+struct Drained {
+    /// The change mark taken before it, then the last one found unchanged.
+    mark: u64,
+    /// Until when the worker waits for a change before claiming again.
+    until: tokio::time::Instant,
+    /// It found nothing queued at all.
+    empty: bool,
+}
+
 /// Writes how attempts ended, taking every one waiting at once.
 async fn settle_loop(
     shared: Arc<Shared>,
@@ -570,7 +603,14 @@ async fn settle_loop(
 
 async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<Settle>) {
     let ids: Vec<RunId> = settles.iter().map(|s| s.id().clone()).collect();
+    let plain = {
+        let held = lock(&shared.held);
+        settles.iter().all(|s| {
+            matches!(s, Settle::Finish { .. }) && held.get(s.id()).is_some_and(|h| !h.spawned)
+        })
+    };
     let settles = Arc::new(settles);
+    let before = store.change_mark();
     // A store that fails now keeps the leases (and the runs) until they expire: another
     // attempt then redoes the work, nothing is lost.
     let mut attempts = 0;
@@ -588,6 +628,9 @@ async fn write_settles(shared: &Shared, store: &Arc<dyn RunStore>, settles: Vec<
             }
         }
     };
+    // Nothing but this settle's own wake-up moved the mark.
+    let after = store.change_mark();
+    *lock(&shared.plain_settle) = (plain && after == before + 1).then_some((before, after));
     let mut held = lock(&shared.held);
     for ((id, settle), applied) in ids.iter().zip(settles.iter()).zip(applied) {
         // Only this attempt's entry: the run may have been claimed again meanwhile.
