@@ -63,10 +63,10 @@ fn section<'a>(readme: &'a str, heading: &str) -> &'a str {
     &rest[..rest.find("\n## ").unwrap_or(rest.len())]
 }
 
-/// `name = value` lines of a `[dependencies]` table, comments dropped.
-fn dependencies(toml: &str) -> Vec<(String, String)> {
+/// `name = value` lines of the table `[table]`, comments dropped.
+fn dependencies(toml: &str, table: &str) -> Vec<(String, String)> {
     toml.lines()
-        .skip_while(|line| line.trim() != "[dependencies]")
+        .skip_while(|line| line.trim() != format!("[{table}]"))
         .skip(1)
         .take_while(|line| !line.starts_with('['))
         .filter_map(|line| {
@@ -88,8 +88,8 @@ fn the_readme_shows_this_crate() {
     let quickstart = section(&readme, "## Quickstart");
     let toml = blocks(quickstart, "toml");
     assert_eq!(toml.len(), 1, "one Cargo.toml block in the quickstart");
-    let mut wanted = dependencies(&toml[0]);
-    let mut have = dependencies(&here("Cargo.toml"));
+    let mut wanted = dependencies(&toml[0], "dependencies");
+    let mut have = dependencies(&here("Cargo.toml"), "dependencies");
     assert_eq!(
         wanted.remove(0).0,
         "task-runtime",
@@ -105,6 +105,22 @@ fn the_readme_shows_this_crate() {
     assert_eq!(
         have, wanted,
         "tests/readme-app/Cargo.toml and the README's quickstart"
+    );
+    // The unit-test snippet below needs `test-util`: the quickstart says so, and this crate
+    // (whose tests run that snippet) gets it the same way.
+    assert_eq!(
+        dependencies(&toml[0], "dev-dependencies"),
+        [(
+            "task-runtime".to_owned(),
+            "{ version = \"0.1\", features = [\"test-util\"] }".to_owned()
+        )]
+    );
+    assert_eq!(
+        dependencies(&here("Cargo.toml"), "dev-dependencies"),
+        [(
+            "task-runtime".to_owned(),
+            "{ path = \"../../task-runtime\", features = [\"test-util\"] }".to_owned()
+        )]
     );
 
     let creating = section(&readme, "## Creating a task");
