@@ -28,8 +28,9 @@
 //! - **Wake-ups**: a `LISTEN` connection of its own turns the `NOTIFY`s of triggers,
 //!   settles and cancels into [`changed`](RunStore::changed), except those sent by the
 //!   store's own connections (the write that sent one woke this process when it returned);
-//!   when it is down, `changed` falls back to polling. A cancel of an executing run reaches its worker at once through
-//!   `NOTIFY` (and, as on SQLite, through the next heartbeat's reply).
+//!   when it is down, `changed` falls back to polling. A cancel of an executing run reaches
+//!   its worker at once through `NOTIFY` (and, as on SQLite, through the next heartbeat's
+//!   reply).
 //! - **Reconnects**: connections are kept by the store itself (no ping before or after each
 //!   use, which would double the round trips). A statement that fails because its
 //!   connection died drops every idle connection (a restarted server or a killed backend
