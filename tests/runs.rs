@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use task_runtime::prelude::*;
 use task_runtime::{
-    CancelOutcome, ErrorKind, Kind, Registry, RegistryError, RunFilter, RunId, RunStatus,
-    TaskDescriptor, TriggerOptions,
+    CancelOutcome, ErrorKind, HookEvent, Kind, Registry, RegistryError, RunFilter, RunId,
+    RunStatus, TaskDescriptor, TrampData, TriggerOptions,
 };
 use task_tests::*;
 
@@ -58,6 +58,77 @@ async fn typed_run_returns_a_full_envelope() {
     for key in ["startedAt", "finishedAt", "durationMs", "attempts"] {
         assert!(json["metadata"].get(key).is_some(), "metadata lacks {key}");
     }
+}
+
+/// A typed run's envelope holds one copy of the input's `trampData`, the one the input came
+/// with, yet its `job.input` reads, compares and writes as the whole input; so does what the
+/// hooks are told, on success and on failure.
+#[tokio::test]
+async fn a_typed_runs_envelope_shares_the_inputs_tramp_data_and_reads_whole() {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (ok, failed) = (seen.clone(), seen.clone());
+    let rt = Runtime::builder()
+        .on_success(move |event: &HookEvent| {
+            ok.lock().unwrap().push(event.input.clone());
+            async {}
+        })
+        .on_failure(move |event: &HookEvent| {
+            failed.lock().unwrap().push(event.input.clone());
+            async {}
+        })
+        .build()
+        .unwrap();
+    let tramp = TrampData::from(json!({ "requestId": "r-9", "zeta": [1, 2] }));
+    let mut base = BaseInput::new("acme", "docs");
+    base.user_id = Some("u-1".into());
+    base.tramp_data = Some(tramp.clone());
+    let whole = json!({
+        "tenantId": "acme", "projectId": "docs", "userId": "u-1", "value": 21,
+        "trampData": { "requestId": "r-9", "zeta": [1, 2] },
+    });
+
+    let out = rt
+        .run(
+            Double,
+            NumberInput {
+                base: base.clone(),
+                value: 21,
+            },
+        )
+        .await
+        .expect("run succeeds");
+    // One copy: the envelope's trampData is the input's own.
+    assert!(std::ptr::eq(out.tramp_data().unwrap(), tramp.as_value()));
+    assert!(std::ptr::eq(
+        out.job.input.tramp_data().unwrap(),
+        tramp.as_value()
+    ));
+    // Written as JSON, it is the whole input, with its keys in order.
+    let text = serde_json::to_string(&out.job.input).unwrap();
+    assert_eq!(text, serde_json::to_string(&whole).unwrap());
+    let envelope = serde_json::to_value(&out).unwrap();
+    assert_eq!(envelope["job"]["input"], whole);
+    assert_eq!(envelope["trampData"], whole["trampData"]);
+    // Read, compared and taken as a value, it is the whole input too.
+    assert_eq!(out.job.input["trampData"]["requestId"], "r-9");
+    assert_eq!(out.job.input, whole);
+    assert_eq!(whole, out.job.input);
+    let mut edited = out.job.input.clone();
+    edited["value"] = json!(22);
+    assert_eq!(edited["trampData"], whole["trampData"]);
+    assert_eq!(out.job.input.clone().into_value(), whole);
+
+    // A failed typed run: the envelope in the error and the hook hold the whole input.
+    let err = rt
+        .run(Double, NumberInput { base, value: 5000 })
+        .await
+        .expect_err("value over the input schema's maximum");
+    assert_eq!(err.envelope.job.input["trampData"], whole["trampData"]);
+    assert_eq!(err.envelope.job.input["value"], 5000);
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], whole);
+    assert_eq!(seen[1]["trampData"], whole["trampData"]);
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 //! The run envelope `RunOutput<T>`: the seed's "Task Output Structure" in camelCase JSON.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use crate::error::TaskError;
 use crate::id::RunId;
+use crate::input::TrampData;
 
 /// What one run produced: `job` (who ran, did it work), `results`, `metadata` (timing,
 /// attempts, steps, branches) and the caller's `trampData`, echoed on success and failure.
@@ -52,14 +54,164 @@ pub struct Job {
     pub task_name: Cow<'static, str>,
     /// The run's id.
     pub run_id: RunId,
-    /// The input as given (JSON), so a failed run loses nothing. (Absent is `null`: a
-    /// store may keep an envelope without it, beside the run's input.)
+    /// The input as given (JSON), so a failed run loses nothing; it reads as a
+    /// `serde_json::Value` (see [`JobInput`]). (Absent is `null`: a store may keep an
+    /// envelope without it, beside the run's input.)
     #[serde(default)]
-    pub input: Value,
+    pub input: JobInput,
     /// The human sentence (`"step 2 'count_words' failed: ..."`); `null` on success.
     pub error: Option<String>,
     /// The structured error; `null` on success.
     pub error_detail: Option<TaskError>,
+}
+
+/// A run's input as JSON, as given: it reads as a [`serde_json::Value`] (it derefs to one,
+/// compares equal to one, and [`into_value`](Self::into_value) gives it).
+///
+/// A typed run's envelope shares the input's `trampData` with the input it ran with rather
+/// than hold a second copy of it in the JSON: the whole value is put together the first time
+/// it is read, once, and writing the envelope as JSON never needs it.
+///
+/// ```
+/// # use task_runtime::JobInput;
+/// let input = JobInput::from(serde_json::json!({ "tenantId": "acme", "value": 21 }));
+/// assert_eq!(input["value"], 21);
+/// assert_eq!(input, serde_json::json!({ "tenantId": "acme", "value": 21 }));
+/// ```
+#[derive(Clone, Default)]
+pub struct JobInput {
+    /// The input, without `tramp` when that is set.
+    json: Value,
+    /// The top-level `trampData` left out of `json`.
+    tramp: Option<TrampData>,
+    /// `json` with `tramp` put back, made on the first read.
+    whole: OnceLock<Value>,
+}
+
+impl JobInput {
+    /// `json` with, when given, the top-level `trampData` it leaves out.
+    pub(crate) fn shared(json: Value, tramp: Option<TrampData>) -> Self {
+        JobInput {
+            json,
+            tramp,
+            whole: OnceLock::new(),
+        }
+    }
+
+    /// The input as one JSON value.
+    pub fn as_value(&self) -> &Value {
+        let Some(tramp) = &self.tramp else {
+            return &self.json;
+        };
+        self.whole.get_or_init(|| {
+            let mut whole = self.json.clone();
+            if let Value::Object(map) = &mut whole {
+                map.insert("trampData".to_owned(), tramp.as_value().clone());
+            }
+            whole
+        })
+    }
+
+    /// The input as an owned JSON value.
+    pub fn into_value(mut self) -> Value {
+        if let Some(whole) = self.whole.take() {
+            return whole;
+        }
+        if let (Some(tramp), Value::Object(map)) = (self.tramp.take(), &mut self.json) {
+            map.insert("trampData".to_owned(), tramp.into_value());
+        }
+        self.json
+    }
+
+    /// The input's `trampData` (`null` and absent are `None`), read without putting the
+    /// whole value together.
+    pub fn tramp_data(&self) -> Option<&Value> {
+        match &self.tramp {
+            Some(tramp) => Some(tramp.as_value()),
+            None => self.json.get("trampData").filter(|v| !v.is_null()),
+        }
+    }
+}
+
+impl std::ops::Deref for JobInput {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        self.as_value()
+    }
+}
+
+impl std::ops::DerefMut for JobInput {
+    fn deref_mut(&mut self) -> &mut Value {
+        if self.tramp.is_some() {
+            *self = JobInput::from(std::mem::take(self).into_value());
+        }
+        &mut self.json
+    }
+}
+
+impl From<Value> for JobInput {
+    fn from(json: Value) -> Self {
+        JobInput::shared(json, None)
+    }
+}
+
+impl From<JobInput> for Value {
+    fn from(input: JobInput) -> Self {
+        input.into_value()
+    }
+}
+
+impl std::fmt::Debug for JobInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_value(), f)
+    }
+}
+
+impl PartialEq for JobInput {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_value() == other.as_value()
+    }
+}
+
+impl PartialEq<Value> for JobInput {
+    fn eq(&self, other: &Value) -> bool {
+        self.as_value() == other
+    }
+}
+
+impl PartialEq<JobInput> for Value {
+    fn eq(&self, other: &JobInput) -> bool {
+        self == other.as_value()
+    }
+}
+
+impl Serialize for JobInput {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let (Some(tramp), Value::Object(map)) = (&self.tramp, &self.json) else {
+            return self.json.serialize(s);
+        };
+        // The entries in the order the whole value would have them, `trampData` among them.
+        let mut out = s.serialize_map(Some(map.len() + 1))?;
+        let mut pending = Some(tramp);
+        for (key, value) in map {
+            if let Some(tramp) = pending.take_if(|_| key.as_str() > "trampData") {
+                out.serialize_entry("trampData", tramp.as_value())?;
+            }
+            out.serialize_entry(key, value)?;
+        }
+        if let Some(tramp) = pending {
+            out.serialize_entry("trampData", tramp.as_value())?;
+        }
+        out.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for JobInput {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(JobInput::from)
+    }
 }
 
 /// Timing and shape of a run.
@@ -178,6 +330,8 @@ pub(crate) struct Head {
     pub task: Cow<'static, str>,
     pub run_id: RunId,
     pub input: Value,
+    /// The input's `trampData` when `input` leaves it out (see [`JobInput`]).
+    pub tramp: Option<TrampData>,
     pub started_at: SystemTime,
     pub duration_ms: u64,
     pub attempts: u32,
@@ -194,6 +348,7 @@ impl Head {
             started_at: SystemTime::now(),
             run_id,
             input,
+            tramp: None,
             duration_ms: 0,
             attempts: 0,
             steps: Vec::new(),
@@ -212,7 +367,7 @@ impl<T> RunOutput<T> {
                 success: error.is_none(),
                 task_name: head.task,
                 run_id: head.run_id,
-                input: head.input,
+                input: JobInput::shared(head.input, head.tramp),
                 error: error.as_ref().map(ToString::to_string),
                 error_detail: error,
             },
@@ -231,7 +386,7 @@ impl<T> RunOutput<T> {
 
     /// The caller's `trampData`, as given in the input (`null` and absent are `None`).
     pub fn tramp_data(&self) -> Option<&Value> {
-        self.job.input.get("trampData").filter(|v| !v.is_null())
+        self.job.input.tramp_data()
     }
 
     /// Whether the run succeeded.
@@ -335,7 +490,7 @@ impl RunOutput<Value> {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn with_input(mut self, input: &Value) -> Self {
         if self.job.input.is_null() {
-            self.job.input = input.clone();
+            self.job.input = JobInput::from(input.clone());
         }
         self
     }
@@ -414,6 +569,39 @@ pub(crate) mod rfc3339_option {
 #[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_tramp_data_is_written_where_the_whole_value_has_it() {
+        use serde_json::json;
+        let tramp = TrampData::from(json!({ "k": [1, { "deep": true }] }));
+        for rest in [
+            json!({}),
+            json!({ "a": 1 }),
+            json!({ "zz": 1 }),
+            json!({ "a": 1, "tenantId": "t", "userId": "u", "value": 2 }),
+        ] {
+            let mut whole = rest.clone();
+            whole["trampData"] = tramp.as_value().clone();
+            let shared = JobInput::shared(rest.clone(), Some(tramp.clone()));
+            assert_eq!(
+                serde_json::to_string(&shared).unwrap(),
+                serde_json::to_string(&whole).unwrap()
+            );
+            assert_eq!(shared, whole);
+            assert_eq!(*shared, whole);
+            assert_eq!(shared.tramp_data(), Some(tramp.as_value()));
+            let read: JobInput = serde_json::from_value(whole.clone()).unwrap();
+            assert_eq!(read, shared);
+            assert_eq!(read.tramp_data(), Some(tramp.as_value()));
+            let mut edited = shared.clone();
+            edited["extra"] = json!(true);
+            assert_eq!(edited["trampData"], *tramp.as_value());
+            assert_eq!(shared.into_value(), whole);
+        }
+        let plain = JobInput::from(json!({ "trampData": null }));
+        assert_eq!(plain.tramp_data(), None);
+        assert_eq!(JobInput::default(), Value::Null);
+    }
 
     #[test]
     fn the_stored_form_is_the_envelope_without_its_input() {

@@ -124,6 +124,7 @@ thread_local! {
     static CAPTURING: Cell<bool> = const { Cell::new(false) };
     static CAPTURED: RefCell<Option<TrampData>> = const { RefCell::new(None) };
     static INHERITED: Cell<*const Value> = const { Cell::new(std::ptr::null()) };
+    static SHARING: Cell<bool> = const { Cell::new(false) };
 }
 
 fn captured(tramp: &TrampData) {
@@ -169,10 +170,39 @@ pub(crate) fn without_inherited<R>(inherited: Option<&TrampData>, f: impl FnOnce
     out
 }
 
-/// `skip_serializing_if` of `BaseInput::tramp_data`: nothing to write, or the parent's copy.
+/// Runs `f` (the serialization of a top-level run's input) leaving its `TrampData` out of
+/// the JSON, and returns that `TrampData`: the run's envelope shares it (see
+/// [`JobInput`](crate::JobInput)) rather than hold a copy. Only for inputs whose one
+/// `trampData` is their top-level field (`TaskSchemas::input_tramp_at_top`), so the
+/// envelope knows where it goes back.
+pub(crate) fn sharing_tramp<R>(f: impl FnOnce() -> R) -> (R, Option<TrampData>) {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SHARING.set(false);
+        }
+    }
+    SHARING.set(true);
+    let reset = Reset;
+    let out = f();
+    drop(reset);
+    (out, CAPTURED.with_borrow_mut(Option::take))
+}
+
+/// `skip_serializing_if` of `BaseInput::tramp_data`: nothing to write, the parent's copy,
+/// or the top-level run's own, which its envelope shares ([`sharing_tramp`]).
 fn skip_tramp(tramp: &Option<TrampData>) -> bool {
     match tramp {
         None => true,
+        // The first one met only (serde asks twice per field): should another appear after
+        // all, it is written.
+        Some(tramp) if SHARING.get() => CAPTURED.with_borrow_mut(|slot| match slot {
+            None => {
+                *slot = Some(tramp.clone());
+                true
+            }
+            Some(first) => first.ptr() == tramp.ptr(),
+        }),
         Some(tramp) => INHERITED.get() == tramp.ptr(),
     }
 }

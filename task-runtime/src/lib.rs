@@ -94,7 +94,7 @@ pub use clock::TestClock;
 pub use compose::orchestrator::{FailurePolicy, Outcome};
 pub use context::{CallbackResult, TaskContext};
 pub use envelope::{
-    BranchRecord, ItemCounts, ItemRun, Job, Metadata, RunError, RunOutput, StepRecord,
+    BranchRecord, ItemCounts, ItemRun, Job, JobInput, Metadata, RunError, RunOutput, StepRecord,
 };
 pub use error::{BranchRef, ErrorKind, Fatal, Issue, Location, ResultExt, StepRef, TaskError};
 pub use exec::hooks::{HookEvent, HookFn};

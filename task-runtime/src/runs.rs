@@ -214,7 +214,7 @@ impl LiveRun {
             input: self
                 .envelope
                 .as_ref()
-                .map(|e| e.job.input.clone())
+                .map(|e| e.job.input.as_value().clone())
                 .unwrap_or_default(),
             envelope: self.envelope.as_deref().cloned(),
             output: None,
@@ -381,7 +381,7 @@ impl Runs<'_> {
                             envelope.job.error_detail.as_ref().map(|e| e.to_string());
                     }
                     envelope.job.task_name = info.task.into();
-                    envelope.job.input = info.input;
+                    envelope.job.input = info.input.into();
                     Box::new(envelope)
                 }
                 None => return Ok(CancelOutcome::NotFound),

@@ -35,6 +35,10 @@ pub struct TaskSchemas {
     pub(crate) input_asserts: bool,
     /// The same for the output schema.
     pub(crate) output_asserts: bool,
+    /// The input's one `trampData` is its own top-level, optional field (a flattened
+    /// `BaseInput`): a typed top-level run's JSON can leave it out, and its envelope share
+    /// the input's copy (see `input::sharing_tramp`). See [`tramp_at_top`].
+    pub(crate) input_tramp_at_top: bool,
 }
 
 impl std::fmt::Debug for TaskSchemas {
@@ -161,6 +165,47 @@ fn has_floats(schema: &Value) -> bool {
         }
     }
     false
+}
+
+/// Whether the schema's one property named `trampData` is an optional, free-form object at
+/// its top level: then the only `trampData` a value of the type writes is its own top-level
+/// one, and it can go back there.
+fn tramp_at_top(schema: &Value) -> bool {
+    let top = schema
+        .get("properties")
+        .and_then(|p| p.get("trampData"))
+        .is_some_and(|tramp| {
+            let object = match tramp.get("type") {
+                Some(Value::String(t)) => t == "object",
+                Some(Value::Array(types)) => types.iter().any(|t| t == "object"),
+                _ => false,
+            };
+            object && tramp.get("properties").is_none()
+        });
+    let required = schema
+        .get("required")
+        .and_then(Value::as_array)
+        .is_some_and(|r| r.iter().any(|k| k == "trampData"));
+    if !top || required {
+        return false;
+    }
+    let mut named = 0;
+    let mut stack = vec![schema];
+    while let Some(node) = stack.pop() {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::Object(props)) = map.get("properties")
+                    && props.contains_key("trampData")
+                {
+                    named += 1;
+                }
+                stack.extend(map.values());
+            }
+            Value::Array(items) => stack.extend(items),
+            _ => {}
+        }
+    }
+    named == 1
 }
 
 /// Keywords that constrain a value beyond what its Rust type guarantees once serde has
@@ -324,6 +369,7 @@ impl TaskSchemas {
             output_has_floats: has_floats(&output),
             input_asserts: asserts(&input),
             output_asserts: asserts(&output),
+            input_tramp_at_top: tramp_at_top(&input),
             input,
             output,
         }
@@ -379,6 +425,39 @@ mod tests {
     #[allow(dead_code)]
     struct Line {
         sku: String,
+    }
+
+    /// A `BaseInput` nested under a field, not flattened.
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Nested {
+        job: BaseInput,
+    }
+
+    /// Its own `trampData` at the top and more in its items.
+    #[derive(Deserialize, JsonSchema)]
+    #[allow(dead_code)]
+    struct Batch {
+        #[serde(flatten)]
+        base: BaseInput,
+        items: Vec<BaseInput>,
+    }
+
+    /// A required `trampData` of its own.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase")]
+    #[allow(dead_code)]
+    struct Required {
+        tramp_data: crate::TrampData,
+    }
+
+    #[test]
+    fn only_a_lone_optional_top_level_tramp_data_is_shared() {
+        assert!(TaskSchemas::build::<Invoice, ()>().input_tramp_at_top);
+        assert!(!TaskSchemas::build::<Nested, ()>().input_tramp_at_top);
+        assert!(!TaskSchemas::build::<Batch, ()>().input_tramp_at_top);
+        assert!(!TaskSchemas::build::<Required, ()>().input_tramp_at_top);
+        assert!(!TaskSchemas::build::<Line, ()>().input_tramp_at_top);
     }
 
     #[derive(Deserialize, JsonSchema)]

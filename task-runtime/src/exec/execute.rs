@@ -13,10 +13,10 @@ use super::attempt::Attempts;
 use super::hooks::{HookEvent, When, guarded};
 use super::seed::{Records, Scope, Seed};
 use super::{Executor, in_span};
-use crate::envelope::{Head, RunError, RunOutput};
+use crate::envelope::{Head, JobInput, RunError, RunOutput};
 use crate::error::{Issue, TaskError};
 use crate::id::RunId;
-use crate::input::{TrampData, capture_tramp, without_inherited};
+use crate::input::{TrampData, capture_tramp, sharing_tramp, without_inherited};
 use crate::json::{self, CompactJson};
 use crate::runs::RunStatus;
 use crate::store::journal::Recorded;
@@ -57,6 +57,8 @@ pub(crate) struct Finished<O> {
     pub result: Result<Produced<O>, TaskError>,
     pub report: Report,
     pub input: Value,
+    /// The input's `trampData` when `input` leaves it out: the envelope shares it.
+    pub tramp: Option<TrampData>,
     /// The output came from the journal: an earlier attempt of the root completed it.
     pub replayed: bool,
     /// A durable attempt that failed with retries left: reschedule after this long (the
@@ -73,12 +75,14 @@ impl<O> Finished<O> {
             result,
             report,
             input,
+            tramp,
             ..
         } = self;
         let head = Head {
             task: std::borrow::Cow::Borrowed(task),
             run_id,
             input,
+            tramp,
             started_at,
             duration_ms: report.duration_ms,
             attempts: report.attempts,
@@ -132,6 +136,7 @@ impl<O> Finished<O> {
             result: Err(error),
             report: Report::default(),
             input,
+            tramp: None,
             replayed: false,
             retry_in: None,
         }
@@ -262,6 +267,7 @@ pub(crate) async fn execute<T: Task>(
                                 ..Report::default()
                             },
                             input: Value::Null,
+                            tramp: None,
                             replayed: true,
                             retry_in: None,
                         };
@@ -290,7 +296,7 @@ pub(crate) async fn execute<T: Task>(
     }
 
     let json_run = matches!(input, RunInput::Json(_));
-    let (input_json, typed, captured) = match input {
+    let (input_json, typed, captured, shared) = match input {
         RunInput::Typed(value) => {
             if schemas.input_has_floats
                 && let Some((path, what)) = json::non_finite(&value)
@@ -302,22 +308,44 @@ pub(crate) async fn execute<T: Task>(
                 return Finished::refused(T::ID, run_id, error, Value::Null);
             }
             // A child's input leaves out the trampData it shares with its parent (see
-            // `input::capture_tramp`); its scope inherits the parent's copy instead.
-            let (json, captured) = capture_tramp(|| {
-                without_inherited(seed.scope.tramp_data.as_ref(), || {
-                    serde_json::to_value(&value)
+            // `input::capture_tramp`); its scope inherits the parent's copy instead. A
+            // top-level run's leaves out its own when the envelope can put it back (see
+            // `JobInput`): the envelope then shares the input's copy.
+            let share = seed.scope.parent_run_id.is_none() && schemas.input_tramp_at_top;
+            let (json, captured) = if share {
+                sharing_tramp(|| serde_json::to_value(&value))
+            } else {
+                capture_tramp(|| {
+                    without_inherited(seed.scope.tramp_data.as_ref(), || {
+                        serde_json::to_value(&value)
+                    })
                 })
-            });
+            };
             match json {
-                Ok(json) => (json, Some(value), captured),
+                Ok(json) if share && captured.is_some() && json.get("trampData").is_some() => {
+                    // Not the top-level field after all (a type whose schema hides a nested
+                    // `BaseInput`): write the input whole.
+                    let (json, captured) = capture_tramp(|| serde_json::to_value(&value));
+                    match json {
+                        Ok(json) => (json, Some(value), captured, false),
+                        Err(e) => {
+                            let error =
+                                invalid_input(format!("input does not serialize to JSON: {e}"));
+                            return Finished::refused(T::ID, run_id, error, Value::Null);
+                        }
+                    }
+                }
+                Ok(json) => (json, Some(value), captured, share),
                 Err(e) => {
                     let error = invalid_input(format!("input does not serialize to JSON: {e}"));
                     return Finished::refused(T::ID, run_id, error, Value::Null);
                 }
             }
         }
-        RunInput::Json(json) => (json, None, None),
+        RunInput::Json(json) => (json, None, None, false),
     };
+    // The trampData left out of `input_json`, which the envelope shares.
+    let shared_tramp = if shared { captured.clone() } else { None };
     let scope = scope_of(&input_json, seed.scope, captured);
     if let Some((journal, parent)) = &journal {
         journal.start(
@@ -414,7 +442,9 @@ pub(crate) async fn execute<T: Task>(
     }
     // Hooks fire once a run is over: not for an attempt that is rescheduled.
     if retry_in.is_none() && !suspended && (T::HAS_HOOKS || !exec.hooks.is_empty()) {
-        let (when, event) = hook_event::<T>(&run_id, &input_json, &result, report.attempts);
+        // The input whole, with the trampData it shares put back.
+        let input = JobInput::shared(input_json.clone(), shared_tramp.clone()).into_value();
+        let (when, event) = hook_event::<T>(&run_id, input, &result, report.attempts);
         // Boxed: a run without hooks does not carry the hooks' state in its own.
         Box::pin(run_hooks::<T>(exec, when, &event).instrument(span)).await;
     }
@@ -425,6 +455,7 @@ pub(crate) async fn execute<T: Task>(
         result,
         report,
         input: input_json,
+        tramp: shared_tramp,
         replayed: false,
         retry_in,
     }
@@ -433,7 +464,7 @@ pub(crate) async fn execute<T: Task>(
 /// What the hooks of a finished run are told.
 fn hook_event<T: Task>(
     run_id: &RunId,
-    input: &Value,
+    input: Value,
     result: &Result<Produced<T::Output>, TaskError>,
     attempts: u32,
 ) -> (When, HookEvent) {
@@ -445,7 +476,7 @@ fn hook_event<T: Task>(
     let event = HookEvent {
         task_name: T::ID,
         run_id: run_id.clone(),
-        input: input.clone(),
+        input,
         output: result
             .as_ref()
             .ok()
